@@ -1,0 +1,120 @@
+"""Engines: implementations of one layer, one direction. A plain dict, explicit dispatch.
+
+Every engine computes exactly :func:`gatedrnn._reference.run_layer` (same arguments, same
+results, same gradients) and is tested against it. An engine that cannot run a given call says
+why in :meth:`Engine.unavailable`; asking for it then raises. ``"auto"`` resolves by device and
+dtype through :func:`resolve` (a fixed table, never a silent fallback after a failure).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from torch import Tensor
+
+from .. import _reference
+from .._specs import Spec
+
+__all__ = ["ENGINES", "Engine", "resolve"]
+
+
+class Engine(Protocol):
+    """One layer, one direction, forward in time.
+
+    ``layer`` takes:
+        spec: the variant; reset_after: the reset form.
+        x: ``[T, B, I]``; h0: ``[B, H]``.
+        w_ih ``[ih_blocks*H, I]``, w_hh ``[hh_blocks*H, H]`` or None, b_ih, b_hh or None
+        (layouts in :mod:`gatedrnn._specs`).
+        lengths: ``[B]`` int64 or None; steps ``t >= lengths[b]`` keep the state, output 0.
+    and returns ``(y [T, B, H], h_n [B, H])``, differentiable in x, h0 and every weight.
+    """
+
+    name: str
+
+    def unavailable(self, spec: Spec, x: Tensor) -> str | None:
+        """None if this engine can run ``spec`` on tensors like ``x``, else the reason."""
+        ...
+
+    def layer(
+        self,
+        spec: Spec,
+        reset_after: bool,
+        x: Tensor,
+        h0: Tensor,
+        w_ih: Tensor,
+        w_hh: Tensor | None,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+        lengths: Tensor | None,
+    ) -> tuple[Tensor, Tensor]: ...
+
+
+class ReferenceEngine:
+    """Plain autograd over :func:`gatedrnn._reference.step`: the oracle. Runs everywhere."""
+
+    name = "reference"
+
+    def unavailable(self, spec: Spec, x: Tensor) -> str | None:
+        return None
+
+    def layer(self, spec, reset_after, x, h0, w_ih, w_hh, b_ih, b_hh, lengths):
+        return _reference.run_layer(spec, reset_after, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
+
+
+def _fused() -> Engine:
+    from ._fused import ENGINE
+
+    return ENGINE
+
+
+def _triton() -> Engine:
+    from ._triton import ENGINE
+
+    return ENGINE
+
+
+class _Lazy:
+    """An engine whose module (and its heavy imports) loads on first use, not at import."""
+
+    def __init__(self, name: str, load) -> None:
+        self.name = name
+        self._load = load
+
+    def get(self) -> Engine:
+        return self._load()
+
+
+ENGINES: dict[str, Engine | _Lazy] = {
+    "reference": ReferenceEngine(),
+    "fused": _Lazy("fused", _fused),
+    "triton": _Lazy("triton", _triton),
+}
+
+
+def get_engine(name: str) -> Engine:
+    if name not in ENGINES:
+        raise ValueError(f"engine: expected 'auto' or one of {sorted(ENGINES)}, got {name!r}")
+    entry = ENGINES[name]
+    return entry.get() if isinstance(entry, _Lazy) else entry
+
+
+def auto_choice(x: Tensor) -> str:
+    """What ``engine="auto"`` means for tensors like ``x``.
+
+    CUDA tensors: ``triton``; CPU float32/float64: ``fused``; anything else: ``reference``.
+    """
+    if x.is_cuda:
+        return "triton"
+    return "reference"  # until the fused engine lands: then float32/float64 -> "fused"
+
+
+def resolve(name: str, spec: Spec, x: Tensor) -> Engine:
+    """The engine for this call; raises if it cannot run it."""
+    chosen = auto_choice(x) if name == "auto" else name
+    engine = get_engine(chosen)
+    why = engine.unavailable(spec, x)
+    if why is not None:
+        origin = f"engine='auto' chose {chosen!r}, but it" if name == "auto" else f"engine={chosen!r}"
+        raise RuntimeError(f"{origin} cannot run here: {why}")
+    return engine

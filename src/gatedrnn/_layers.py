@@ -1,0 +1,375 @@
+"""``GRU`` and ``GRUCell``: ``torch.nn.GRU``'s contract for every variant of the family."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import _reference
+from ._engines import ENGINES
+from ._functional import LayerWeights, rnn
+from ._specs import get_spec, param_shapes
+
+__all__ = ["GRU", "GRUCell", "InputError"]
+
+
+class InputError(RuntimeError, ValueError):
+    """Bad input to a layer. A ``RuntimeError`` like ``torch.nn.GRU``'s and a ``ValueError``."""
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_config(variant: str, bias: bool, dropout: float, engine: str) -> None:
+    spec = get_spec(variant)
+    if spec.name == "gru3" and not bias:
+        raise ValueError(
+            "bias: variant 'gru3' takes its gates from the bias alone; with bias=False they would be "
+            "a constant 0.5. Expected bias=True for gru3, got bias=False"
+        )
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
+    if engine != "auto" and engine not in ENGINES:
+        raise ValueError(f"engine: expected 'auto' or one of {sorted(ENGINES)}, got {engine!r}")
+
+
+def _unpack(packed: PackedSequence) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+    """A PackedSequence as a padded ``[T, B, *]`` tensor in the caller's batch order.
+
+    Returns the padded tensor, the lengths (in caller order) and the (time, batch) index of every
+    row of ``packed.data``, to pack the output the same way.
+    """
+    data, batch_sizes = packed.data, packed.batch_sizes
+    steps, batch = len(batch_sizes), int(batch_sizes[0])
+    t_idx = torch.repeat_interleave(torch.arange(steps), batch_sizes)
+    offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
+    j_idx = torch.arange(len(t_idx)) - offsets[t_idx]
+    if packed.sorted_indices is not None:
+        b_idx = packed.sorted_indices.cpu()[j_idx]
+    else:
+        b_idx = j_idx
+    lengths = torch.zeros(batch, dtype=torch.int64).index_add_(0, b_idx, torch.ones_like(b_idx))
+    t_idx, b_idx = t_idx.to(data.device), b_idx.to(data.device)
+    padded = data.new_zeros((steps, batch, *data.shape[1:]))
+    padded = padded.index_put((t_idx, b_idx), data)
+    return padded, lengths.to(data.device), (t_idx, b_idx)
+
+
+def _check_lengths(lengths: Any, steps: int, batch: int, enforce_sorted: bool, device: torch.device) -> Tensor:
+    if not isinstance(lengths, Tensor):
+        try:
+            lengths = torch.as_tensor(lengths)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise InputError(f"lengths: expected a 1-D tensor or list of integers, got {lengths!r}") from e
+    if lengths.dim() != 1:
+        raise InputError(f"lengths: expected a 1-D tensor of {batch} integers, got shape {tuple(lengths.shape)}")
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise InputError(f"lengths: expected integers, got dtype {lengths.dtype}")
+    if lengths.numel() != batch:
+        raise InputError(f"lengths: expected one length per sequence ({batch}), got {lengths.numel()}")
+    lengths = lengths.to(device=device, dtype=torch.int64)
+    if batch:
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo <= 0:
+            raise InputError(f"lengths: expected every length >= 1, got {lo}")
+        if hi > steps:
+            raise InputError(f"lengths: expected every length <= the sequence length {steps}, got {hi}")
+        if enforce_sorted and bool((lengths[1:] > lengths[:-1]).any()):
+            raise InputError(
+                f"lengths: expected lengths sorted in decreasing order (enforce_sorted=True), got {lengths.tolist()}"
+            )
+    return lengths
+
+
+class GRU(nn.Module):
+    """A stacked, optionally bidirectional recurrent layer of any variant of the GRU family.
+
+    Same signature, parameter names, shapes and forward contract as ``torch.nn.GRU``, plus:
+
+    Args:
+        variant: ``gru0`` (classic), ``gru1``, ``gru2``, ``gru3`` (Dey & Salem), ``mgu``,
+            ``mingru``; equations in :data:`gatedrnn.SPECS`.
+        reset_after: the reset form (True: PyTorch/cuDNN/Keras default; False: Keras
+            ``reset_after=False``, ONNX default). Ignored by ``mingru`` (no reset gate).
+        engine: ``"auto"``, ``"reference"``, ``"fused"`` (CPU) or ``"triton"`` (CUDA). After a
+            forward, :attr:`last_engine` names the engine that ran.
+
+    ``forward(input, hx=None, lengths=None, enforce_sorted=False)``: ``input`` is ``[T, B, I]``
+    (``[B, T, I]`` with ``batch_first``), ``[T, I]`` unbatched, or a ``PackedSequence``;
+    ``lengths`` (padded input only) gives each sequence's length: outputs past it are zero and
+    ``h_n`` is the state at its last step. Returns ``(output, h_n)`` like ``torch.nn.GRU``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        variant: str = "gru0",
+        reset_after: bool = True,
+        engine: str = "auto",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        _check_int("input_size", input_size, 1)
+        _check_int("hidden_size", hidden_size, 1)
+        _check_int("num_layers", num_layers, 1)
+        _check_config(variant, bias, dropout, engine)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.variant = variant
+        self.reset_after = bool(reset_after)
+        self.engine = engine
+        self.last_engine: str | None = None
+        self.spec = get_spec(variant)
+        factory = {"device": device, "dtype": dtype}
+        self._param_names: list[list[dict[str, str]]] = []
+        for k in range(num_layers):
+            layer_in = input_size if k == 0 else hidden_size * self.num_directions
+            dirs = []
+            for d in range(self.num_directions):
+                suffix = f"_l{k}" + ("_reverse" if d else "")
+                names = {}
+                for base, shape in param_shapes(self.spec, layer_in, hidden_size, self.bias, self.reset_after).items():
+                    self.register_parameter(base + suffix, nn.Parameter(torch.empty(shape, **factory)))
+                    names[base] = base + suffix
+                dirs.append(names)
+            self._param_names.append(dirs)
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def reset_parameters(self) -> None:
+        """``U(-1/sqrt(H), 1/sqrt(H))`` for every parameter, as ``torch.nn.GRU``."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.uniform_(-bound, bound)
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written against ``torch.nn.GRU``."""
+
+    def layer_weights(self) -> list[list[LayerWeights]]:
+        """The parameters as ``[layer][direction]`` groups, for :func:`gatedrnn._functional.rnn`."""
+        return [
+            [
+                LayerWeights(
+                    w_ih=getattr(self, names["weight_ih"]),
+                    w_hh=getattr(self, names["weight_hh"]) if "weight_hh" in names else None,
+                    b_ih=getattr(self, names["bias_ih"]) if "bias_ih" in names else None,
+                    b_hh=getattr(self, names["bias_hh"]) if "bias_hh" in names else None,
+                )
+                for names in layer
+            ]
+            for layer in self._param_names
+        ]
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        return [[getattr(self, n) for n in names.values()] for layer in self._param_names for names in layer]
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        s += f", variant={self.variant!r}"
+        if self.spec.has_reset:
+            s += f", reset_after={self.reset_after}"
+        if self.engine != "auto":
+            s += f", engine={self.engine!r}"
+        return s
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.spec = get_spec(self.variant)
+
+    def _reference_param(self) -> Tensor:
+        return getattr(self, self._param_names[0][0]["weight_ih"])
+
+    def forward(
+        self,
+        input: Tensor | PackedSequence,
+        hx: Tensor | None = None,
+        lengths: Tensor | list[int] | None = None,
+        enforce_sorted: bool = False,
+    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        w = self._reference_param()
+        packed_index = None
+        unbatched = False
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise InputError("lengths: a PackedSequence carries its own lengths; expected lengths=None")
+            x, seq_lengths, packed_index = _unpack(input)
+            batch_first = False
+        else:
+            if not isinstance(input, Tensor):
+                raise InputError(f"input: expected a Tensor or PackedSequence, got {type(input).__name__}")
+            if input.dim() not in (2, 3):
+                raise InputError(
+                    f"input: expected a 3-D (batched) or 2-D (unbatched) tensor, got {input.dim()}-D "
+                    f"with shape {tuple(input.shape)}"
+                )
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(1) if unbatched else input
+            batch_first = self.batch_first and not unbatched
+            if batch_first:
+                x = x.transpose(0, 1)
+            seq_lengths = None
+        if x.shape[-1] != self.input_size:
+            raise InputError(f"input: expected input.size(-1) == input_size ({self.input_size}), got {x.shape[-1]}")
+        if x.dtype != w.dtype:
+            raise InputError(f"input: expected dtype {w.dtype} (the layer's parameters), got {x.dtype}")
+        if x.device != w.device:
+            raise InputError(f"input: expected device {w.device} (the layer's parameters), got {x.device}")
+        steps, batch = x.shape[0], x.shape[1]
+        if steps == 0:
+            raise InputError("input: expected a sequence length of at least 1, got 0 time steps")
+        if lengths is not None:
+            seq_lengths = _check_lengths(lengths, steps, batch, enforce_sorted, x.device)
+
+        state_shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        if hx is None:
+            h0 = x.new_zeros(state_shape)
+        else:
+            if not isinstance(hx, Tensor):
+                raise InputError(f"hx: expected a Tensor or None, got {type(hx).__name__}")
+            want = state_shape[::2] if unbatched else state_shape
+            if unbatched and hx.dim() != 2:
+                raise InputError(f"hx: for unbatched input expected a 2-D hx of shape {want}, got {hx.dim()}-D")
+            if tuple(hx.shape) != tuple(want):
+                raise InputError(f"hx: expected shape {tuple(want)}, got {tuple(hx.shape)}")
+            if hx.dtype != w.dtype:
+                raise InputError(f"hx: expected dtype {w.dtype} (the layer's parameters), got {hx.dtype}")
+            if hx.device != w.device:
+                raise InputError(f"hx: expected device {w.device} (the layer's parameters), got {hx.device}")
+            h0 = hx.unsqueeze(1) if unbatched else hx
+
+        if batch == 0:
+            y = x.new_zeros((steps, 0, self.num_directions * self.hidden_size))
+            h_n = h0 + 0
+        else:
+            y, h_n, self.last_engine = rnn(
+                x,
+                h0,
+                self.layer_weights(),
+                self.spec,
+                self.reset_after,
+                dropout=self.dropout,
+                training=self.training,
+                engine=self.engine,
+                lengths=seq_lengths,
+            )
+        if packed_index is not None:
+            assert isinstance(input, PackedSequence)
+            out = PackedSequence(y[packed_index], input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+            return out, h_n
+        if unbatched:
+            return y.squeeze(1), h_n.squeeze(1)
+        if batch_first:
+            y = y.transpose(0, 1)
+        return y, h_n
+
+
+class GRUCell(nn.Module):
+    """One step of any variant: ``torch.nn.GRUCell``'s contract (``h' = cell(x, h)``).
+
+    Parameters ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` with the layouts of
+    :mod:`gatedrnn._specs`; for ``gru0`` with ``reset_after=True`` exactly ``torch.nn.GRUCell``'s.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        variant: str = "gru0",
+        reset_after: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        _check_int("input_size", input_size, 1)
+        _check_int("hidden_size", hidden_size, 1)
+        _check_config(variant, bias, 0.0, "auto")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bool(bias)
+        self.variant = variant
+        self.reset_after = bool(reset_after)
+        self.spec = get_spec(variant)
+        for base, shape in param_shapes(self.spec, input_size, hidden_size, self.bias, self.reset_after).items():
+            self.register_parameter(base, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+        for base in ("weight_hh", "bias_ih", "bias_hh"):
+            if not hasattr(self, base):
+                self.register_parameter(base, None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.uniform_(-bound, bound)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        s += f", variant={self.variant!r}"
+        if self.spec.has_reset:
+            s += f", reset_after={self.reset_after}"
+        return s
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.spec = get_spec(self.variant)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        w = self.weight_ih
+        if not isinstance(input, Tensor) or input.dim() not in (1, 2):
+            got = f"{input.dim()}-D" if isinstance(input, Tensor) else type(input).__name__
+            raise InputError(f"input: expected a 2-D (batched) or 1-D (unbatched) tensor, got {got}")
+        if input.shape[-1] != self.input_size:
+            raise InputError(f"input: expected input.size(-1) == input_size ({self.input_size}), got {input.shape[-1]}")
+        if input.dtype != w.dtype:
+            raise InputError(f"input: expected dtype {w.dtype} (the cell's parameters), got {input.dtype}")
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input
+        if hx is None:
+            h = x.new_zeros((x.shape[0], self.hidden_size))
+        else:
+            want = (self.hidden_size,) if unbatched else (x.shape[0], self.hidden_size)
+            if tuple(hx.shape) != want:
+                raise InputError(f"hx: expected shape {want}, got {tuple(hx.shape)}")
+            if hx.dtype != w.dtype:
+                raise InputError(f"hx: expected dtype {w.dtype} (the cell's parameters), got {hx.dtype}")
+            h = hx.unsqueeze(0) if unbatched else hx
+        gx, nx = _reference.project(self.spec, x, w, self.bias_ih, self.bias_hh, self.hidden_size)
+        h_new = _reference.step(self.spec, self.reset_after, gx, nx, h, self.weight_hh, self.bias_hh)
+        return h_new.squeeze(0) if unbatched else h_new
