@@ -1,0 +1,204 @@
+"""Reports of a run folder: the metrics files, the summary table and the learning curves.
+
+A run folder holds ``metrics.jsonl`` (one record per run and epoch, the source of truth),
+``metrics.csv`` (the same rows), ``summary.md`` / ``summary.csv`` (one row per cell and learning
+rate: final values, mean ± std over seeds), ``curves.png`` and the resolved ``config.toml`` /
+``config.json``. :func:`redraw` rebuilds the table and the figure from ``metrics.jsonl`` alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ._io import atomic_write_bytes, atomic_write_text
+
+__all__ = ["format_table", "plot_curves", "read_metrics", "redraw", "summarize", "write_metrics"]
+
+METRIC_LABELS = {"accuracy": "test accuracy (%)", "mse": "test mse"}
+_CSV_FIELDS = [
+    "run", "cell", "lr", "seed", "epoch", "train_loss", "test_loss", "metric", "test_metric",
+    "seconds", "eval_seconds", "params",
+]  # fmt: skip
+
+
+def write_metrics(records: list[dict[str, Any]], folder: str | Path) -> None:
+    """``metrics.jsonl`` and ``metrics.csv`` from every epoch record so far (atomic rewrites)."""
+    folder = Path(folder)
+    atomic_write_text(folder / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    atomic_write_text(folder / "metrics.csv", buf.getvalue())
+
+
+def read_metrics(folder: str | Path) -> list[dict[str, Any]]:
+    path = Path(folder) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"run folder: expected {str(path)!r} (a folder written by gatedrnn compare/train)")
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {i} is not JSON: {e}") from e
+    if not records:
+        raise ValueError(f"{path}: no records")
+    return records
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (cell, lr): the last epoch of each seed, mean and std over seeds.
+
+    Seconds per epoch: each seed's mean over its epochs, then mean ± std over seeds.
+    """
+    by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_run[r["run"]].append(r)
+    groups: dict[tuple[str, float], list[list[dict[str, Any]]]] = defaultdict(list)
+    for run in by_run.values():
+        run.sort(key=lambda r: r["epoch"])
+        groups[(run[0]["cell"], run[0]["lr"])].append(run)
+    rows = []
+    for (cell, lr), runs in groups.items():
+        finals = [run[-1] for run in runs]
+        row: dict[str, Any] = {
+            "cell": cell,
+            "lr": lr,
+            "params": finals[0]["params"],
+            "seeds": len(runs),
+            "epochs": finals[0]["epoch"],
+            "metric": finals[0]["metric"],
+        }
+        for key in ("train_loss", "test_metric"):
+            row[key], row[key + "_std"] = _mean_std([f[key] for f in finals])
+        row["seconds"], row["seconds_std"] = _mean_std([statistics.fmean(r["seconds"] for r in run) for run in runs])
+        rows.append(row)
+    return rows
+
+
+def _pm(mean: float, std: float, n: int, fmt: str, scale: float = 1.0) -> str:
+    if not math.isfinite(mean):
+        return str(mean)
+    s = format(mean * scale, fmt)
+    return s + (" ± " + format(std * scale, fmt) if n > 1 else "")
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table: cell, learning rate, parameters, final train loss, test metric, s/epoch."""
+    if not rows:
+        return "(no runs)\n"
+    metric = rows[0]["metric"]
+    acc = metric == "accuracy"
+    head = ["cell", "lr", "params", "train loss", METRIC_LABELS.get(metric, metric), "s / epoch", "seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 5) + "|"]
+    for r in rows:
+        n = r["seeds"]
+        cells = [
+            r["cell"],
+            f"{r['lr']:g}",
+            f"{r['params']:,}",
+            _pm(r["train_loss"], r["train_loss_std"], n, ".4f"),
+            _pm(r["test_metric"], r["test_metric_std"], n, ".1f" if acc else ".4g", 100.0 if acc else 1.0),
+            _pm(r["seconds"], r["seconds_std"], n, ".2f"),
+            str(n),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(rows: list[dict[str, Any]], folder: str | Path, title: str) -> str:
+    table = format_table(rows)
+    folder = Path(folder)
+    atomic_write_text(folder / "summary.md", f"# {title}\n\n{table}")
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write_text(folder / "summary.csv", buf.getvalue())
+    return table
+
+
+def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
+    """Train loss and test metric per epoch, one line per (cell, lr), a mean ± std band over seeds."""
+    from matplotlib.figure import Figure
+
+    curves: dict[tuple[str, float], dict[int, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        epoch = curves[(r["cell"], r["lr"])][r["epoch"]]
+        epoch.setdefault("train_loss", []).append(r["train_loss"])
+        epoch.setdefault("test_metric", []).append(r["test_metric"])
+    metric = records[0]["metric"] if records else "accuracy"
+    scale = 100.0 if metric == "accuracy" else 1.0
+    several_lr = len({lr for _, lr in curves}) > 1
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for (cell, lr), by_epoch in curves.items():
+        epochs = sorted(by_epoch)
+        label = f"{cell} lr={lr:g}" if several_lr else cell
+        for ax, key, k in ((axes[0], "train_loss", 1.0), (axes[1], "test_metric", scale)):
+            stats = [_mean_std(by_epoch[e][key]) for e in epochs]
+            mean = [m * k for m, _ in stats]
+            std = [s * k for _, s in stats]
+            (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
+            if any(std):
+                lo = [m - s for m, s in zip(mean, std, strict=True)]
+                hi = [m + s for m, s in zip(mean, std, strict=True)]
+                ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    axes[0].set_ylabel("train loss")
+    axes[0].set_yscale("log")
+    axes[1].set_ylabel(METRIC_LABELS.get(metric, metric))
+    if metric == "mse":
+        axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+    axes[1].legend(fontsize=8, loc="best")
+    if title:
+        fig.suptitle(title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def title_of(config: dict[str, Any]) -> str:
+    seeds = config.get("seeds") or [0]
+    return (
+        f"{config.get('task')}: hidden {config.get('hidden')}, {config.get('layers')} layer(s), "
+        f"{config.get('optimizer')}, batch {config.get('batch_size')}, {len(seeds)} seed(s)"
+    )
+
+
+def write_all(records: list[dict[str, Any]], folder: str | Path, config: dict[str, Any]) -> str:
+    """Metrics, summary table and curves of a run folder; returns the markdown table."""
+    title = title_of(config)
+    write_metrics(records, folder)
+    table = write_summary(summarize(records), folder, title)
+    plot_curves(records, Path(folder) / "curves.png", title)
+    return table
+
+
+def redraw(folder: str | Path) -> str:
+    """Rebuild ``summary.md``/``.csv`` and ``curves.png`` of a run folder from its ``metrics.jsonl``."""
+    folder = Path(folder)
+    records = read_metrics(folder)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    title = title_of(config) if config else folder.name
+    table = write_summary(summarize(records), folder, title)
+    plot_curves(records, folder / "curves.png", title)
+    return table
