@@ -19,7 +19,7 @@ demo: setup
 	$(VENV)/bin/gatedrnn compare --out runs/demo
 
 test: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 bench: setup
