@@ -125,6 +125,7 @@ TestLimitOpt = Annotated[int | None, typer.Option(help="Use a fixed random subse
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Any config key: --set seq_len=100 --set permute=true.")
 ]
+DownloadOpt = Annotated[bool, typer.Option("--download", help="Fetch missing data sets (checksums verified).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the checkpoints in --out.")]
 ProgressOpt = Annotated[bool | None, typer.Option("--progress/--no-progress", help="tqdm bars per epoch.")]
 
@@ -150,6 +151,7 @@ def compare(
     optimizer: OptimOpt = None,
     batch_size: BatchOpt = None,
     data_dir: DataDirOpt = None,
+    download: DownloadOpt = False,
     out: OutOpt = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
@@ -178,6 +180,7 @@ def compare(
             optimizer=optimizer,
             batch_size=batch_size,
             data_dir=data_dir,
+            download=download or None,
             out=out,
             dtype=dtype,
             device=device,
@@ -208,6 +211,7 @@ def train(
     optimizer: OptimOpt = None,
     batch_size: BatchOpt = None,
     data_dir: DataDirOpt = None,
+    download: DownloadOpt = False,
     out: OutOpt = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
@@ -241,6 +245,7 @@ def train(
             optimizer=optimizer,
             batch_size=batch_size,
             data_dir=data_dir,
+            download=download or None,
             out=out,
             dtype=dtype,
             device=device,

@@ -57,6 +57,7 @@ class Config:
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default (small models often run best on 1)
     # data
     data_dir: str | None = None
+    download: bool = False  # fetch missing data sets (checksums verified) into data_dir
     data_seed: int = 0  # the split / synthetic examples: the same for every cell and seed of a comparison
     train_limit: int | None = None  # use only the first N training examples (after a fixed shuffle)
     test_limit: int | None = None
@@ -120,7 +121,7 @@ class Config:
                 raise ConfigError(f"{name}: expected a number >= 0, got {v!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
-        for name in ("reset_after", "permute", "progress"):
+        for name in ("reset_after", "permute", "progress", "download"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         for name in ("task", "engine", "device"):

@@ -137,7 +137,7 @@ def _image_set(name: str, pixels: bool) -> Callable[[Config, str | Path | None, 
 
         splits = []
         for split, limit, s in (("train", cfg.train_limit, seed), ("test", cfg.test_limit, seed + 1)):
-            images, labels = data.load_image_set(name, split, data_dir=data_dir)
+            images, labels = data.load_image_set(name, split, data_dir=data_dir, download=cfg.download)
             images, labels = np.asarray(images), np.asarray(labels)
             if limit is not None:
                 keep = _subset(len(labels), limit, s)
@@ -187,7 +187,7 @@ def _imdb(cfg: Config, data_dir: str | Path | None, seed: int) -> TaskData:
 
     parts = []
     for split, limit, s in (("train", cfg.train_limit, seed), ("test", cfg.test_limit, seed + 1)):
-        texts, labels = data.load_imdb(split, data_dir=data_dir)
+        texts, labels = data.load_imdb(split, data_dir=data_dir, download=cfg.download)
         parts.append(_pick(list(texts), np.asarray(labels), _subset(len(texts), limit, s)))
     return _text_task(*parts[0], *parts[1], cfg)
 
@@ -195,7 +195,7 @@ def _imdb(cfg: Config, data_dir: str | Path | None, seed: int) -> TaskData:
 def _rt_polarity(cfg: Config, data_dir: str | Path | None, seed: int) -> TaskData:
     from . import data
 
-    texts, labels = data.load_rt_polarity(data_dir=data_dir)
+    texts, labels = data.load_rt_polarity(data_dir=data_dir, download=cfg.download)
     texts, labels = list(texts), np.asarray(labels)
     order = _rng(seed).permutation(len(texts))
     n_test = len(texts) // 10  # a fixed 90/10 split

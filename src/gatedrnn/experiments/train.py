@@ -37,7 +37,7 @@ __all__ = ["CHECKPOINT_FORMAT", "RunResult", "evaluate", "load_checkpoint", "mak
 
 CHECKPOINT_FORMAT = "gatedrnn-checkpoint-1"
 # Config keys that may change between a run and its resumption (the rest must match).
-_RESUMABLE_CHANGES = {"epochs", "out", "progress", "cells", "lr", "seeds", "data_dir"}
+_RESUMABLE_CHANGES = {"epochs", "out", "progress", "cells", "lr", "seeds", "data_dir", "download", "threads"}
 
 
 @dataclass
