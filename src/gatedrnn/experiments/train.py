@@ -242,6 +242,7 @@ def train_run(
             "seconds": seconds,
             "eval_seconds": time.perf_counter() - t1,
             "params": result.params,
+            "world_size": dd.world_size(),
         }
         history.append(record)
         if ckpt_path is not None and dd.is_main():
