@@ -178,3 +178,32 @@ def test_compare_runs_each_synthetic_and_series_task(tmp_path, task):
     assert result.exit_code == 0, result.output
     rec = read_metrics(tmp_path / task)[0]
     assert rec["metric"] == ("accuracy" if task == "binary-addition" else "mse")
+
+
+PRESETS = sorted((Path(__file__).resolve().parents[1] / "presets").glob("*.toml"))
+
+
+def test_every_preset_is_a_valid_config():
+    from gatedrnn.experiments.config import Config, load_toml
+    from gatedrnn.experiments.tasks import TASKS
+
+    names = {p.stem for p in PRESETS}
+    expected = {"dey-salem-mnist-rows", "dey-salem-mnist-pixels", "dey-salem-imdb", "noise-timing"}
+    assert expected | {"binary-addition", "sine", "lstm-vs-gru"} <= names
+    for path in PRESETS:
+        cfg = Config.from_dict(load_toml(path))
+        assert cfg.task in TASKS, path.name
+        assert f"--config presets/{path.name}" in path.read_text(), f"{path.name} should show its command"
+    for name in ("dey-salem-mnist-rows", "dey-salem-mnist-pixels", "dey-salem-imdb"):
+        cfg = Config.from_dict(load_toml(next(p for p in PRESETS if p.stem == name)))
+        assert cfg.lr == [1e-3, 1e-4] and cfg.cells == ["gru0", "gru1", "gru2", "gru3"]
+
+
+def test_a_preset_runs_through_compare(tmp_path):
+    preset = next(p for p in PRESETS if p.stem == "binary-addition")
+    out = tmp_path / "ba"
+    args = ["--cells", "gru1,lstm", "--epochs", "1", "--seeds", "1", "--set", "n_train=64", "--set", "n_test=16"]
+    result = invoke("compare", "--config", str(preset), *args, "--threads", "1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["train_bits"], cfg["test_bits"], cfg["hidden"]) == (8, 16, 16)

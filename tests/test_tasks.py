@@ -221,3 +221,30 @@ def test_rt_polarity_tokens_and_labels():
     assert torch.all((x == 0) == (steps >= lengths[:, None]))
     assert set(data.train.y.tolist()) == {0, 1}
     assert abs(float(data.train.y.double().mean()) - 0.5) < 0.02
+
+
+def test_imdb_reviews_become_padded_token_ids_with_lengths():
+    from gatedrnn.experiments import data as d
+
+    root = shared_data()
+    data = build_task(cfg(task="imdb", data_dir=str(root), train_limit=300, test_limit=100, max_len=50))
+    assert data.tokens and data.output_size == 2
+    assert len(data.train) == 300 and len(data.test) == 100
+    assert data.input_size <= 20000
+    for split in (data.train, data.test):
+        lengths = split.lengths
+        assert lengths is not None and int(lengths.max()) <= 50 and int(lengths.min()) >= 1
+        steps = torch.arange(split.x.shape[1])
+        assert torch.all((split.x == d.Vocab.PAD) == (steps >= lengths[:, None]))
+        assert set(split.y.tolist()) <= {0, 1}
+    # the first training review, found in the loader's output, encodes to its first 50 tokens
+    texts, labels = d.load_imdb("train", data_dir=root)
+    from gatedrnn.experiments.tasks import _subset
+
+    i = int(_subset(len(texts), 300, 0)[0])
+    tokens = d.tokenize(texts[i])[:50]
+    assert int(data.train.lengths[0]) == len(tokens)
+    assert int(data.train.y[0]) == int(labels[i])
+    # train-set words are in the vocabulary unless it is full: UNK only where the word is rare
+    known = (data.train.x[0, : len(tokens)] != d.Vocab.UNK).sum()
+    assert known >= len(tokens) // 2
