@@ -477,6 +477,26 @@ def test_imdb_cache_is_used_and_refreshed(tmp_path: Path, monkeypatch: pytest.Mo
     assert len(list(cache.glob("imdb-train-*"))) == 1
 
 
+def test_imdb_cache_never_skips_verification(tmp_path: Path) -> None:
+    """A split cached from an unverified read is not served to a verified one."""
+    make_tar(tmp_path / "imdb" / "aclImdb_v1.tar.gz", imdb_members())
+    cache = tmp_path / "cache"
+    assert load_imdb("train", tmp_path, verify=False, cache_dir=cache)[0] == EXPECTED["train"][0]
+    with pytest.raises(CorruptData, match=r"checksum mismatch: md5 expected 7c2ac02c"):
+        load_imdb("train", tmp_path, cache_dir=cache)
+
+
+def test_imdb_folder_cache_sees_edits(tmp_path: Path) -> None:
+    make_imdb_folder(tmp_path)
+    cache = tmp_path / "cache"
+    assert load_imdb("train", tmp_path, cache_dir=cache)[0] == EXPECTED["train"][0]
+    assert len(list(cache.glob("imdb-train-*.json.gz"))) == 1
+    edited = tmp_path / "imdb" / "aclImdb" / "train" / "neg" / "1_2.txt"
+    edited.write_text("Dull!!", encoding="utf-8")
+    os.utime(edited, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert load_imdb("train", tmp_path, cache_dir=cache)[0][0] == "Dull!!"
+
+
 def test_imdb_default_cache_next_to_data(tmp_path: Path) -> None:
     make_tar(tmp_path / "imdb" / "aclImdb_v1.tar.gz", imdb_members())
     load_imdb("test", tmp_path, verify=False)
@@ -542,6 +562,7 @@ def test_imdb_missing_message(tmp_path: Path) -> None:
     ]:
         assert f"  {path}\n" in message
     assert "ai.stanford.edu" in message and "--download" in message
+    assert f"in the data folder {tmp_path} (chosen by the data_dir argument (--data-dir))" in message
 
 
 def test_imdb_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -89,7 +89,7 @@ class ChecksumMismatch(ValueError):
 
 
 def _stream(url: str, handle: IO[bytes], algorithm: str, desc: str, timeout: float) -> str:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     digest = hashlib.new(algorithm)
     with contextlib.closing(urlopen(url, timeout)) as response:
