@@ -503,6 +503,18 @@ def test_imdb_default_cache_next_to_data(tmp_path: Path) -> None:
     assert len(list((tmp_path / "imdb" / "cache").glob("imdb-test-*.json.gz"))) == 1
 
 
+def test_imdb_cache_falls_back_when_data_folder_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import platformdirs
+
+    make_tar(tmp_path / "data" / "imdb" / "aclImdb_v1.tar.gz", imdb_members())
+    monkeypatch.setattr(platformdirs, "user_cache_dir", lambda appname: str(tmp_path / "user" / appname))
+    real_writable = data._writable
+    monkeypatch.setattr(data, "_writable", lambda folder: "data" not in folder.parts and real_writable(folder))
+    assert load_imdb("test", tmp_path / "data", verify=False)[0] == EXPECTED["test"][0]
+    assert not (tmp_path / "data" / "imdb" / "cache").exists()
+    assert len(list((tmp_path / "user" / "gatedrnn" / "parsed").glob("imdb-test-*.json.gz"))) == 1
+
+
 @pytest.mark.parametrize(
     ("bad_name", "message"),
     [
