@@ -312,8 +312,11 @@ def _verify(dataset: str, name: str, path: pathlib.Path, stored: bytes | None, c
     known = CHECKSUMS.get((dataset, name))
     if known is None:
         return
-    as_stored = stored if stored is not None else content
-    if known.md5 is not None and hashlib.md5(as_stored, usedforsecurity=False).hexdigest() == known.md5:
+    if (
+        known.md5 is not None
+        and stored is not None
+        and hashlib.md5(stored, usedforsecurity=False).hexdigest() == known.md5
+    ):
         return
     if known.size is not None and len(content) != known.size:
         raise CorruptData(
@@ -410,7 +413,7 @@ def _fetch(urls: Sequence[str], dest: pathlib.Path, algorithm: str, expected: st
         ) from exc
     except _download.DownloadError as exc:
         raise DownloadFailed(
-            f"{exc}\nWith no network, copy the file into {dest.parent}/ yourself (see docs/data.md)."
+            f"{exc}\nWith no network, copy the file into {dest.parent}/ yourself (see the README, section 'Data sets')."
         ) from exc
 
 
