@@ -374,6 +374,32 @@ def test_download_short_read_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert dest.read_bytes() == b"y" * 100
 
 
+def test_download_cut_connection_tries_next_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import http.client
+
+    class Cut(io.BytesIO):
+        headers: dict[str, str] = {}  # noqa: RUF012
+
+        def read(self, size: int = -1) -> bytes:
+            raise http.client.IncompleteRead(b"partial", 10)
+
+    seen: list[str] = []
+
+    def opener(url: str, timeout: float) -> io.BytesIO:
+        seen.append(url)
+        return Cut() if "first" in url else io.BytesIO(b"payload")
+
+    monkeypatch.setattr(_download, "urlopen", opener)
+    dest = tmp_path / "f.bin"
+    urls = ["https://first.invalid/f.bin", "https://second.invalid/f.bin"]
+    _download.download(urls, dest, algorithm="sha256", expected=hashlib.sha256(b"payload").hexdigest())
+    assert seen == urls and dest.read_bytes() == b"payload"
+    monkeypatch.setattr(_download, "urlopen", lambda url, timeout: Cut())
+    with pytest.raises(_download.DownloadError, match=r"first\.invalid/f\.bin: IncompleteRead"):
+        _download.download(urls[:1], tmp_path / "g.bin", algorithm="md5", expected=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
 # ----------------------------------------------------------------------------------------- IMDB
 REVIEWS = {
     # (split, label folder, file name): text, with non-ASCII and HTML line breaks
