@@ -774,3 +774,9 @@ def test_real_imdb(real_imdb: dict, split: str) -> None:
     assert len(texts) == 25000 and labels.shape == (25000,)
     assert int(labels.sum()) == 12500 and labels[:12500].tolist() == [0] * 12500  # neg first
     assert all(isinstance(t, str) and t for t in texts)
+    # The first file of each folder in sorted order (neg/0_*.txt, pos/0_*.txt), read with `tar -xO`.
+    first_neg, first_pos = {
+        "train": ("Story of a man who has unnatural feelings for a pig.", "Bromwell High is a cartoon comedy."),
+        "test": ("Once again Mr. Costner has dragged out a movie", "I went and saw this movie last night"),
+    }[split]
+    assert texts[0].startswith(first_neg) and texts[12500].startswith(first_pos)
