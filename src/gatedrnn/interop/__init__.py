@@ -1,0 +1,11 @@
+"""Interop: torch.nn.GRU, Keras weight files, ONNX export, safetensors model files.
+
+Heavy optional dependencies (``onnx``, ``h5py``) are imported inside the functions that need them,
+never at ``import gatedrnn``.
+"""
+
+from __future__ import annotations
+
+from ._torch import from_torch, to_torch
+
+__all__ = ["from_torch", "to_torch"]
