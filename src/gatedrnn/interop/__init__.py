@@ -6,6 +6,7 @@ never at ``import gatedrnn``.
 
 from __future__ import annotations
 
+from ._onnx import export_onnx
 from ._torch import from_torch, to_torch
 
-__all__ = ["from_torch", "to_torch"]
+__all__ = ["export_onnx", "from_torch", "to_torch"]
