@@ -6,7 +6,8 @@ never at ``import gatedrnn``.
 
 from __future__ import annotations
 
+from ._io import ModelFileError, load, save
 from ._onnx import export_onnx
 from ._torch import from_torch, to_torch
 
-__all__ = ["export_onnx", "from_torch", "to_torch"]
+__all__ = ["ModelFileError", "export_onnx", "from_torch", "load", "save", "to_torch"]
