@@ -29,8 +29,16 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
             p.copy_(torch.rand(p.shape, generator=gen) * 1.2 - 0.6)
 
 
-def _check(model: gatedrnn.GRU, steps: int, batch: int, *, initial_state: bool = True, **kw) -> None:
-    proto = export_onnx(model, None, initial_state=initial_state, **kw)
+def _check(
+    model: gatedrnn.GRU,
+    steps: int,
+    batch: int,
+    *,
+    initial_state: bool = True,
+    lengths: torch.Tensor | None = None,
+    **kw,
+) -> None:
+    proto = export_onnx(model, None, initial_state=initial_state, lengths=lengths is not None, **kw)
     sess = _session(proto)
     d = model.num_directions
     shape = (batch, steps, model.input_size) if model.batch_first else (steps, batch, model.input_size)
@@ -38,10 +46,12 @@ def _check(model: gatedrnn.GRU, steps: int, batch: int, *, initial_state: bool =
     x = torch.randn(shape, generator=gen)
     h0 = torch.randn(model.num_layers * d, batch, model.hidden_size, generator=gen) if initial_state else None
     with torch.no_grad():
-        y, hn = model(x, h0)
+        y, hn = model(x, h0, lengths=lengths)
     feed = {"input": x.numpy()}
     if initial_state:
         feed["h0"] = h0.numpy()
+    if lengths is not None:
+        feed["lengths"] = lengths.numpy()
     oy, ohn = sess.run(["output", "h_n"], feed)
     assert oy.shape == tuple(y.shape) and ohn.shape == tuple(hn.shape)
     np.testing.assert_allclose(oy, y.numpy(), rtol=0, atol=TOL)
@@ -71,6 +81,22 @@ def test_onnxruntime_parity(variant: str, reset_after: bool) -> None:
     if variant == "gru0":  # the Scan body on the classic GRU too
         _check(two, 8, 3, use_gru_op=False)
         _check(one, 8, 3, initial_state=False, use_gru_op=False)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_onnxruntime_parity_lengths(variant: str, reset_after: bool) -> None:
+    """Padded batches: outputs past each length are zero, h_n is taken at the last step, and the
+    reverse direction runs within each length (compared with gatedrnn.GRU(..., lengths=))."""
+    model = gatedrnn.GRU(
+        3, 4, num_layers=2, bidirectional=True, batch_first=True, variant=variant, reset_after=reset_after
+    )
+    _randomize(model, 7)
+    lengths = torch.tensor([5, 9, 1, 3])  # unsorted, one full length
+    _check(model, 9, 4, lengths=lengths)
+    _check(model, 9, 4, lengths=lengths, initial_state=False)
+    if variant == "gru0":
+        _check(model, 9, 4, lengths=lengths, use_gru_op=False)
 
 
 @pytest.mark.parametrize("reset_after", [True, False])

@@ -9,9 +9,10 @@
   its inputs and writes its outputs backwards (``scan_input_directions`` /
   ``scan_output_directions``), so outputs stay in time order as in ``torch.nn.GRU``.
 
-Sequence length and batch are dynamic (``dim_param`` ``seq_len`` and ``batch``). The export covers
-full-length sequences (no ``lengths`` / packed input); dropout is an inference no-op. Weights are
-the layer's current values, stored as float32 initializers.
+Sequence length and batch are dynamic (``dim_param`` ``seq_len`` and ``batch``). With
+``lengths=True`` the graph takes per-sequence lengths (padded batches, exact for every variant);
+otherwise every sequence runs the full length. Dropout is an inference no-op. Weights are the
+layer's current values, stored as float32 initializers.
 """
 
 from __future__ import annotations
@@ -156,9 +157,23 @@ def _step(g: _Graph, spec: Spec, reset_after: bool, sw: _StepWeights, h: str, xs
 
 
 def _scan_direction(
-    g: _Graph, onnx: Any, spec: Spec, reset_after: bool, sw: _StepWeights, x: str, h0: str, reverse: bool, hid: int
+    g: _Graph,
+    onnx: Any,
+    spec: Spec,
+    reset_after: bool,
+    sw: _StepWeights,
+    x: str,
+    h0: str,
+    reverse: bool,
+    hid: int,
+    mask: str | None,
 ) -> tuple[str, str]:
-    """One layer-direction as a Scan over the projected inputs; returns ``(y [T, B, H], h_n [B, H])``."""
+    """One layer-direction as a Scan over the projected inputs; returns ``(y [T, B, H], h_n [B, H])``.
+
+    ``mask`` (``[T, B, 1]`` bool, ``t < lengths[b]``) or None: where it is false the state is kept
+    and the output is zero. Padding sits at the end of each sequence, so the reverse scan keeps
+    ``h0`` through the padding and starts at ``lengths[b] - 1``: the reverse within each length.
+    """
     helper = onnx.helper
     parts = _project(g, sw, x)
     body = _Graph(helper, onnx.numpy_helper, prefix=g.name("body") + "/")
@@ -167,25 +182,44 @@ def _scan_direction(
     x_in = [body.name("x_t") for _ in parts]
     one = body.const("one", np.array(1.0, np.float32))
     h_new = _step(body, spec, reset_after, sw, h_in, x_in, one)
-    y_t = body.op("Identity", [h_new])
+    body_inputs = [helper.make_tensor_value_info(n, f32, [None, None]) for n in [h_in, *x_in]]
+    scan_inputs = [h0, *parts]
+    if mask is None:
+        y_t = body.op("Identity", [h_new])
+    else:
+        m_in = body.name("alive_t")
+        body_inputs.append(helper.make_tensor_value_info(m_in, onnx.TensorProto.BOOL, [None, 1]))
+        scan_inputs.append(mask)
+        y_t = body.op("Where", [m_in, h_new, body.const("zero", np.array(0.0, np.float32))])
+        h_new = body.op("Where", [m_in, h_new, h_in])
     graph = helper.make_graph(
         body.nodes,
         body.prefix + "step",
-        [helper.make_tensor_value_info(n, f32, [None, None]) for n in [h_in, *x_in]],
+        body_inputs,
         [helper.make_tensor_value_info(n, f32, [None, hid]) for n in (h_new, y_t)],
         initializer=body.inits,
     )
     direction = 1 if reverse else 0
+    n_scan = len(scan_inputs) - 1
     h_n, y = g.op(
         "Scan",
-        [h0, *parts],
+        scan_inputs,
         n_out=2,
         body=graph,
-        num_scan_inputs=len(parts),
-        scan_input_directions=[direction] * len(parts),
+        num_scan_inputs=n_scan,
+        scan_input_directions=[direction] * n_scan,
         scan_output_directions=[direction],
     )
     return y, h_n
+
+
+def _alive_mask(g: _Graph, x: str, lengths: str) -> str:
+    """``[T, B, 1]`` bool: ``t < lengths[b]``."""
+    steps = g.op("Gather", [g.op("Shape", [x]), g.const("zero_i", np.array(0, np.int64))], axis=0)
+    t = g.op("Range", [g.const("zero_i", np.array(0, np.int64)), steps, g.const("one_i", np.array(1, np.int64))])
+    t = g.op("Unsqueeze", [t, g.const("axis1", np.array([1], np.int64))])
+    alive = g.op("Less", [t, lengths])
+    return g.op("Unsqueeze", [alive, g.const("axis2", np.array([2], np.int64))])
 
 
 def _to_onnx_gate_order(a: np.ndarray, h: int) -> np.ndarray:
@@ -194,7 +228,9 @@ def _to_onnx_gate_order(a: np.ndarray, h: int) -> np.ndarray:
     return np.concatenate([z, r, n])
 
 
-def _gru_op_layer(g: _Graph, model: GRU, weights: list[Any], x: str, h0: str | None) -> tuple[str, str]:
+def _gru_op_layer(
+    g: _Graph, model: GRU, weights: list[Any], x: str, h0: str | None, seq_lens: str | None
+) -> tuple[str, str]:
     """One gru0 layer (both directions) as the ONNX GRU operator; returns ``(y [T, B, D*H], h_n [D, B, H])``."""
     h = model.hidden_size
     w = np.stack([_to_onnx_gate_order(_np(lw.w_ih), h) for lw in weights])
@@ -209,7 +245,7 @@ def _gru_op_layer(g: _Graph, model: GRU, weights: list[Any], x: str, h0: str | N
         inputs.append(g.const("B", np.stack(bs)))
     else:
         inputs.append("")
-    inputs.append("")  # sequence_lens: full-length sequences
+    inputs.append(seq_lens or "")
     inputs.append(h0 if h0 is not None else "")
     while inputs and inputs[-1] == "":
         inputs.pop()
@@ -237,6 +273,7 @@ def export_onnx(
     *,
     opset: int = 17,
     initial_state: bool = True,
+    lengths: bool = False,
     use_gru_op: bool = True,
 ) -> Any:
     """Export ``model`` to an ONNX file whose graph does not grow with the sequence length.
@@ -248,12 +285,17 @@ def export_onnx(
         opset: ONNX opset, at least 13 (default 17).
         initial_state: give the graph an ``h0`` input (``[L*D, batch, H]``); otherwise the state
             starts at zero. A cell always takes ``hx`` ``[batch, H]``.
+        lengths: give the graph a ``lengths`` input (``[batch]`` int64, each in ``1..seq_len``),
+            with :class:`gatedrnn.GRU`'s ``lengths=`` meaning, exactly: outputs past a
+            sequence's length are zero, ``h_n`` is the state at its last step, and the reverse
+            direction runs backwards within each length (``sequence_lens`` of the GRU operator;
+            a mask in the Scan body). Without it every sequence runs the full ``seq_len``.
         use_gru_op: export ``gru0`` with the ONNX ``GRU`` operator (default); False runs it through
             the same ``Scan`` body as the other variants.
 
     Returns:
         The ``onnx.ModelProto``. Graph inputs: ``input`` (``[seq_len, batch, I]``, or
-        ``[batch, seq_len, I]`` with ``batch_first``) and ``h0``; outputs ``output``
+        ``[batch, seq_len, I]`` with ``batch_first``), ``h0`` and ``lengths`` if asked; outputs ``output``
         (``[seq_len, batch, D*H]``, batch-first likewise) and ``h_n`` (``[L*D, batch, H]``). For a
         cell: inputs ``input`` ``[batch, I]``, ``hx`` ``[batch, H]``; output ``h`` ``[batch, H]``.
 
@@ -292,14 +334,21 @@ def export_onnx(
             x = g.op("Transpose", [x], perm=[1, 0, 2])
         finals: list[str] = []
         axis0 = g.const("axis0", np.array([0], np.int64))
+        gru_op = spec.name == "gru0" and use_gru_op
+        seq_lens = mask = None
+        if lengths:
+            if gru_op:
+                seq_lens = g.op("Cast", ["lengths"], to=onnx.TensorProto.INT32)
+            else:
+                mask = _alive_mask(g, x, "lengths")
         for k, weights in enumerate(model.layer_weights()):
-            if spec.name == "gru0" and use_gru_op:
+            if gru_op:
                 h0 = None
                 if initial_state:
                     s = g.const("start", np.array([k * d_count], np.int64))
                     e = g.const("end", np.array([(k + 1) * d_count], np.int64))
                     h0 = g.op("Slice", ["h0", s, e, axis0])
-                x, y_h = _gru_op_layer(g, model, weights, x, h0)
+                x, y_h = _gru_op_layer(g, model, weights, x, h0, seq_lens)
                 finals.append(y_h)
                 continue
             if not initial_state:
@@ -322,7 +371,7 @@ def export_onnx(
                     h0 = g.op("Gather", ["h0", g.const("index", np.array(k * d_count + d, np.int64))], axis=0)
                 else:
                     h0 = zeros
-                y, h_n = _scan_direction(g, onnx, spec, model.reset_after, sw, x, h0, d == 1, h)
+                y, h_n = _scan_direction(g, onnx, spec, model.reset_after, sw, x, h0, d == 1, h, mask)
                 outs.append(y)
                 finals.append(g.op("Unsqueeze", [h_n, axis0]))
             x = outs[0] if d_count == 1 else g.op("Concat", outs, axis=-1)
@@ -335,6 +384,8 @@ def export_onnx(
         inputs = [helper.make_tensor_value_info("input", f32, [*seq, model.input_size])]
         if initial_state:
             inputs.append(helper.make_tensor_value_info("h0", f32, [layers * d_count, "batch", h]))
+        if lengths:
+            inputs.append(helper.make_tensor_value_info("lengths", onnx.TensorProto.INT64, ["batch"]))
         outputs = [
             helper.make_tensor_value_info("output", f32, [*seq, d_count * h]),
             helper.make_tensor_value_info("h_n", f32, [layers * d_count, "batch", h]),
