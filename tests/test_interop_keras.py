@@ -222,6 +222,8 @@ def test_round_trip_torch_gatedrnn_keras(tmp_path: Path) -> None:
 def test_refusals(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="Keras only has the classic GRU"):
         to_keras(gatedrnn.GRU(3, 4, variant="mgu"), tmp_path / "x.keras")
+    with pytest.raises(ValueError, match=r"\.weights\.h5"):
+        to_keras(gatedrnn.GRU(3, 4), tmp_path / "x.h5")
     full, _ = _functional(reset_after=True)
     full.save(tmp_path / "ra.keras")
     with pytest.raises(KerasFileError, match="reset forms"):

@@ -163,7 +163,10 @@ class _Source:
                     raise KerasFileError(
                         f"{self.path}: a .keras archive must hold {_WEIGHTS} and config.json, got {names}"
                     )
-                self.config = json.loads(z.read("config.json"))
+                try:
+                    self.config = json.loads(z.read("config.json"))
+                except ValueError as e:
+                    raise KerasFileError(f"{self.path}: config.json is not valid JSON ({e})") from e
                 self.h5_bytes = z.read(_WEIGHTS)
         else:
             with open(self.path, "rb") as fh:
@@ -634,7 +637,7 @@ def to_keras(
                 z.writestr("config.json", json.dumps(config))
                 z.writestr(_WEIGHTS, h5)
             _atomic_write(path, bio.getvalue())
-        elif path.endswith(".h5"):
+        elif path.endswith(".weights.h5"):  # Keras 3's load_weights wants this suffix
             _atomic_write(path, h5)
         else:
             raise ValueError(f"path: expected a name ending in .keras or .weights.h5 for a new file, got {path!r}")
