@@ -11,11 +11,14 @@ from gatedrnn.interop import from_torch, to_torch
 
 
 def _grads(module: nn.Module, x: torch.Tensor, h0: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Gradients of x, h0 and every parameter (in name order) under a random upstream gradient."""
+    module.zero_grad()
     x = x.clone().requires_grad_(True)
     h0 = h0.clone().requires_grad_(True)
-    y, _ = module(x, h0)
-    (y * up).sum().backward()
-    return (x.grad, h0.grad)
+    y, hn = module(x, h0)
+    ((y * up).sum() + hn.sum()).backward()
+    params = dict(module.named_parameters())
+    return (x.grad, h0.grad, *(params[k].grad for k in sorted(params)))
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
