@@ -176,3 +176,11 @@ def test_export_refuses_bad_arguments() -> None:
         export_onnx(torch.nn.GRU(2, 3), None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="opset"):
         export_onnx(gatedrnn.GRU(2, 3), None, opset=12)
+
+
+@pytest.mark.parametrize("opset", [13, 17, 20])
+@pytest.mark.parametrize("variant", ["gru0", "gru2"])
+def test_opsets(variant: str, opset: int) -> None:
+    model = gatedrnn.GRU(3, 4, bidirectional=True, variant=variant, reset_after=False)
+    _randomize(model, 8)
+    _check(model, 6, 2, lengths=torch.tensor([6, 2]), opset=opset)
