@@ -130,6 +130,26 @@ def _count_nodes(graph) -> int:
     return total
 
 
+def _names(graph, used: set[str], inits: set[str]) -> None:
+    inits.update(i.name for i in graph.initializer)
+    for node in graph.node:
+        used.update(node.input)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _names(attr.g, used, inits)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("initial_state", [True, False])
+@pytest.mark.parametrize("lengths", [True, False])
+def test_every_initializer_is_used(variant: str, initial_state: bool, lengths: bool) -> None:
+    model = gatedrnn.GRU(2, 3, num_layers=2, bidirectional=True, batch_first=True, variant=variant)
+    used: set[str] = set()
+    inits: set[str] = set()
+    _names(export_onnx(model, None, initial_state=initial_state, lengths=lengths).graph, used, inits)
+    assert inits <= used, inits - used
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_graph_size_does_not_grow_with_length(variant: str, tmp_path) -> None:
     model = gatedrnn.GRU(2, 3, num_layers=2, bidirectional=True, variant=variant)

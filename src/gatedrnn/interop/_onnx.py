@@ -333,8 +333,9 @@ def export_onnx(
         if model.batch_first:
             x = g.op("Transpose", [x], perm=[1, 0, 2])
         finals: list[str] = []
-        axis0 = g.const("axis0", np.array([0], np.int64))
         gru_op = spec.name == "gru0" and use_gru_op
+        # (only when a node will read it: runtimes warn about unused initializers)
+        axis0 = "" if gru_op and not initial_state else g.const("axis0", np.array([0], np.int64))
         seq_lens = mask = None
         if lengths:
             if gru_op:
