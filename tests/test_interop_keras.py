@@ -257,3 +257,19 @@ def test_refusals(tmp_path: Path) -> None:
     (tmp_path / "junk.weights.h5").write_bytes(b"not an h5 file")
     with pytest.raises(KerasFileError, match="junk"):
         from_keras(tmp_path / "junk.weights.h5")
+
+
+def test_nested_model(tmp_path: Path) -> None:
+    """A GRU inside a Sequential inside a functional model is found and written in place."""
+    inner = keras.Sequential([keras.Input((None, 3)), keras.layers.GRU(4, return_sequences=True, name="g")], name="sub")
+    inp = keras.Input((None, 3))
+    keras.Model(inp, keras.layers.Dense(2)(inner(inp))).save(tmp_path / "n.keras")
+    (info,) = keras_layers(tmp_path / "n.keras")
+    assert info["name"] == "g" and info["path"].count("layers") == 2
+    torch.manual_seed(9)
+    ours = gatedrnn.GRU(3, 4, batch_first=True)
+    to_keras(ours, tmp_path / "n.keras")
+    sub = keras.saving.load_model(tmp_path / "n.keras").get_layer("sub")
+    x = np.random.default_rng(9).standard_normal((2, 5, 3)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(_np(sub(x)), ours(torch.from_numpy(x))[0].numpy(), atol=TOL)
