@@ -75,8 +75,19 @@ class _StepWeights:
     (bias of gates that do not read ``x``) and ``b_hn`` are the recurrent-side constants.
     """
 
-    def __init__(self, g: _Graph, spec: Spec, reset_after: bool, w_ih, w_hh, b_ih, b_hh, h: int, tag: str) -> None:
-        w_ih, w_hh, b_ih, b_hh = _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh)
+    def __init__(
+        self,
+        g: _Graph,
+        spec: Spec,
+        reset_after: bool,
+        weight_ih: Tensor,
+        weight_hh: Tensor | None,
+        bias_ih: Tensor | None,
+        bias_hh: Tensor | None,
+        h: int,
+        tag: str,
+    ) -> None:
+        w_ih, w_hh, b_ih, b_hh = _np(weight_ih), _np(weight_hh), _np(bias_ih), _np(bias_hh)
         assert w_ih is not None
         ng = spec.num_gates
         self.proj = g.const(f"{tag}_W_ih_T", w_ih.T)
