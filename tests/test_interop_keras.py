@@ -130,6 +130,15 @@ def test_read_bidirectional_stack(reset_after: bool, tmp_path: Path) -> None:
         with torch.no_grad():
             y = ours(torch.from_numpy(x))[0].numpy()
         np.testing.assert_allclose(y, want, atol=TOL)
+    # and write a gatedrnn stack into the user's two Keras layers
+    torch.manual_seed(10)
+    new = gatedrnn.GRU(3, 4, num_layers=2, bidirectional=True, batch_first=True, reset_after=reset_after)
+    to_keras(new, tmp_path / "m.keras", names)
+    with torch.no_grad():
+        want_new = new(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(_np(keras.saving.load_model(tmp_path / "m.keras")(x)), want_new, atol=TOL)
+    with pytest.raises(KerasFileError, match="expected layer="):
+        to_keras(new, tmp_path / "m.keras")
     with pytest.raises(KerasFileError, match="expected layer="):
         from_keras(tmp_path / "m.keras")  # two layers: a stack is always named
     with pytest.raises(KerasFileError, match="stack"):
