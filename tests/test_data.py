@@ -374,6 +374,32 @@ def test_download_short_read_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert dest.read_bytes() == b"y" * 100
 
 
+def test_download_cut_connection_tries_next_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import http.client
+
+    class Cut(io.BytesIO):
+        headers: dict[str, str] = {}  # noqa: RUF012
+
+        def read(self, size: int = -1) -> bytes:
+            raise http.client.IncompleteRead(b"partial", 10)
+
+    seen: list[str] = []
+
+    def opener(url: str, timeout: float) -> io.BytesIO:
+        seen.append(url)
+        return Cut() if "first" in url else io.BytesIO(b"payload")
+
+    monkeypatch.setattr(_download, "urlopen", opener)
+    dest = tmp_path / "f.bin"
+    urls = ["https://first.invalid/f.bin", "https://second.invalid/f.bin"]
+    _download.download(urls, dest, algorithm="sha256", expected=hashlib.sha256(b"payload").hexdigest())
+    assert seen == urls and dest.read_bytes() == b"payload"
+    monkeypatch.setattr(_download, "urlopen", lambda url, timeout: Cut())
+    with pytest.raises(_download.DownloadError, match=r"first\.invalid/f\.bin: IncompleteRead"):
+        _download.download(urls[:1], tmp_path / "g.bin", algorithm="md5", expected=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
 # ----------------------------------------------------------------------------------------- IMDB
 REVIEWS = {
     # (split, label folder, file name): text, with non-ASCII and HTML line breaks
@@ -477,10 +503,42 @@ def test_imdb_cache_is_used_and_refreshed(tmp_path: Path, monkeypatch: pytest.Mo
     assert len(list(cache.glob("imdb-train-*"))) == 1
 
 
+def test_imdb_cache_never_skips_verification(tmp_path: Path) -> None:
+    """A split cached from an unverified read is not served to a verified one."""
+    make_tar(tmp_path / "imdb" / "aclImdb_v1.tar.gz", imdb_members())
+    cache = tmp_path / "cache"
+    assert load_imdb("train", tmp_path, verify=False, cache_dir=cache)[0] == EXPECTED["train"][0]
+    with pytest.raises(CorruptData, match=r"checksum mismatch: md5 expected 7c2ac02c"):
+        load_imdb("train", tmp_path, cache_dir=cache)
+
+
+def test_imdb_folder_cache_sees_edits(tmp_path: Path) -> None:
+    make_imdb_folder(tmp_path)
+    cache = tmp_path / "cache"
+    assert load_imdb("train", tmp_path, cache_dir=cache)[0] == EXPECTED["train"][0]
+    assert len(list(cache.glob("imdb-train-*.json.gz"))) == 1
+    edited = tmp_path / "imdb" / "aclImdb" / "train" / "neg" / "1_2.txt"
+    edited.write_text("Dull!!", encoding="utf-8")
+    os.utime(edited, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert load_imdb("train", tmp_path, cache_dir=cache)[0][0] == "Dull!!"
+
+
 def test_imdb_default_cache_next_to_data(tmp_path: Path) -> None:
     make_tar(tmp_path / "imdb" / "aclImdb_v1.tar.gz", imdb_members())
     load_imdb("test", tmp_path, verify=False)
     assert len(list((tmp_path / "imdb" / "cache").glob("imdb-test-*.json.gz"))) == 1
+
+
+def test_imdb_cache_falls_back_when_data_folder_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import platformdirs
+
+    make_tar(tmp_path / "data" / "imdb" / "aclImdb_v1.tar.gz", imdb_members())
+    monkeypatch.setattr(platformdirs, "user_cache_dir", lambda appname: str(tmp_path / "user" / appname))
+    real_writable = data._writable
+    monkeypatch.setattr(data, "_writable", lambda folder: "data" not in folder.parts and real_writable(folder))
+    assert load_imdb("test", tmp_path / "data", verify=False)[0] == EXPECTED["test"][0]
+    assert not (tmp_path / "data" / "imdb" / "cache").exists()
+    assert len(list((tmp_path / "user" / "gatedrnn" / "parsed").glob("imdb-test-*.json.gz"))) == 1
 
 
 @pytest.mark.parametrize(
@@ -542,6 +600,7 @@ def test_imdb_missing_message(tmp_path: Path) -> None:
     ]:
         assert f"  {path}\n" in message
     assert "ai.stanford.edu" in message and "--download" in message
+    assert f"in the data folder {tmp_path} (chosen by the data_dir argument (--data-dir))" in message
 
 
 def test_imdb_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -715,3 +774,9 @@ def test_real_imdb(real_imdb: dict, split: str) -> None:
     assert len(texts) == 25000 and labels.shape == (25000,)
     assert int(labels.sum()) == 12500 and labels[:12500].tolist() == [0] * 12500  # neg first
     assert all(isinstance(t, str) and t for t in texts)
+    # The first file of each folder in sorted order (neg/0_*.txt, pos/0_*.txt), read with `tar -xO`.
+    first_neg, first_pos = {
+        "train": ("Story of a man who has unnatural feelings for a pig.", "Bromwell High is a cartoon comedy."),
+        "test": ("Once again Mr. Costner has dragged out a movie", "I went and saw this movie last night"),
+    }[split]
+    assert texts[0].startswith(first_neg) and texts[12500].startswith(first_pos)

@@ -89,7 +89,7 @@ class ChecksumMismatch(ValueError):
 
 
 def _stream(url: str, handle: IO[bytes], algorithm: str, desc: str, timeout: float) -> str:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     digest = hashlib.new(algorithm)
     with contextlib.closing(urlopen(url, timeout)) as response:
@@ -126,6 +126,8 @@ def download(
     :class:`ChecksumMismatch`, otherwise a :class:`DownloadError` listing each URL and its error.
     ``dest`` exists afterwards only if a complete, verified copy was written.
     """
+    import http.client
+
     errors: list[str] = []
     mismatch: ChecksumMismatch | None = None
     for url in urls:
@@ -138,7 +140,8 @@ def download(
         except ChecksumMismatch as exc:
             mismatch = exc
             errors.append(str(exc))
-        except (OSError, ValueError, TimeoutError) as exc:  # URLError, HTTPError, socket errors, bad URLs
+        # URLError, HTTPError, socket and SSL errors, timeouts, bad URLs, a connection cut mid-body
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             errors.append(f"{url}: {type(exc).__name__}: {exc}")
     if mismatch is not None:
         raise mismatch

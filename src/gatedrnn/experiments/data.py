@@ -312,8 +312,11 @@ def _verify(dataset: str, name: str, path: pathlib.Path, stored: bytes | None, c
     known = CHECKSUMS.get((dataset, name))
     if known is None:
         return
-    as_stored = stored if stored is not None else content
-    if known.md5 is not None and hashlib.md5(as_stored, usedforsecurity=False).hexdigest() == known.md5:
+    if (
+        known.md5 is not None
+        and stored is not None
+        and hashlib.md5(stored, usedforsecurity=False).hexdigest() == known.md5
+    ):
         return
     if known.size is not None and len(content) != known.size:
         raise CorruptData(
@@ -410,7 +413,7 @@ def _fetch(urls: Sequence[str], dest: pathlib.Path, algorithm: str, expected: st
         ) from exc
     except _download.DownloadError as exc:
         raise DownloadFailed(
-            f"{exc}\nWith no network, copy the file into {dest.parent}/ yourself (see docs/data.md)."
+            f"{exc}\nWith no network, copy the file into {dest.parent}/ yourself (see the README, section 'Data sets')."
         ) from exc
 
 
@@ -483,26 +486,29 @@ def _read_imdb_folder(split_dir: pathlib.Path) -> tuple[list[str], list[int]]:
     return _ordered(entries)
 
 
-def _source_key(kind: str, path: pathlib.Path) -> str:
-    """A digest naming one state of a source: path, size and mtime (plus entry counts for folders)."""
-    h = hashlib.sha256(f"{_IMDB_CACHE_FORMAT}|{kind}|{path.resolve()}".encode())
+def _source_key(kind: str, path: pathlib.Path, verified: bool) -> str:
+    """A digest naming one state of a source: its path, whether it was checksum-verified, and the
+    size and modification time of the archive (of every review file, for a folder)."""
+    h = hashlib.sha256(f"{_IMDB_CACHE_FORMAT}|{kind}|{path.resolve()}|{verified}".encode())
     if kind == "archive":
         st = path.stat()
         h.update(f"|{st.st_size}|{st.st_mtime_ns}".encode())
     else:
         for label_name in _LABELS:
-            sub = path / label_name
-            st = sub.stat()
-            h.update(f"|{label_name}|{st.st_mtime_ns}|{sum(1 for _ in os.scandir(sub))}".encode())
+            with os.scandir(path / label_name) as entries:
+                stats = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
+            h.update(f"|{label_name}|{stats}".encode())
     return h.hexdigest()[:20]
 
 
 def _writable(folder: pathlib.Path) -> bool:
+    import tempfile
+
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
         return True
     except OSError:
         return False
@@ -603,7 +609,7 @@ def load_imdb(
 
     kind, path = source
     cache = _cache_folder(folder, cache_dir)
-    key = _source_key(kind, path)
+    key = _source_key(kind, path, verify and kind == "archive")
     cached = _read_cache(_cache_path(cache, split, key), split) if cache is not None else None
     if cached is None:
         if kind == "folder":

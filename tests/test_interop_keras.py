@@ -1,0 +1,284 @@
+"""Keras GRU files ⇄ gatedrnn, checked in Keras itself (torch backend, no TensorFlow).
+
+Keras numbers are first checked against Keras' GRU equations written out here (float64), so
+that a wrong gate order, transposition or bias row is caught by two independent references.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["KERAS_BACKEND"] = "torch"
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import gatedrnn
+from gatedrnn.interop import KerasFileError, from_keras, from_torch, keras_layers, to_keras, to_torch
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("h5py")
+
+TOL = 1e-5
+
+
+def _np(t) -> np.ndarray:
+    return keras.ops.convert_to_numpy(t)
+
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def keras_gru_by_hand(x, kernel, rec, bias, reset_after: bool, go_backwards: bool) -> np.ndarray:
+    """Keras' GRU (return_sequences=True), written out in float64. x: [B, T, I]."""
+    x, kernel, rec = x.astype(np.float64), kernel.astype(np.float64), rec.astype(np.float64)
+    units = rec.shape[0]
+    if bias is None:
+        b_in, b_rec = np.zeros(3 * units), np.zeros(3 * units)
+    elif reset_after:
+        b_in, b_rec = bias[0].astype(np.float64), bias[1].astype(np.float64)
+    else:
+        b_in, b_rec = bias.astype(np.float64), np.zeros(3 * units)
+    if go_backwards:
+        x = x[:, ::-1]
+    h = np.zeros((x.shape[0], units))
+    outs = []
+    z_, r_, h_ = slice(0, units), slice(units, 2 * units), slice(2 * units, 3 * units)
+    for t in range(x.shape[1]):
+        mx = x[:, t] @ kernel + b_in
+        z = _sigmoid(mx[:, z_] + h @ rec[:, z_] + b_rec[z_])
+        r = _sigmoid(mx[:, r_] + h @ rec[:, r_] + b_rec[r_])
+        if reset_after:
+            hh = np.tanh(mx[:, h_] + r * (h @ rec[:, h_] + b_rec[h_]))
+        else:
+            hh = np.tanh(mx[:, h_] + (r * h) @ rec[:, h_])
+        h = z * h + (1 - z) * hh
+        outs.append(h)
+    return np.stack(outs, axis=1)
+
+
+def _const(shape: tuple[int, ...], mod: int, scale: float) -> np.ndarray:
+    """Distinct, fixed values (every column differs, so a gate-order mistake shows)."""
+    n = int(np.prod(shape))
+    return (((np.arange(n) * 7) % mod - mod // 2) * scale).reshape(shape).astype(np.float32)
+
+
+def _keras_gru(units: int, in_size: int, **kw):
+    return keras.Sequential([keras.Input((None, in_size)), keras.layers.GRU(units, return_sequences=True, **kw)])
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_keras_equations_and_reading(reset_after: bool, go_backwards: bool, use_bias: bool, tmp_path: Path) -> None:
+    units, in_size = 4, 3
+    model = _keras_gru(units, in_size, reset_after=reset_after, go_backwards=go_backwards, use_bias=use_bias)
+    kernel = _const((in_size, 3 * units), 11, 0.07)
+    rec = _const((units, 3 * units), 13, 0.05)
+    weights = [kernel, rec]
+    bias = None
+    if use_bias:
+        bias = _const((2, 3 * units) if reset_after else (3 * units,), 9, 0.1)
+        weights.append(bias)
+    model.layers[0].set_weights(weights)
+    x = np.random.default_rng(0).standard_normal((2, 6, in_size)).astype(np.float32)
+    got = _np(model(x))
+    np.testing.assert_allclose(got, keras_gru_by_hand(x, kernel, rec, bias, reset_after, go_backwards), atol=TOL)
+
+    for name in ("m.keras", "m.weights.h5"):
+        path = tmp_path / name
+        model.save(path) if name.endswith(".keras") else model.save_weights(path)
+        kw = {"reset_after": reset_after} if (name.endswith(".h5") and not use_bias) else {}
+        if go_backwards and name.endswith(".keras"):
+            with pytest.raises(KerasFileError, match="go_backwards=True"):
+                from_keras(path)
+            kw["go_backwards"] = True
+        ours = from_keras(path, **kw)
+        assert (ours.variant, ours.reset_after, ours.bias, ours.batch_first) == ("gru0", reset_after, use_bias, True)
+        xt = torch.from_numpy(x)
+        with torch.no_grad():
+            y = ours(xt.flip(1) if go_backwards else xt)[0].numpy()
+        np.testing.assert_allclose(y, got, atol=TOL)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_read_bidirectional_stack(reset_after: bool, tmp_path: Path) -> None:
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            keras.layers.Bidirectional(keras.layers.GRU(4, return_sequences=True, reset_after=reset_after)),
+            keras.layers.Bidirectional(keras.layers.GRU(4, return_sequences=True, reset_after=reset_after)),
+        ]
+    )
+    for w in model.weights:  # Keras initialises biases to zero: make them count
+        w.assign(np.random.default_rng(len(w.path)).uniform(-0.5, 0.5, w.shape).astype(np.float32))
+    x = np.random.default_rng(2).standard_normal((2, 7, 3)).astype(np.float32)
+    want = _np(model(x))
+    names = [layer.name for layer in model.layers]
+    model.save(tmp_path / "m.keras")
+    model.save_weights(tmp_path / "m.weights.h5")
+    info = keras_layers(tmp_path / "m.keras")
+    assert [i["name"] for i in info] == names and all(i["bidirectional"] for i in info)
+    for path, layer in ((tmp_path / "m.keras", names), (tmp_path / "m.weights.h5", names)):
+        ours = from_keras(path, layer)
+        assert ours.num_layers == 2 and ours.bidirectional
+        with torch.no_grad():
+            y = ours(torch.from_numpy(x))[0].numpy()
+        np.testing.assert_allclose(y, want, atol=TOL)
+    # and write a gatedrnn stack into the user's two Keras layers
+    torch.manual_seed(10)
+    new = gatedrnn.GRU(3, 4, num_layers=2, bidirectional=True, batch_first=True, reset_after=reset_after)
+    to_keras(new, tmp_path / "m.keras", names)
+    with torch.no_grad():
+        want_new = new(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(_np(keras.saving.load_model(tmp_path / "m.keras")(x)), want_new, atol=TOL)
+    with pytest.raises(KerasFileError, match="expected layer="):
+        to_keras(new, tmp_path / "m.keras")
+    with pytest.raises(KerasFileError, match="expected layer="):
+        from_keras(tmp_path / "m.keras")  # two layers: a stack is always named
+    with pytest.raises(KerasFileError, match="stack"):
+        from_keras(tmp_path / "m.keras", names[::-1])  # wrong order: shapes do not chain
+    with pytest.raises(KerasFileError, match="nope"):
+        from_keras(tmp_path / "m.keras", "nope")
+
+
+def _functional(reset_after: bool, use_bias: bool = True):
+    inp = keras.Input((None, 3))
+    y = keras.layers.GRU(5, return_sequences=True, reset_after=reset_after, use_bias=use_bias, name="enc")(inp)
+    out = keras.layers.Dense(2, name="head")(y)
+    return keras.Model(inp, out), keras.Model(inp, y)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("suffix", [".keras", ".weights.h5"])
+def test_write_into_user_model(reset_after: bool, suffix: str, tmp_path: Path) -> None:
+    """The essential case: the user built a Keras model; gatedrnn weights go into its GRU layer."""
+    keras.utils.set_random_seed(3)
+    full, _ = _functional(reset_after)
+    path = tmp_path / ("m" + suffix)
+    full.save(path) if suffix == ".keras" else full.save_weights(path)
+    head = [w.copy() for w in full.get_layer("head").get_weights()]
+    torch.manual_seed(4)
+    ours = gatedrnn.GRU(3, 5, batch_first=True, reset_after=reset_after)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.uniform_(-0.6, 0.6)
+    to_keras(ours, path, "enc")
+    if suffix == ".keras":
+        loaded = keras.saving.load_model(path)
+    else:
+        loaded, _ = _functional(reset_after)
+        loaded.load_weights(path)
+    enc = keras.Model(loaded.inputs[0], loaded.get_layer("enc").output)
+    x = np.random.default_rng(5).standard_normal((3, 9, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = ours(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(_np(enc(x)), want, atol=TOL)
+    for a, b in zip(loaded.get_layer("head").get_weights(), head, strict=True):
+        np.testing.assert_array_equal(a, b)  # the rest of the file is untouched
+    back = from_keras(path, "enc")  # and back again
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(getattr(back, name), p, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("reset_after", "bias", "bidirectional", "layers"),
+    [(True, True, False, 1), (False, True, True, 2), (True, False, True, 1), (False, False, False, 2)],
+)
+def test_write_new_files(reset_after: bool, bias: bool, bidirectional: bool, layers: int, tmp_path: Path) -> None:
+    torch.manual_seed(6)
+    ours = gatedrnn.GRU(3, 4, num_layers=layers, bias=bias, bidirectional=bidirectional, reset_after=reset_after)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.uniform_(-0.6, 0.6)
+    x = np.random.default_rng(7).standard_normal((2, 8, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = ours(torch.from_numpy(x).transpose(0, 1))[0].transpose(0, 1).numpy()
+    to_keras(ours, tmp_path / "new.keras")
+    loaded = keras.saving.load_model(tmp_path / "new.keras")
+    np.testing.assert_allclose(_np(loaded(x)), want, atol=TOL)
+    to_keras(ours, tmp_path / "new.weights.h5")
+
+    def gru(**kw):
+        return keras.layers.GRU(4, return_sequences=True, reset_after=reset_after, use_bias=bias, **kw)
+
+    built = keras.Sequential(
+        [keras.Input((None, 3))]
+        + [keras.layers.Bidirectional(gru()) if bidirectional else gru() for _ in range(layers)]
+    )
+    built.load_weights(tmp_path / "new.weights.h5")
+    np.testing.assert_allclose(_np(built(x)), want, atol=TOL)
+
+
+def test_round_trip_torch_gatedrnn_keras(tmp_path: Path) -> None:
+    torch.manual_seed(8)
+    native = torch.nn.GRU(3, 4, num_layers=2, bidirectional=True, batch_first=True)
+    path = tmp_path / "m.keras"
+    to_keras(from_torch(native), path)
+    back = to_torch(from_keras(path, [layer["name"] for layer in keras_layers(path)]))
+    x = torch.randn(2, 6, 3)
+    with torch.no_grad():
+        want = native(x)[0]
+        torch.testing.assert_close(back(x)[0], want, rtol=0, atol=0)
+    np.testing.assert_allclose(_np(keras.saving.load_model(path)(x.numpy())), want.numpy(), atol=TOL)
+
+
+def test_refusals(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Keras only has the classic GRU"):
+        to_keras(gatedrnn.GRU(3, 4, variant="mgu"), tmp_path / "x.keras")
+    with pytest.raises(ValueError, match=r"\.weights\.h5"):
+        to_keras(gatedrnn.GRU(3, 4), tmp_path / "x.h5")
+    full, _ = _functional(reset_after=True)
+    full.save(tmp_path / "ra.keras")
+    with pytest.raises(KerasFileError, match="reset forms"):
+        to_keras(gatedrnn.GRU(3, 5, reset_after=False), tmp_path / "ra.keras", "enc")
+    with pytest.raises(KerasFileError, match="shape"):
+        to_keras(gatedrnn.GRU(3, 6), tmp_path / "ra.keras", "enc")
+    with pytest.raises(KerasFileError, match="Bidirectional"):
+        to_keras(gatedrnn.GRU(3, 5, bidirectional=True), tmp_path / "ra.keras", "enc")
+    nob, _ = _functional(reset_after=True, use_bias=False)
+    nob.save_weights(tmp_path / "nob.weights.h5")
+    with pytest.raises(KerasFileError, match="non-zero biases"):
+        to_keras(gatedrnn.GRU(3, 5), tmp_path / "nob.weights.h5", "enc")
+    with pytest.raises(KerasFileError, match="reset_after"):
+        from_keras(tmp_path / "nob.weights.h5")  # no bias, no config: the reset form is unknown
+    assert from_keras(tmp_path / "nob.weights.h5", reset_after=False).reset_after is False
+    relu = _keras_gru(4, 3, activation="relu")
+    relu.save(tmp_path / "relu.keras")
+    with pytest.raises(KerasFileError, match="activation='relu'"):
+        from_keras(tmp_path / "relu.keras")
+    summed = keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            keras.layers.Bidirectional(keras.layers.GRU(2, return_sequences=True), merge_mode="sum"),
+        ]
+    )
+    summed.save(tmp_path / "sum.keras")
+    with pytest.raises(KerasFileError, match="merge_mode='sum'"):
+        from_keras(tmp_path / "sum.keras")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        from_keras(tmp_path / "missing.keras")
+    (tmp_path / "junk.weights.h5").write_bytes(b"not an h5 file")
+    with pytest.raises(KerasFileError, match="junk"):
+        from_keras(tmp_path / "junk.weights.h5")
+
+
+def test_nested_model(tmp_path: Path) -> None:
+    """A GRU inside a Sequential inside a functional model is found and written in place."""
+    inner = keras.Sequential([keras.Input((None, 3)), keras.layers.GRU(4, return_sequences=True, name="g")], name="sub")
+    inp = keras.Input((None, 3))
+    keras.Model(inp, keras.layers.Dense(2)(inner(inp))).save(tmp_path / "n.keras")
+    (info,) = keras_layers(tmp_path / "n.keras")
+    assert info["name"] == "g" and info["path"].count("layers") == 2
+    torch.manual_seed(9)
+    ours = gatedrnn.GRU(3, 4, batch_first=True)
+    to_keras(ours, tmp_path / "n.keras")
+    sub = keras.saving.load_model(tmp_path / "n.keras").get_layer("sub")
+    x = np.random.default_rng(9).standard_normal((2, 5, 3)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(_np(sub(x)), ours(torch.from_numpy(x))[0].numpy(), atol=TOL)

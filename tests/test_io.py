@@ -1,0 +1,176 @@
+"""safetensors model files: round trips, a fresh process, and refusal of truncated / tampered files."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import gatedrnn
+from gatedrnn.interop import ModelFileError, load, save
+
+VARIANTS = sorted(gatedrnn.SPECS)
+
+
+def _same_model(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    assert type(a) is type(b)
+    assert repr(a) == repr(b)
+    sa, sb = dict(a.named_parameters()), dict(b.named_parameters())
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_round_trip_every_variant(variant: str, reset_after: bool, tmp_path: Path) -> None:
+    model = gatedrnn.GRU(
+        3, 4, num_layers=2, bidirectional=True, batch_first=True, dropout=0.25, variant=variant, reset_after=reset_after
+    )
+    path = tmp_path / "m.safetensors"
+    save(model, path)
+    back = load(path)
+    _same_model(model, back)
+    assert (back.num_layers, back.bidirectional, back.batch_first, back.dropout) == (2, True, True, 0.25)
+    x = torch.randn(2, 5, 3)
+    model.eval(), back.eval()
+    torch.testing.assert_close(back(x)[0], model(x)[0], rtol=0, atol=0)
+    cell = gatedrnn.GRUCell(3, 4, bias=variant == "gru3", variant=variant, reset_after=reset_after, dtype=torch.float64)
+    save(cell, path)
+    _same_model(cell, load(path))
+
+
+def test_torch_gru_is_saved_as_gru0(tmp_path: Path) -> None:
+    ref = torch.nn.GRU(3, 4, num_layers=2)
+    save(ref, tmp_path / "t.safetensors")
+    back = load(tmp_path / "t.safetensors")
+    assert isinstance(back, gatedrnn.GRU) and back.variant == "gru0" and back.reset_after
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(back(x)[0], ref(x)[0])
+
+
+def test_loads_in_a_fresh_process(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    model = gatedrnn.GRU(3, 5, num_layers=2, bidirectional=True, variant="mgu", reset_after=False)
+    path = tmp_path / "m.safetensors"
+    save(model, path)
+    x = torch.randn(6, 2, 3)
+    save_file({"x": x}, tmp_path / "x.safetensors")
+    code = (
+        "import sys, gatedrnn, torch\n"
+        "from safetensors.torch import load_file, save_file\n"
+        "m = gatedrnn.load(sys.argv[1])\n"
+        "x = load_file(sys.argv[2])['x']\n"
+        "with torch.no_grad():\n"
+        "    y, h = m(x)\n"
+        "save_file({'y': y.contiguous(), 'h': h.contiguous()}, sys.argv[3])\n"
+    )
+    src = str(Path(gatedrnn.__file__).parents[1])
+    env = {"PYTHONPATH": src, "PATH": "/usr/bin:/bin"}
+    out = tmp_path / "y.safetensors"
+    subprocess.run(
+        [sys.executable, "-c", code, str(path), str(tmp_path / "x.safetensors"), str(out)], check=True, env=env
+    )
+    got = load_file(out)
+    with torch.no_grad():
+        y, h = model(x)
+    torch.testing.assert_close(got["y"], y, rtol=0, atol=0)
+    torch.testing.assert_close(got["h"], h, rtol=0, atol=0)
+
+
+def test_write_is_atomic_and_leaves_no_temp(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    save(gatedrnn.GRU(2, 3), path)
+    save(gatedrnn.GRU(2, 4), path)  # replaces
+    assert load(path).hidden_size == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def _saved(tmp_path: Path) -> tuple[Path, bytes]:
+    path = tmp_path / "m.safetensors"
+    save(gatedrnn.GRU(3, 4, num_layers=2, variant="gru1"), path)
+    return path, path.read_bytes()
+
+
+@pytest.mark.parametrize("keep", [0, 5, 8, 40, -1, -17])
+def test_truncated_file_is_refused(tmp_path: Path, keep: int) -> None:
+    path, data = _saved(tmp_path)
+    path.write_bytes(data[:keep])
+    with pytest.raises(ModelFileError, match=r"m\.safetensors"):
+        load(path)
+
+
+def test_tampered_data_is_refused(tmp_path: Path) -> None:
+    path, data = _saved(tmp_path)
+    b = bytearray(data)
+    b[-3] ^= 0x40  # one bit of one weight
+    path.write_bytes(bytes(b))
+    with pytest.raises(ModelFileError, match="sha256"):
+        load(path)
+
+
+def _rewrite_header(path: Path, data: bytes, edit) -> None:
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    edit(header)
+    raw = json.dumps(header).encode()
+    raw += b" " * ((8 - len(raw) % 8) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda h: h["__metadata__"].update(hidden_size="5"), "do not match the configuration"),
+        (lambda h: h["__metadata__"].update(variant="gru9"), "variant"),
+        (lambda h: h["__metadata__"].update(format_version="99"), "format_version"),
+        (lambda h: h["__metadata__"].update(bias="yes"), "'bias'"),
+        (lambda h: h["__metadata__"].update(num_layers="-1"), "num_layers"),
+        (lambda h: h["__metadata__"].update(dropout="nan"), "dropout"),
+        (lambda h: h["__metadata__"].pop("reset_after"), "missing"),
+        (lambda h: h["__metadata__"].update(pickle="cos\nsystem"), "unexpected keys"),
+        (lambda h: h.pop("__metadata__"), "no gatedrnn metadata"),
+        (lambda h: h.pop("bias_hh_l1"), "not a valid safetensors file|do not match"),
+    ],
+)
+def test_tampered_header_is_refused(tmp_path: Path, edit, message: str) -> None:
+    path, data = _saved(tmp_path)
+    _rewrite_header(path, data, edit)
+    with pytest.raises(ModelFileError, match=message) as info:
+        load(path)
+    assert "m.safetensors" in str(info.value)
+
+
+def test_corrupt_header_bytes_are_refused(tmp_path: Path) -> None:
+    path, data = _saved(tmp_path)
+    b = bytearray(data)
+    b[10] = 0xFF  # inside the JSON header
+    path.write_bytes(bytes(b))
+    with pytest.raises(ModelFileError, match=r"m\.safetensors"):
+        load(path)
+    path.write_bytes(struct.pack("<Q", 1 << 40) + data[8:])  # absurd header length
+    with pytest.raises(ModelFileError, match="header length"):
+        load(path)
+
+
+def test_foreign_safetensors_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.safetensors"
+    save_file({"weight": torch.zeros(2)}, path)
+    with pytest.raises(ModelFileError, match="no gatedrnn metadata"):
+        load(path)
+    save_file(dict(torch.nn.GRU(2, 3).state_dict()), path, metadata={"format": "pt"})
+    with pytest.raises(ModelFileError, match="'format'"):
+        load(path)
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load(tmp_path / "nope.safetensors")
+    with pytest.raises(TypeError, match="model"):
+        save(torch.nn.LSTM(2, 3), tmp_path / "x.safetensors")  # type: ignore[arg-type]
