@@ -118,7 +118,7 @@ DataDirOpt = Annotated[str | None, typer.Option(help="Data folder (default: $GAT
 OutOpt = Annotated[str | None, typer.Option(help="Run folder (default runs/TASK-TIME).")]
 DtypeOpt = Annotated[str | None, typer.Option(help="float32 or float64.")]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu or cuda.")]
-ThreadsOpt = Annotated[int | None, typer.Option(help="torch threads (0: torch's default).")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="torch threads (default 1; 0: torch's default).")]
 ClipOpt = Annotated[float | None, typer.Option(help="Max gradient norm (0: no clipping).")]
 TrainLimitOpt = Annotated[int | None, typer.Option(help="Use a fixed random subset of N training examples.")]
 TestLimitOpt = Annotated[int | None, typer.Option(help="Use a fixed random subset of N test examples.")]

@@ -136,6 +136,7 @@ def write_summary(rows: list[dict[str, Any]], folder: str | Path, title: str) ->
 def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
     """Train loss and test metric per epoch, one line per (cell, lr), a mean ± std band over seeds."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     curves: dict[tuple[str, float], dict[int, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(dict))
     for r in records:
@@ -166,6 +167,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = ""
         axes[1].set_yscale("log")
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
     axes[1].legend(fontsize=8, loc="best")
     if title:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import distributed as dd
 from ._io import atomic_write_text
