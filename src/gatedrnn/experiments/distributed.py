@@ -65,9 +65,14 @@ def shard(indices: Tensor) -> Tensor:
 
 
 def all_reduce_sum(t: Tensor) -> Tensor:
-    """``t`` summed over processes (in place; ``t`` itself when alone)."""
+    """``t`` summed over processes (in place; ``t`` itself when alone). CPU tensors under nccl go via the GPU."""
     if active():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if dist.get_backend() == "nccl" and not t.is_cuda:  # pragma: no cover - needs GPUs
+            on_gpu = t.cuda()
+            dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+            t.copy_(on_gpu.cpu())
+        else:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
