@@ -12,9 +12,12 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from .experiments.config import Config
 
 __all__ = ["app", "main"]
 
@@ -89,7 +92,7 @@ def _seeds(text: str) -> int | list[int]:
     return values
 
 
-def build_config(config_file: Path | None, sets: list[str] | None, **options: Any):
+def build_config(config_file: Path | None, sets: list[str] | None, **options: Any) -> Config:
     """Defaults, then the TOML file, then ``--set`` pairs, then the options that were given."""
     from .experiments.config import Config, load_toml
 

@@ -171,7 +171,7 @@ def _positive_float(name: str, v: Any) -> float:
     return float(v)
 
 
-def _tomllib():
+def _tomllib() -> Any:
     if sys.version_info >= (3, 11):
         import tomllib
 

@@ -24,7 +24,7 @@ from ._io import atomic_write_bytes, atomic_write_text
 from .config import Config, ConfigError, to_toml
 from .models import SequenceModel, default_dtype, model_for
 from .report import write_metrics
-from .tasks import build_task, get_task
+from .tasks import Task, build_task, get_task
 from .train import loss_and_metric, train_run
 
 __all__ = ["hidden_grad_norms", "run_gradients"]
@@ -96,7 +96,7 @@ def run_gradients(cfg: Config, batch: int = 256) -> tuple[Path, str]:
         torch.set_num_threads(threads)
 
 
-def _run(cfg: Config, task, batch: int) -> tuple[Path, str]:
+def _run(cfg: Config, task: Task, batch: int) -> tuple[Path, str]:
     import time
 
     out = Path(cfg.out) if cfg.out else Path("runs") / f"gradients-{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"

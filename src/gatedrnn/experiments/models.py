@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .. import GRU, SPECS
-from .config import CELLS
+from .config import CELLS, Config
+from .tasks import TaskData
 
 __all__ = ["SequenceModel", "build_core", "count_params"]
 
@@ -104,7 +105,7 @@ class SequenceModel(nn.Module):
         return self.head(y if self.seq2seq else last)
 
 
-def model_for(cell: str, cfg, data, seq2seq: bool) -> SequenceModel:
+def model_for(cell: str, cfg: Config, data: TaskData, seq2seq: bool) -> SequenceModel:
     """The model of ``cell`` for a task's data under config ``cfg`` (not yet cast to its dtype)."""
     return SequenceModel(
         cell,

@@ -89,7 +89,9 @@ def _metric_count(kind: str, split: Split) -> int:
     return len(split) * (split.y[0].numel() if kind == "regression" else 1)
 
 
-def _batch(split: Split, idx: Tensor, dtype: torch.dtype, device: torch.device, kind: str, tokens: bool):
+def _batch(
+    split: Split, idx: Tensor, dtype: torch.dtype, device: torch.device, kind: str, tokens: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
     x = split.x[idx].to(device)
     if not tokens:
         x = x.to(dtype)
