@@ -1,20 +1,524 @@
-"""The triton engine (not built yet)."""
+"""The triton engine: every variant of the family on CUDA tensors (or CPU tensors in Triton's interpreter).
+
+One :class:`torch.autograd.Function` per layer and direction, with a hand-written backward:
+
+* forward: the input projection of all steps is one GEMM (:func:`gatedrnn._reference.project`);
+  the recurrence runs in Triton, either as one **persistent** launch (small ``H``: the recurrent
+  weights stay in registers, each program owns a batch tile and loops over T) or as one **step**
+  launch per time step (any ``H``; two launches per step for the reset-before form), the
+  recurrent matmul fused with the gate epilogue. On CUDA the step loop can be captured in a CUDA
+  graph and replayed.
+* backward: the mirror kernels compute ``dh(t-1)`` and the pre-activation gradients of every
+  step; ``dx``, ``dW_ih``, ``dW_hh`` and the bias gradients are single matrix products / sums in
+  torch outside the loop.
+
+Triton is imported here only (this module is loaded lazily by the engine registry), and the
+kernels module is exec'd once per Triton mode (compiled / ``TRITON_INTERPRET=1``) on first use.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
 from torch import Tensor
 
+from .. import _reference
 from .._specs import Spec
 
+__all__ = ["ENGINE", "PERSISTENT_MAX_H", "TritonEngine"]
 
-class _Unbuilt:
+#: Largest hidden size run by the persistent kernel (weights held in registers); larger sizes
+#: use the step kernels. Not tuned on a GPU yet (no GPU was lent while this was written).
+PERSISTENT_MAX_H = 64
+
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_KERNELS: dict[bool, ModuleType] = {}
+
+
+def _triton_import_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install
+        return f"triton cannot be imported ({type(e).__name__}: {e}); install it with pip install 'gatedrnn[triton]'"
+    return None
+
+
+def _interpreting() -> bool:
+    """Whether Triton's interpreter mode is on now (``TRITON_INTERPRET=1``), read at call time."""
+    try:
+        from triton import knobs
+
+        return bool(knobs.runtime.interpret)
+    except Exception:  # an older triton without knobs
+        return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _kernels() -> ModuleType:
+    """The kernels module for the current Triton mode (``@triton.jit`` picks the mode at decoration)."""
+    mode = _interpreting()
+    mod = _KERNELS.get(mode)
+    if mod is None:
+        name = "gatedrnn._engines._triton_kernels" + ("_interpreted" if mode else "_compiled")
+        spec = importlib.util.find_spec("gatedrnn._engines._triton_kernels")
+        assert spec is not None and spec.loader is not None
+        spec = importlib.util.spec_from_file_location(name, spec.origin)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+        _KERNELS[mode] = mod
+    return mod
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    p = lo
+    while p < n:
+        p *= 2
+    return p
+
+
+@dataclass(frozen=True)
+class _Config:
+    """What a layer call needs to launch its kernels (hashable: also keys CUDA graphs)."""
+
+    spec: Spec
+    reset_after: bool
+    persistent: bool
+    graphs: bool
+
+
+def _flags(cfg: _Config) -> dict[str, Any]:
+    s = cfg.spec
+    return {
+        "G": s.num_gates,
+        "COUPLED": s.coupled,
+        "GATES_READ_H": s.gates_read_h,
+        "CAND_READS_H": s.candidate_reads_h,
+        "CAND_TANH": s.candidate_tanh,
+        "RESET_AFTER": bool(cfg.reset_after) or not s.candidate_reads_h,
+    }
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tl_dtype(dtype: torch.dtype) -> Any:
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # float32 follows torch's matmul setting (exact "ieee" by default, like torch's own matmuls).
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def _forward(
+    cfg: _Config,
+    gx: Tensor | None,
+    nx: Tensor,
+    w_hh: Tensor | None,
+    b_hn: Tensor | None,
+    lengths: Tensor | None,
+    h0: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Run the recurrence. Returns ``hs [T+1, B, H]``, ``g [T, B, G*H]``, ``n``, ``hn`` (ACC)."""
+    k = _kernels()
+    steps, batch, hidden = nx.shape
+    acc = _acc(nx.dtype)
+    dev = nx.device
+    gates = cfg.spec.num_gates
+    hs = torch.empty(steps + 1, batch, hidden, device=dev, dtype=acc)
+    hs[0] = h0
+    g = torch.empty(steps, batch, gates * hidden, device=dev, dtype=acc)
+    n = torch.empty(steps, batch, hidden, device=dev, dtype=acc)
+    flags = _flags(cfg)
+    needs_hn = flags["RESET_AFTER"] and cfg.spec.candidate_reads_h
+    hn = torch.empty(steps, batch, hidden, device=dev, dtype=acc) if needs_hn else n
+    w = w_hh if w_hh is not None else hs  # unread without recurrent weights
+    bhn = b_hn if b_hn is not None else hs
+    lens = lengths if lengths is not None else hs
+    if gx is None:
+        gx_t, s_gt, s_gb = nx, 0, 0
+    elif gx.dim() == 1:
+        gx_t, s_gt, s_gb = gx.contiguous(), 0, 0
+    else:
+        gx_t, s_gt, s_gb = gx, gx.stride(0), gx.stride(1)
+    common = dict(
+        **flags,
+        HAS_GX=gx is not None,
+        HAS_BHN=b_hn is not None and needs_hn,
+        HAS_LEN=lengths is not None,
+        ACC=_tl_dtype(nx.dtype),
+        PREC=_precision(nx.dtype),
+    )
+    if cfg.persistent:
+        bh = _pow2(hidden) if w_hh is not None else min(_pow2(hidden), 64)
+        bb = 16
+        grid = (triton_cdiv(batch, bb), triton_cdiv(hidden, bh))
+        k.rnn_persistent_fwd[grid](
+            gx_t,
+            s_gt,
+            s_gb,
+            nx,
+            nx.stride(0),
+            nx.stride(1),
+            w,
+            bhn,
+            lens,
+            hs,
+            g,
+            n,
+            hn,
+            steps,
+            batch,
+            hidden,
+            **common,
+            BB=bb,
+            BH=bh,
+            num_warps=4,
+        )
+        return hs, g, n, hn
+    assert w_hh is not None
+    bb, bj, bk = _step_tiles(batch, hidden)
+    grid = (triton_cdiv(batch, bb), triton_cdiv(hidden, bj))
+    rh = torch.empty(batch, hidden, device=dev, dtype=acc) if not flags["RESET_AFTER"] else hs
+
+    def launch_all() -> None:
+        for t in range(steps):
+            gxt = gx_t if s_gt == 0 else gx_t[t]
+            args = (
+                gxt,
+                s_gb,
+                nx[t],
+                nx.stride(1),
+                w,
+                bhn,
+                lens,
+                hs[t],
+                hs[t + 1],
+                g[t],
+                n[t],
+                hn[t],
+                rh,
+                t,
+                batch,
+                hidden,
+            )
+            if flags["RESET_AFTER"]:
+                k.rnn_step_fwd[grid](*args, **common, PHASE=0, BB=bb, BJ=bj, BK=bk, num_warps=4)
+            else:
+                k.rnn_step_fwd[grid](*args, **common, PHASE=1, BB=bb, BJ=bj, BK=bk, num_warps=4)
+                k.rnn_step_fwd[grid](*args, **common, PHASE=2, BB=bb, BJ=bj, BK=bk, num_warps=4)
+
+    _run_maybe_graphed(cfg, launch_all, dev)
+    return hs, g, n, hn
+
+
+def _backward(
+    cfg: _Config,
+    dy: Tensor,
+    dh_n: Tensor,
+    hs: Tensor,
+    g: Tensor,
+    n: Tensor,
+    hn: Tensor,
+    w_hh: Tensor | None,
+    lengths: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The recurrence's backward. Returns ``dG [T,B,G*H]``, ``dN [T,B,H]``, ``dHN [T,B,H]``, ``dh0 [B,H]``."""
+    k = _kernels()
+    steps, batch, hidden = n.shape
+    acc = n.dtype
+    dev = n.device
+    flags = _flags(cfg)
+    needs_hn = flags["RESET_AFTER"] and cfg.spec.candidate_reads_h
+    dg = torch.empty_like(g)
+    dn = torch.empty_like(n)
+    dhn = torch.empty_like(n) if needs_hn else dn
+    w = w_hh if w_hh is not None else hs
+    lens = lengths if lengths is not None else hs
+    dy = dy.contiguous()
+    common = dict(**flags, HAS_LEN=lengths is not None, ACC=_tl_dtype(acc), PREC=_precision(_w_dtype(w_hh, acc)))
+    if cfg.persistent:
+        dh_n = dh_n.to(acc).contiguous()
+        dh0 = torch.empty(batch, hidden, device=dev, dtype=acc)
+        bh = _pow2(hidden) if w_hh is not None else min(_pow2(hidden), 64)
+        bb = 16
+        grid = (triton_cdiv(batch, bb), triton_cdiv(hidden, bh))
+        k.rnn_persistent_bwd[grid](
+            dy,
+            dh_n,
+            hs,
+            g,
+            n,
+            hn,
+            w,
+            lens,
+            dg,
+            dn,
+            dhn,
+            dh0,
+            steps,
+            batch,
+            hidden,
+            **common,
+            BB=bb,
+            BH=bh,
+            num_warps=4,
+        )
+        return dg, dn, dhn, dh0
+    bb, bj, bk = _step_tiles(batch, hidden)
+    grid = (triton_cdiv(batch, bb), triton_cdiv(hidden, bj))
+    bufs = torch.empty(2, batch, hidden, device=dev, dtype=acc)
+    bufs[steps % 2] = dh_n
+    gates_read_h = flags["GATES_READ_H"]
+
+    def launch_all() -> None:
+        for t in range(steps - 1, -1, -1):
+            args = (
+                dy[t],
+                hs[t],
+                g[t],
+                n[t],
+                hn[t],
+                w,
+                lens,
+                bufs[(t + 1) % 2],
+                bufs[t % 2],
+                dg[t],
+                dn[t],
+                dhn[t],
+                t,
+                batch,
+                hidden,
+            )
+            if flags["RESET_AFTER"]:
+                k.rnn_step_bwd[grid](*args, **common, PHASE=0, BB=bb, BJ=bj, BK=bk, num_warps=4)
+            else:
+                k.rnn_step_bwd[grid](*args, **common, PHASE=1, BB=bb, BJ=bj, BK=bk, num_warps=4)
+                if gates_read_h:
+                    k.rnn_step_bwd[grid](*args, **common, PHASE=2, BB=bb, BJ=bj, BK=bk, num_warps=4)
+
+    _run_maybe_graphed(cfg, launch_all, dev)
+    return dg, dn, dhn, bufs[0]
+
+
+def _w_dtype(w_hh: Tensor | None, acc: torch.dtype) -> torch.dtype:
+    return w_hh.dtype if w_hh is not None else acc
+
+
+def _step_tiles(batch: int, hidden: int) -> tuple[int, int, int]:
+    """Tiles of the step kernels: batch tile BB, output-column tile BJ, reduction chunk BK."""
+    bb = min(_pow2(batch), 64)
+    bj = min(_pow2(hidden), 64)
+    bk = min(_pow2(hidden), 64)
+    return bb, bj, bk
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _run_maybe_graphed(cfg: _Config, launch_all: Any, device: torch.device) -> None:
+    """Run the step loop; on CUDA with graphs on, capture it once in a CUDA graph and replay it.
+
+    The loop's arguments are views of buffers allocated per call, so a graph captured for one
+    call cannot be replayed for the next without static buffers; capture is therefore per call
+    and pays off only for long loops of small launches. It is on when ``cfg.graphs`` is set
+    (see :func:`_graphs_enabled`).
+    """
+    if not (cfg.graphs and device.type == "cuda"):
+        launch_all()
+        return
+    # warm-up (compiles the kernels outside capture), on a side stream as CUDA graphs require
+    stream = torch.cuda.Stream(device=device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        with torch.cuda.graph(graph, stream=stream):
+            launch_all()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph.replay()
+
+
+def _graphs_enabled() -> bool:
+    """CUDA graphs for the step loop: opt-in with ``GATEDRNN_TRITON_GRAPHS=1`` (unmeasured so far)."""
+    return os.environ.get("GATEDRNN_TRITON_GRAPHS", "0") == "1"
+
+
+class _TritonLayer(torch.autograd.Function):
+    """One layer, one direction: Triton recurrence, hand-written backward, GEMMs outside the loop."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        cfg: _Config,
+        x: Tensor,
+        h0: Tensor,
+        w_ih: Tensor,
+        w_hh: Tensor | None,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+        lengths: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        spec = cfg.spec
+        hidden = h0.shape[-1]
+        gx, nx = _reference.project(spec, x, w_ih, b_ih, b_hh, hidden)
+        if gx is not None and gx.dim() > 1:
+            gx = gx.contiguous()
+        nx = nx.contiguous()
+        b_hn = b_hh[-hidden:].contiguous() if b_hh is not None else None
+        w = w_hh.contiguous() if w_hh is not None else None
+        hs, g, n, hn = _forward(cfg, gx, nx, w, b_hn, lengths, h0)
+        y = hs[1:].to(x.dtype)
+        if lengths is not None:
+            alive = torch.arange(x.shape[0], device=x.device).unsqueeze(1) < lengths.unsqueeze(0)
+            y = y * alive.unsqueeze(-1).to(y.dtype)
+        h_n = hs[-1].to(h0.dtype)
+        ctx.cfg = cfg
+        ctx.has = (w_hh is not None, b_ih is not None, b_hh is not None, lengths is not None)
+        ctx.save_for_backward(x, w_ih, w, hs, g, n, hn, lengths if lengths is not None else hs)
+        return y, h_n
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor, dh_n: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        cfg: _Config = ctx.cfg
+        spec = cfg.spec
+        has_whh, has_bih, has_bhh, has_len = ctx.has
+        x, w_ih, w, hs, g, n, hn, lens = ctx.saved_tensors
+        w_hh = w if has_whh else None
+        lengths = lens if has_len else None
+        steps, batch, hidden = n.shape
+        dg, dn, dhn, dh0 = _backward(cfg, dy, dh_n, hs, g, n, hn, w_hh, lengths)
+        wd = x.dtype
+        rows = steps * batch
+        gh = spec.num_gates * hidden
+        need = ctx.needs_input_grad  # (cfg, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
+        dxp = torch.cat([dg, dn], dim=-1) if spec.gates_read_x else dn
+        dx = dw_ih = dw_hh = db_ih = db_hh = None
+        if need[1]:
+            dx = (dxp.to(wd) @ w_ih).reshape(x.shape)
+        if need[3]:
+            dw_ih = dxp.reshape(rows, -1).to(wd).t() @ x.reshape(rows, -1)
+        if has_whh and need[4]:
+            h_prev = hs[:-1].reshape(rows, hidden)
+            blocks = []
+            if spec.gates_read_h:
+                blocks.append(dg.reshape(rows, gh).t() @ h_prev)
+            if spec.candidate_reads_h:
+                if cfg.reset_after:
+                    blocks.append(dhn.reshape(rows, hidden).t() @ h_prev)
+                else:
+                    r = g[..., :hidden].reshape(rows, hidden)
+                    blocks.append(dn.reshape(rows, hidden).t() @ (r * h_prev))
+            dw_hh = torch.cat(blocks, dim=0).to(w.dtype)
+        if has_bih and need[5]:
+            sn = dn.sum((0, 1))
+            db_ih = torch.cat([dg.sum((0, 1)), sn]) if spec.gates_have_bias else sn
+            db_ih = db_ih.to(w_ih.dtype)
+        if has_bhh and need[6]:
+            shn = dhn.sum((0, 1))
+            db_hh = torch.cat([dg.sum((0, 1)), shn]) if spec.torch_hh_bias else shn
+            db_hh = db_hh.to(w_ih.dtype)
+        return None, dx, dh0.to(wd), dw_ih, dw_hh, db_ih, db_hh, None
+
+
+class TritonEngine:
+    """Every variant, both reset forms, float32/float64/bfloat16/float16 on CUDA (Triton kernels)."""
+
     name = "triton"
 
     def unavailable(self, spec: Spec, x: Tensor) -> str | None:
-        return "the triton engine is not built yet"
+        why = _triton_import_error()
+        if why is not None:
+            return why
+        if x.dtype not in _DTYPES:
+            return f"the triton engine runs float32, float64, bfloat16 and float16; got dtype {x.dtype}"
+        if x.is_cuda:
+            return None
+        if x.device.type == "cpu" and _interpreting():
+            return None
+        return (
+            "the triton engine runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1); "
+            f"got device {x.device.type}"
+        )
 
-    def layer(self, *args, **kwargs):
-        raise RuntimeError(self.unavailable(None, None))  # type: ignore[arg-type]
+    def layer(
+        self,
+        spec: Spec,
+        reset_after: bool,
+        x: Tensor,
+        h0: Tensor,
+        w_ih: Tensor,
+        w_hh: Tensor | None,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+        lengths: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        why = self.unavailable(spec, x)
+        if why is not None:
+            raise RuntimeError(f"engine='triton' cannot run here: {why}")
+        return run(spec, reset_after, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
+
+    def details(self) -> dict[str, Any]:
+        """Version and mode, for ``gatedrnn info`` and benchmark headers."""
+        why = _triton_import_error()
+        if why is not None:
+            return {"triton": None, "interpreter": False, "error": why}
+        import triton
+
+        return {
+            "triton": triton.__version__,
+            "interpreter": _interpreting(),
+            "persistent_max_h": PERSISTENT_MAX_H,
+            "cuda_graphs": _graphs_enabled(),
+        }
 
 
-ENGINE = _Unbuilt()
+def run(
+    spec: Spec,
+    reset_after: bool,
+    x: Tensor,
+    h0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor | None,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    lengths: Tensor | None,
+    *,
+    path: str = "auto",
+    graphs: bool | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One layer-direction through the Triton kernels (what :meth:`TritonEngine.layer` calls).
+
+    Args:
+        path: ``"auto"`` (persistent if ``H <= PERSISTENT_MAX_H`` or no recurrent weights, else
+            step), ``"persistent"`` or ``"step"`` (tests use it to cover both).
+        graphs: capture the step loop in a CUDA graph (CUDA only); None: ``GATEDRNN_TRITON_GRAPHS``.
+    """
+    hidden = h0.shape[-1]
+    if path not in ("auto", "persistent", "step"):
+        raise ValueError(f"path: expected 'auto', 'persistent' or 'step', got {path!r}")
+    if w_hh is None:
+        persistent = True  # minGRU: no recurrent matmul, the persistent kernel tiles H too
+    elif path == "auto":
+        persistent = hidden <= PERSISTENT_MAX_H
+    else:
+        persistent = path == "persistent"
+    if graphs is None:
+        graphs = _graphs_enabled()
+    cfg = _Config(spec, bool(reset_after), persistent, bool(graphs) and x.is_cuda and not _interpreting())
+    return _TritonLayer.apply(cfg, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
+
+
+ENGINE = TritonEngine()
