@@ -115,6 +115,22 @@ def _tl_dtype(dtype: torch.dtype) -> Any:
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def _dot_dtype(w: Tensor | None, acc: torch.dtype) -> Any:
+    """The tl.dot operand dtype: the weights' dtype (float32 for bfloat16 under the interpreter,
+    whose tl.dot mishandles bfloat16 operands)."""
+    import triton.language as tl
+
+    dtype = w.dtype if w is not None else acc
+    if dtype == torch.bfloat16 and _interpreting():
+        dtype = torch.float32
+    return {
+        torch.float32: tl.float32,
+        torch.float64: tl.float64,
+        torch.bfloat16: tl.bfloat16,
+        torch.float16: tl.float16,
+    }[dtype]
+
+
 def _precision(dtype: torch.dtype) -> str:
     # float32 follows torch's matmul setting (exact "ieee" by default, like torch's own matmuls).
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
@@ -160,11 +176,12 @@ def _forward(
         HAS_LEN=lengths is not None,
         ACC=_tl_dtype(nx.dtype),
         PREC=_precision(nx.dtype),
+        DOT=_dot_dtype(w_hh, acc),
     )
     if cfg.persistent:
         bh = _pow2(hidden) if w_hh is not None else min(_pow2(hidden), 64)
         bb = 16
-        grid = (triton_cdiv(batch, bb), triton_cdiv(hidden, bh))
+        grid = (_cdiv(batch, bb), _cdiv(hidden, bh))
         k.rnn_persistent_fwd[grid](
             gx_t,
             s_gt,
@@ -190,37 +207,34 @@ def _forward(
         return hs, g, n, hn
     assert w_hh is not None
     bb, bj, bk = _step_tiles(batch, hidden)
-    grid = (triton_cdiv(batch, bb), triton_cdiv(hidden, bj))
-    rh = torch.empty(batch, hidden, device=dev, dtype=acc) if not flags["RESET_AFTER"] else hs
+    grid = (_cdiv(batch, bb), _cdiv(hidden, bj))
+    bufs = {"nx": nx, "w": w_hh, "hs": hs, "g": g, "n": n}
+    if gx is not None:
+        bufs["gx"] = gx_t
+    if b_hn is not None:
+        bufs["bhn"] = b_hn
+    if lengths is not None:
+        bufs["lens"] = lengths
+    if needs_hn:
+        bufs["hn"] = hn
+    if not flags["RESET_AFTER"]:
+        bufs["rh"] = torch.empty(batch, hidden, device=dev, dtype=acc)
+    phases = (0,) if flags["RESET_AFTER"] else (1, 2)
 
-    def launch_all() -> None:
+    def loop(b: dict[str, Tensor]) -> None:
+        hs_, n_, g_, nx_ = b["hs"], b["n"], b["g"], b["nx"]
+        gx_, hn_ = b.get("gx", nx_), b.get("hn", n_)
+        bhn_, lens_, rh_ = b.get("bhn", hs_), b.get("lens", hs_), b.get("rh", hs_)
         for t in range(steps):
-            gxt = gx_t if s_gt == 0 else gx_t[t]
-            args = (
-                gxt,
-                s_gb,
-                nx[t],
-                nx.stride(1),
-                w,
-                bhn,
-                lens,
-                hs[t],
-                hs[t + 1],
-                g[t],
-                n[t],
-                hn[t],
-                rh,
-                t,
-                batch,
-                hidden,
-            )
-            if flags["RESET_AFTER"]:
-                k.rnn_step_fwd[grid](*args, **common, PHASE=0, BB=bb, BJ=bj, BK=bk, num_warps=4)
-            else:
-                k.rnn_step_fwd[grid](*args, **common, PHASE=1, BB=bb, BJ=bj, BK=bk, num_warps=4)
-                k.rnn_step_fwd[grid](*args, **common, PHASE=2, BB=bb, BJ=bj, BK=bk, num_warps=4)
+            gxt = gx_[t] if s_gt else gx_
+            args = (gxt, s_gb, nx_[t], nx_.stride(1), b["w"], bhn_, lens_, hs_[t], hs_[t + 1], g_[t], n_[t], hn_[t])
+            for phase in phases:
+                k.rnn_step_fwd[grid](
+                    *args, rh_, t, batch, hidden, **common, PHASE=phase, BB=bb, BJ=bj, BK=bk, num_warps=4
+                )
 
-    _run_maybe_graphed(cfg, launch_all, dev)
+    outputs = ("hs", "g", "n", "hn")  # hs is also an input (hs[0] = h0)
+    _run_loop(cfg, ("fwd", steps), bufs, tuple(x for x in bufs if x not in outputs[1:]), outputs, loop, dev)
     return hs, g, n, hn
 
 
@@ -248,13 +262,19 @@ def _backward(
     w = w_hh if w_hh is not None else hs
     lens = lengths if lengths is not None else hs
     dy = dy.contiguous()
-    common = dict(**flags, HAS_LEN=lengths is not None, ACC=_tl_dtype(acc), PREC=_precision(_w_dtype(w_hh, acc)))
+    common = dict(
+        **flags,
+        HAS_LEN=lengths is not None,
+        ACC=_tl_dtype(acc),
+        PREC=_precision(_w_dtype(w_hh, acc)),
+        DOT=_dot_dtype(w_hh, acc),
+    )
     if cfg.persistent:
         dh_n = dh_n.to(acc).contiguous()
         dh0 = torch.empty(batch, hidden, device=dev, dtype=acc)
         bh = _pow2(hidden) if w_hh is not None else min(_pow2(hidden), 64)
         bb = 16
-        grid = (triton_cdiv(batch, bb), triton_cdiv(hidden, bh))
+        grid = (_cdiv(batch, bb), _cdiv(hidden, bh))
         k.rnn_persistent_bwd[grid](
             dy,
             dh_n,
@@ -278,39 +298,43 @@ def _backward(
         )
         return dg, dn, dhn, dh0
     bb, bj, bk = _step_tiles(batch, hidden)
-    grid = (triton_cdiv(batch, bb), triton_cdiv(hidden, bj))
-    bufs = torch.empty(2, batch, hidden, device=dev, dtype=acc)
-    bufs[steps % 2] = dh_n
-    gates_read_h = flags["GATES_READ_H"]
+    grid = (_cdiv(batch, bb), _cdiv(hidden, bj))
+    dhb = torch.empty(2, batch, hidden, device=dev, dtype=acc)
+    dhb[steps % 2] = dh_n
+    assert w_hh is not None
+    bufs = {"dy": dy, "hs": hs, "g": g, "n": n, "w": w_hh, "dhb": dhb, "dg": dg, "dn": dn}
+    if lengths is not None:
+        bufs["lens"] = lengths
+    if needs_hn:
+        bufs["hn"] = hn
+        bufs["dhn"] = dhn
+    phases = (0,) if flags["RESET_AFTER"] else ((1, 2) if flags["GATES_READ_H"] else (1,))
 
-    def launch_all() -> None:
+    def loop(b: dict[str, Tensor]) -> None:
+        hs_, n_, dn_, dhb_ = b["hs"], b["n"], b["dn"], b["dhb"]
+        hn_, dhn_, lens_ = b.get("hn", n_), b.get("dhn", dn_), b.get("lens", hs_)
         for t in range(steps - 1, -1, -1):
-            args = (
-                dy[t],
-                hs[t],
-                g[t],
-                n[t],
-                hn[t],
-                w,
-                lens,
-                bufs[(t + 1) % 2],
-                bufs[t % 2],
-                dg[t],
-                dn[t],
-                dhn[t],
-                t,
-                batch,
-                hidden,
-            )
-            if flags["RESET_AFTER"]:
-                k.rnn_step_bwd[grid](*args, **common, PHASE=0, BB=bb, BJ=bj, BK=bk, num_warps=4)
-            else:
-                k.rnn_step_bwd[grid](*args, **common, PHASE=1, BB=bb, BJ=bj, BK=bk, num_warps=4)
-                if gates_read_h:
-                    k.rnn_step_bwd[grid](*args, **common, PHASE=2, BB=bb, BJ=bj, BK=bk, num_warps=4)
+            args = (b["dy"][t], hs_[t], b["g"][t], n_[t], hn_[t], b["w"], lens_, dhb_[(t + 1) % 2], dhb_[t % 2])
+            for phase in phases:
+                k.rnn_step_bwd[grid](
+                    *args,
+                    b["dg"][t],
+                    dn_[t],
+                    dhn_[t],
+                    t,
+                    batch,
+                    hidden,
+                    **common,
+                    PHASE=phase,
+                    BB=bb,
+                    BJ=bj,
+                    BK=bk,
+                    num_warps=4,
+                )
 
-    _run_maybe_graphed(cfg, launch_all, dev)
-    return dg, dn, dhn, bufs[0]
+    outputs = ("dg", "dn", "dhn", "dhb")  # dhb is also an input (dh_n)
+    _run_loop(cfg, ("bwd", steps), bufs, tuple(x for x in bufs if x not in outputs[:3]), outputs, loop, dev)
+    return dg, dn, dhn, dhb[0]
 
 
 def _w_dtype(w_hh: Tensor | None, acc: torch.dtype) -> torch.dtype:
@@ -325,30 +349,59 @@ def _step_tiles(batch: int, hidden: int) -> tuple[int, int, int]:
     return bb, bj, bk
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _run_maybe_graphed(cfg: _Config, launch_all: Any, device: torch.device) -> None:
-    """Run the step loop; on CUDA with graphs on, capture it once in a CUDA graph and replay it.
+_GRAPHS: dict[tuple[Any, ...], tuple[Any, dict[str, Tensor]]] = {}
+_MAX_GRAPHS = 4
 
-    The loop's arguments are views of buffers allocated per call, so a graph captured for one
-    call cannot be replayed for the next without static buffers; capture is therefore per call
-    and pays off only for long loops of small launches. It is on when ``cfg.graphs`` is set
-    (see :func:`_graphs_enabled`).
+
+def _run_loop(
+    cfg: _Config,
+    tag: tuple[Any, ...],
+    bufs: dict[str, Tensor],
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
+    loop: Any,
+    device: torch.device,
+) -> None:
+    """Run a step loop ``loop(bufs)``; with ``cfg.graphs`` on CUDA, through a cached CUDA graph.
+
+    The graph is captured once per (config, shapes, dtypes) on static copies of ``bufs``; each
+    call copies ``inputs`` into them, replays, and copies ``outputs`` back. At most
+    ``_MAX_GRAPHS`` graphs (and their static buffers) are kept, oldest dropped first.
     """
-    if not (cfg.graphs and device.type == "cuda"):
-        launch_all()
+    if not (cfg.graphs and device.type == "cuda") or torch.cuda.is_current_stream_capturing():
+        loop(bufs)
         return
-    # warm-up (compiles the kernels outside capture), on a side stream as CUDA graphs require
-    stream = torch.cuda.Stream(device=device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(stream):
-        with torch.cuda.graph(graph, stream=stream):
-            launch_all()
-    torch.cuda.current_stream(device).wait_stream(stream)
+    key = (
+        cfg,
+        tag,
+        str(device),
+        tuple((name, tuple(t.shape), t.stride(), t.dtype) for name, t in sorted(bufs.items())),
+    )
+    entry = _GRAPHS.get(key)
+    if entry is None:
+        static = {name: t.clone() for name, t in bufs.items()}
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            loop(static)  # compiles every kernel before the capture
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loop(static)
+        while len(_GRAPHS) >= _MAX_GRAPHS:
+            _GRAPHS.pop(next(iter(_GRAPHS)))
+        entry = _GRAPHS[key] = (graph, static)
+    graph, static = entry
+    for name in inputs:
+        static[name].copy_(bufs[name])
     graph.replay()
+    for name in outputs:
+        if name in bufs:
+            bufs[name].copy_(static[name])
 
 
 def _graphs_enabled() -> bool:

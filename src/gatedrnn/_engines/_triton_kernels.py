@@ -45,6 +45,14 @@ import triton.language as tl
 
 
 @triton.jit
+def _sigmoid(x):
+    """σ(x) written with tl.exp: Triton's own tl.sigmoid is a @triton.jit function whose mode
+    (compiled / interpreted) is fixed when triton is first imported, which would tie this
+    module's interpreter mode to import order."""
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
 def _rz(g1, g2, G: tl.constexpr, COUPLED: tl.constexpr):
     """(r, z) from the gate activations ``g1`` (first block) and ``g2`` (second block, G == 2)."""
     if COUPLED:
@@ -63,7 +71,7 @@ def _rz(g1, g2, G: tl.constexpr, COUPLED: tl.constexpr):
 def _cand(npre, z, h, CAND_TANH: tl.constexpr):
     """(n, h') from the candidate pre-activation, the update gate and h(t-1)."""
     if CAND_TANH:
-        n = 2.0 * tl.sigmoid(2.0 * npre) - 1.0
+        n = 2.0 * _sigmoid(2.0 * npre) - 1.0
     else:
         n = npre
     return n, n + z * (h - n)
@@ -129,6 +137,7 @@ def rnn_persistent_fwd(
     HAS_LEN: tl.constexpr,
     ACC: tl.constexpr,
     PREC: tl.constexpr,
+    DOT: tl.constexpr,
     BB: tl.constexpr,
     BH: tl.constexpr,
 ):
@@ -157,7 +166,9 @@ def rnn_persistent_fwd(
         T, B, H: sizes.
         G, COUPLED, GATES_READ_H, CAND_READS_H, CAND_TANH, RESET_AFTER: the variant's wiring.
         HAS_GX, HAS_BHN, HAS_LEN: which optional inputs exist.
-        ACC: work dtype (tl.float32 / tl.float64); PREC: tl.dot input precision.
+        ACC: work dtype (tl.float32 / tl.float64); PREC: tl.dot input precision; DOT: tl.dot
+            operand dtype (the weights' dtype; float32 for bfloat16 under the interpreter,
+            whose tl.dot mishandles bfloat16).
         BB: batch tile (power of two, >= 16 for tl.dot); BH: hidden tile (power of two, >= 16).
     """
     pid_b = tl.program_id(0)
@@ -172,14 +183,14 @@ def rnn_persistent_fwd(
     wm = (rk[:, None] < H) & mj[None, :]
     woff = rj[None, :] * H + rk[:, None]  # W[blk*H + j, k] laid out as [k, j] (W^T)
     if GATES_READ_H:
-        w_r = tl.load(w_ptr + woff, mask=wm, other=0.0)
+        w_r = tl.load(w_ptr + woff, mask=wm, other=0.0).to(DOT)
         if G == 2:
-            w_z = tl.load(w_ptr + H * H + woff, mask=wm, other=0.0)
+            w_z = tl.load(w_ptr + H * H + woff, mask=wm, other=0.0).to(DOT)
     if CAND_READS_H:
         if GATES_READ_H:
-            w_n = tl.load(w_ptr + G * H * H + woff, mask=wm, other=0.0)
+            w_n = tl.load(w_ptr + G * H * H + woff, mask=wm, other=0.0).to(DOT)
         else:
-            w_n = tl.load(w_ptr + woff, mask=wm, other=0.0)
+            w_n = tl.load(w_ptr + woff, mask=wm, other=0.0).to(DOT)
         if HAS_BHN:
             bhn = tl.load(bhn_ptr + rj, mask=mj, other=0.0).to(ACC)
     if HAS_LEN:
@@ -203,29 +214,29 @@ def rnn_persistent_fwd(
             else:
                 p2 = p1
         else:
-            p1 = tl.zeros([BB, BH], ACC)
+            p1 = tl.full([BB, BH], 0.0, ACC)
             p2 = p1
         if GATES_READ_H:
-            hd = h.to(w_r.dtype)
+            hd = h.to(DOT)
             p1 += tl.dot(hd, w_r, out_dtype=ACC, input_precision=PREC)
             if G == 2:
                 p2 += tl.dot(hd, w_z, out_dtype=ACC, input_precision=PREC)
-        g1 = tl.sigmoid(p1)
+        g1 = _sigmoid(p1)
         if G == 2:
-            g2 = tl.sigmoid(p2)
+            g2 = _sigmoid(p2)
         else:
             g2 = g1
         r, z = _rz(g1, g2, G, COUPLED)
         npre = tl.load(nx_p, mask=m2, other=0.0).to(ACC)
         if CAND_READS_H:
             if RESET_AFTER:
-                hn = tl.dot(h.to(w_n.dtype), w_n, out_dtype=ACC, input_precision=PREC)
+                hn = tl.dot(h.to(DOT), w_n, out_dtype=ACC, input_precision=PREC)
                 if HAS_BHN:
                     hn += bhn[None, :]
                 npre += r * hn
                 tl.store(hn_p, hn, mask=m2)
             else:
-                npre += tl.dot((r * h).to(w_n.dtype), w_n, out_dtype=ACC, input_precision=PREC)
+                npre += tl.dot((r * h).to(DOT), w_n, out_dtype=ACC, input_precision=PREC)
         n, hnew = _cand(npre, z, h, CAND_TANH)
         if HAS_LEN:
             hnew = tl.where((t < L)[:, None], hnew, h)
@@ -269,6 +280,7 @@ def rnn_persistent_bwd(
     HAS_LEN: tl.constexpr,
     ACC: tl.constexpr,
     PREC: tl.constexpr,
+    DOT: tl.constexpr,
     BB: tl.constexpr,
     BH: tl.constexpr,
 ):
@@ -306,14 +318,14 @@ def rnn_persistent_bwd(
     wm = (rk[:, None] < H) & mj[None, :]
     woff = rk[:, None] * H + rj[None, :]  # W[blk*H + k, j] as [k, j]
     if GATES_READ_H:
-        w_r = tl.load(w_ptr + woff, mask=wm, other=0.0)
+        w_r = tl.load(w_ptr + woff, mask=wm, other=0.0).to(DOT)
         if G == 2:
-            w_z = tl.load(w_ptr + H * H + woff, mask=wm, other=0.0)
+            w_z = tl.load(w_ptr + H * H + woff, mask=wm, other=0.0).to(DOT)
     if CAND_READS_H:
         if GATES_READ_H:
-            w_n = tl.load(w_ptr + G * H * H + woff, mask=wm, other=0.0)
+            w_n = tl.load(w_ptr + G * H * H + woff, mask=wm, other=0.0).to(DOT)
         else:
-            w_n = tl.load(w_ptr + woff, mask=wm, other=0.0)
+            w_n = tl.load(w_ptr + woff, mask=wm, other=0.0).to(DOT)
     if HAS_LEN:
         L = tl.load(len_ptr + rb, mask=mb, other=0)
 
@@ -357,16 +369,16 @@ def rnn_persistent_bwd(
                 dr = dnpre * hn
                 dhn = dnpre * r
                 tl.store(dhn_p, dhn, mask=m2)
-                dprev += tl.dot(dhn.to(w_n.dtype), w_n, out_dtype=ACC, input_precision=PREC)
+                dprev += tl.dot(dhn.to(DOT), w_n, out_dtype=ACC, input_precision=PREC)
             else:
-                drh = tl.dot(dnpre.to(w_n.dtype), w_n, out_dtype=ACC, input_precision=PREC)
+                drh = tl.dot(dnpre.to(DOT), w_n, out_dtype=ACC, input_precision=PREC)
                 dr = drh * h
                 dprev += drh * r
         d1, d2 = _gates_bwd(dr, dz, g1, g2, G, COUPLED)
         if GATES_READ_H:
-            dprev += tl.dot(d1.to(w_r.dtype), w_r, out_dtype=ACC, input_precision=PREC)
+            dprev += tl.dot(d1.to(DOT), w_r, out_dtype=ACC, input_precision=PREC)
             if G == 2:
-                dprev += tl.dot(d2.to(w_z.dtype), w_z, out_dtype=ACC, input_precision=PREC)
+                dprev += tl.dot(d2.to(DOT), w_z, out_dtype=ACC, input_precision=PREC)
         tl.store(dg_p, d1, mask=m2)
         if G == 2:
             tl.store(dg_p + H, d2, mask=m2)
@@ -420,6 +432,7 @@ def rnn_step_fwd(
     HAS_LEN: tl.constexpr,
     ACC: tl.constexpr,
     PREC: tl.constexpr,
+    DOT: tl.constexpr,
     PHASE: tl.constexpr,
     BB: tl.constexpr,
     BJ: tl.constexpr,
@@ -469,13 +482,15 @@ def rnn_step_fwd(
         nrow = 0
     h = tl.load(h_ptr + off, mask=m2, other=0.0)
     if PHASE == 2:
-        acc_n = tl.zeros([BB, BJ], ACC)
+        acc_n = tl.full([BB, BJ], 0.0, ACC)
         for k0 in range(0, H, BK):
             rk = k0 + rk0
             mk = rk < H
             rhk = tl.load(rh_ptr + rb64[:, None] * H + rk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
-            wn = tl.load(w_ptr + (nrow + rj[None, :]) * H + rk[:, None], mask=mk[:, None] & mj[None, :], other=0.0)
-            acc_n += tl.dot(rhk.to(wn.dtype), wn, out_dtype=ACC, input_precision=PREC)
+            wn = tl.load(w_ptr + (nrow + rj[None, :]) * H + rk[:, None], mask=mk[:, None] & mj[None, :], other=0.0).to(
+                DOT
+            )
+            acc_n += tl.dot(rhk.to(DOT), wn, out_dtype=ACC, input_precision=PREC)
         g1 = tl.load(g_ptr + goff, mask=m2, other=0.0)
         if G == 2:
             g2 = tl.load(g_ptr + goff + H, mask=m2, other=0.0)
@@ -498,9 +513,9 @@ def rnn_step_fwd(
             else:
                 p2 = p1
         else:
-            p1 = tl.zeros([BB, BJ], ACC)
-            p2 = tl.zeros([BB, BJ], ACC)
-        acc_n = tl.zeros([BB, BJ], ACC)
+            p1 = tl.full([BB, BJ], 0.0, ACC)
+            p2 = tl.full([BB, BJ], 0.0, ACC)
+        acc_n = tl.full([BB, BJ], 0.0, ACC)
         for k0 in range(0, H, BK):
             rk = k0 + rk0
             mk = rk < H
@@ -508,19 +523,19 @@ def rnn_step_fwd(
             wm = mk[:, None] & mj[None, :]
             wo = rj[None, :] * H + rk[:, None]
             if GATES_READ_H:
-                wr = tl.load(w_ptr + wo, mask=wm, other=0.0)
-                hd = hk.to(wr.dtype)
+                wr = tl.load(w_ptr + wo, mask=wm, other=0.0).to(DOT)
+                hd = hk.to(DOT)
                 p1 += tl.dot(hd, wr, out_dtype=ACC, input_precision=PREC)
                 if G == 2:
-                    wz = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0)
+                    wz = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0).to(DOT)
                     p2 += tl.dot(hd, wz, out_dtype=ACC, input_precision=PREC)
             if CAND_READS_H:
                 if PHASE == 0:
-                    wn = tl.load(w_ptr + nrow * H + wo, mask=wm, other=0.0)
-                    acc_n += tl.dot(hk.to(wn.dtype), wn, out_dtype=ACC, input_precision=PREC)
-        g1 = tl.sigmoid(p1)
+                    wn = tl.load(w_ptr + nrow * H + wo, mask=wm, other=0.0).to(DOT)
+                    acc_n += tl.dot(hk.to(DOT), wn, out_dtype=ACC, input_precision=PREC)
+        g1 = _sigmoid(p1)
         if G == 2:
-            g2 = tl.sigmoid(p2)
+            g2 = _sigmoid(p2)
         else:
             g2 = g1
         r, z = _rz(g1, g2, G, COUPLED)
@@ -571,6 +586,7 @@ def rnn_step_bwd(
     HAS_LEN: tl.constexpr,
     ACC: tl.constexpr,
     PREC: tl.constexpr,
+    DOT: tl.constexpr,
     PHASE: tl.constexpr,
     BB: tl.constexpr,
     BJ: tl.constexpr,
@@ -618,7 +634,7 @@ def rnn_step_bwd(
         L = tl.load(len_ptr + rb, mask=mb, other=0)
         alive = (t < L)[:, None]
     if PHASE == 2:
-        acc = tl.zeros([BB, BJ], ACC)
+        acc = tl.full([BB, BJ], 0.0, ACC)
         for k0 in range(0, H, BK):
             rk = k0 + rk0
             mk = rk < H
@@ -627,16 +643,16 @@ def rnn_step_bwd(
             wm = mk[:, None] & mj[None, :]
             wo = rk[:, None] * H + rj[None, :]
             d1 = tl.load(dg_ptr + kgo, mask=mk2, other=0.0)
-            wr = tl.load(w_ptr + wo, mask=wm, other=0.0)
-            acc += tl.dot(d1.to(wr.dtype), wr, out_dtype=ACC, input_precision=PREC)
+            wr = tl.load(w_ptr + wo, mask=wm, other=0.0).to(DOT)
+            acc += tl.dot(d1.to(DOT), wr, out_dtype=ACC, input_precision=PREC)
             if G == 2:
                 d2 = tl.load(dg_ptr + kgo + H, mask=mk2, other=0.0)
-                wz = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0)
-                acc += tl.dot(d2.to(wz.dtype), wz, out_dtype=ACC, input_precision=PREC)
+                wz = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0).to(DOT)
+                acc += tl.dot(d2.to(DOT), wz, out_dtype=ACC, input_precision=PREC)
         dprev = tl.load(dhout_ptr + off, mask=m2, other=0.0)
         tl.store(dhout_ptr + off, dprev + acc, mask=m2)
     else:
-        acc = tl.zeros([BB, BJ], ACC)
+        acc = tl.full([BB, BJ], 0.0, ACC)
         for k0 in range(0, H, BK):
             rk = k0 + rk0
             mk = rk < H
@@ -664,22 +680,22 @@ def rnn_step_bwd(
                 dnk = tl.where(alive, dnk, 0.0)
                 dzk = tl.where(alive, dzk, 0.0)
             if PHASE == 1:
-                wn = tl.load(w_ptr + nrow * H + wo, mask=wm, other=0.0)
-                acc += tl.dot(dnk.to(wn.dtype), wn, out_dtype=ACC, input_precision=PREC)
+                wn = tl.load(w_ptr + nrow * H + wo, mask=wm, other=0.0).to(DOT)
+                acc += tl.dot(dnk.to(DOT), wn, out_dtype=ACC, input_precision=PREC)
             else:
                 drk = dzk
                 if CAND_READS_H:
                     hnk = tl.load(hn_ptr + ko, mask=mk2, other=0.0)
                     drk = dnk * hnk
-                    wn = tl.load(w_ptr + nrow * H + wo, mask=wm, other=0.0)
-                    acc += tl.dot((dnk * rk_).to(wn.dtype), wn, out_dtype=ACC, input_precision=PREC)
+                    wn = tl.load(w_ptr + nrow * H + wo, mask=wm, other=0.0).to(DOT)
+                    acc += tl.dot((dnk * rk_).to(DOT), wn, out_dtype=ACC, input_precision=PREC)
                 if GATES_READ_H:
                     d1k, d2k = _gates_bwd(drk, dzk, g1k, g2k, G, COUPLED)
-                    wr = tl.load(w_ptr + wo, mask=wm, other=0.0)
-                    acc += tl.dot(d1k.to(wr.dtype), wr, out_dtype=ACC, input_precision=PREC)
+                    wr = tl.load(w_ptr + wo, mask=wm, other=0.0).to(DOT)
+                    acc += tl.dot(d1k.to(DOT), wr, out_dtype=ACC, input_precision=PREC)
                     if G == 2:
-                        wz = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0)
-                        acc += tl.dot(d2k.to(wz.dtype), wz, out_dtype=ACC, input_precision=PREC)
+                        wz = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0).to(DOT)
+                        acc += tl.dot(d2k.to(DOT), wz, out_dtype=ACC, input_precision=PREC)
         # this program's own tile
         dh = tl.load(dhin_ptr + off, mask=m2, other=0.0)
         dy = tl.load(dy_ptr + off, mask=m2, other=0.0).to(ACC)
