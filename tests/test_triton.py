@@ -216,16 +216,84 @@ def test_import_gatedrnn_does_not_import_triton():
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
+# ------------------------------------------------------------------ GPU compilation without a GPU
+
+_STORAGE_PTRS = {"gx_ptr", "nx_ptr", "w_ptr", "bhn_ptr", "dy_ptr"}
+_TT = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
+# kernel, phase (None: persistent), variant, reset_after, dtype: the engine's configurations
+_COMPILE_CASES = [
+    ("rnn_persistent_fwd", None, "gru0", True, torch.float32),
+    ("rnn_persistent_bwd", None, "gru0", True, torch.float32),
+    ("rnn_step_fwd", 0, "gru0", True, torch.float32),
+    ("rnn_step_bwd", 0, "gru0", True, torch.float32),
+    ("rnn_persistent_fwd", None, "mgu", False, torch.bfloat16),
+    ("rnn_persistent_bwd", None, "mgu", False, torch.bfloat16),
+    ("rnn_step_fwd", 1, "gru2", False, torch.float16),
+    ("rnn_step_fwd", 2, "gru2", False, torch.float16),
+    ("rnn_step_bwd", 1, "gru2", False, torch.float16),
+    ("rnn_step_bwd", 2, "gru2", False, torch.float16),
+    ("rnn_persistent_bwd", None, "mingru", True, torch.float64),
+]
+
+
+@pytest.mark.parametrize(("kernel", "phase", "variant", "reset_after", "dtype"), _COMPILE_CASES, ids=str)
+def test_kernels_compile_for_sm90(compiled, kernel, phase, variant, reset_after, dtype):
+    """The compiled (not interpreted) kernels go through Triton's whole NVIDIA pipeline to a cubin
+    for sm_90 with the engine's flags and tiles: catches what the interpreter lets through (dot
+    sizes, layouts, types), and bounds the shared memory (99 KiB: every NVIDIA GPU since sm_80)."""
+    triton = pytest.importorskip("triton")
+    from triton.backends import backends
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if "nvidia" not in backends:
+        pytest.skip("this triton has no NVIDIA backend")
+    fn = getattr(tri._kernels(), kernel)
+    spec = SPECS[variant]
+    cfg = tri._Config(spec, reset_after, phase is None, False)
+    acc = tri._acc(dtype)
+    w = torch.empty(1, dtype=dtype)
+    consts = {
+        **tri._flags(cfg),
+        "HAS_LEN": True,
+        "ACC": tri._tl_dtype(dtype),
+        "PREC": "ieee",
+        "DOT": tri._dot_dtype(w, acc),
+    }
+    if kernel.endswith("fwd"):
+        consts.update(HAS_GX=True, HAS_BHN=True)
+    if phase is None:
+        consts.update(BB=16, BH=64 if dtype != torch.float64 else 32)
+    else:
+        bb, bj, bk = tri._step_tiles(64, 256)
+        consts.update(PHASE=phase, BB=bb, BJ=bj, BK=bk)
+    sig = {}
+    for name in fn.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name == "len_ptr":
+            sig[name] = "*i64"
+        elif name.endswith("_ptr"):
+            sig[name] = "*" + (_TT[dtype] if name in _STORAGE_PTRS else _TT[acc])
+        else:
+            sig[name] = "i32"
+    warps = tri._persistent_warps(consts["BH"]) if phase is None else 4
+    options = {"num_warps": warps, "num_stages": 1, "enable_fp_fusion": True}
+    compiled_kernel = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options=options)
+    assert compiled_kernel.asm["cubin"]
+    assert compiled_kernel.metadata.shared <= 99 * 1024
+
+
 # ------------------------------------------------------------------ GPU (compiled kernels)
 
 
 @needs_cuda
-@pytest.mark.parametrize("hidden", [48, 200], ids=["persistent", "step"])
+@pytest.mark.parametrize(("path", "hidden"), [("persistent", 48), ("step", 200)], ids=["persistent", "step"])
 @pytest.mark.parametrize(("variant", "reset_after"), CASES, ids=CASE_IDS)
-def test_cuda_float64_matches_reference(compiled, variant, reset_after, hidden):
-    _compare(variant, reset_after, 20, 37, 24, hidden, lengths=None, device="cuda", tol=1e-9)
+def test_cuda_float64_matches_reference(compiled, variant, reset_after, path, hidden):
+    _compare(variant, reset_after, 20, 37, 24, hidden, lengths=None, device="cuda", tol=1e-9, path=path)
     lengths = torch.randint(1, 21, (37,)).tolist()
-    _compare(variant, reset_after, 20, 37, 24, hidden, lengths=lengths, device="cuda", tol=1e-9)
+    _compare(variant, reset_after, 20, 37, 24, hidden, lengths=lengths, device="cuda", tol=1e-9, path=path)
 
 
 @needs_cuda
@@ -233,6 +301,7 @@ def test_cuda_float64_matches_reference(compiled, variant, reset_after, hidden):
 @pytest.mark.parametrize("hidden", [64, 256], ids=["persistent", "step"])
 @pytest.mark.parametrize(("variant", "reset_after"), CASES, ids=CASE_IDS)
 def test_cuda_low_precision(compiled, variant, reset_after, hidden, dtype, tol):
+    """The default path (persistent for H=64, step for H=256) in every dtype, against float64."""
     lengths = torch.randint(1, 33, (64,)).tolist()
     _compare(variant, reset_after, 32, 64, 48, hidden, lengths=lengths, device="cuda", dtype=dtype, tol=tol)
 

@@ -33,8 +33,9 @@ from .._specs import Spec
 
 __all__ = ["ENGINE", "PERSISTENT_MAX_H", "TritonEngine"]
 
-#: Largest hidden size run by the persistent kernel (weights held in registers); larger sizes
-#: use the step kernels. Not tuned on a GPU yet (no GPU was lent while this was written).
+#: Largest hidden size run by the persistent kernel (weights held on chip); larger sizes use the
+#: step kernels. Half of it for float64. Not tuned on a GPU yet (no GPU was lent while this was
+#: written); at these sizes the kernels need at most 57 KiB of shared memory (float32, sm_90).
 PERSISTENT_MAX_H = 64
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -178,6 +179,8 @@ def _forward(
         PREC=_precision(nx.dtype),
         DOT=_dot_dtype(w_hh, acc),
     )
+    if steps == 0 or batch == 0:
+        return hs, g, n, hn
     if cfg.persistent:
         bh = _pow2(hidden) if w_hh is not None else min(_pow2(hidden), 64)
         bb = 16
@@ -202,7 +205,9 @@ def _forward(
             **common,
             BB=bb,
             BH=bh,
-            num_warps=4,
+            num_warps=_persistent_warps(bh),
+            enable_fp_fusion=True,
+            num_stages=1,
         )
         return hs, g, n, hn
     assert w_hh is not None
@@ -230,7 +235,19 @@ def _forward(
             args = (gxt, s_gb, nx_[t], nx_.stride(1), b["w"], bhn_, lens_, hs_[t], hs_[t + 1], g_[t], n_[t], hn_[t])
             for phase in phases:
                 k.rnn_step_fwd[grid](
-                    *args, rh_, t, batch, hidden, **common, PHASE=phase, BB=bb, BJ=bj, BK=bk, num_warps=4
+                    *args,
+                    rh_,
+                    t,
+                    batch,
+                    hidden,
+                    **common,
+                    PHASE=phase,
+                    BB=bb,
+                    BJ=bj,
+                    BK=bk,
+                    num_warps=4,
+                    enable_fp_fusion=True,
+                    num_stages=1,
                 )
 
     outputs = ("hs", "g", "n", "hn")  # hs is also an input (hs[0] = h0)
@@ -269,6 +286,8 @@ def _backward(
         PREC=_precision(_w_dtype(w_hh, acc)),
         DOT=_dot_dtype(w_hh, acc),
     )
+    if steps == 0 or batch == 0:
+        return dg, dn, dhn, dh_n.to(acc)
     if cfg.persistent:
         dh_n = dh_n.to(acc).contiguous()
         dh0 = torch.empty(batch, hidden, device=dev, dtype=acc)
@@ -294,7 +313,9 @@ def _backward(
             **common,
             BB=bb,
             BH=bh,
-            num_warps=4,
+            num_warps=_persistent_warps(bh),
+            enable_fp_fusion=True,
+            num_stages=1,
         )
         return dg, dn, dhn, dh0
     bb, bj, bk = _step_tiles(batch, hidden)
@@ -330,6 +351,8 @@ def _backward(
                     BJ=bj,
                     BK=bk,
                     num_warps=4,
+                    enable_fp_fusion=True,
+                    num_stages=1,
                 )
 
     outputs = ("dg", "dn", "dhn", "dhb")  # dhb is also an input (dh_n)
@@ -337,16 +360,23 @@ def _backward(
     return dg, dn, dhn, dhb[0]
 
 
+def _persistent_warps(bh: int) -> int:
+    """Warps of a persistent program: more for larger weight tiles held in registers (untuned)."""
+    return 4 if bh <= 32 else 8
+
+
 def _w_dtype(w_hh: Tensor | None, acc: torch.dtype) -> torch.dtype:
     return w_hh.dtype if w_hh is not None else acc
 
 
 def _step_tiles(batch: int, hidden: int) -> tuple[int, int, int]:
-    """Tiles of the step kernels: batch tile BB, output-column tile BJ, reduction chunk BK."""
-    bb = min(_pow2(batch), 64)
-    bj = min(_pow2(hidden), 64)
-    bk = min(_pow2(hidden), 64)
-    return bb, bj, bk
+    """Tiles of the step kernels: batch tile BB, output-column tile BJ, reduction chunk BK.
+
+    Small column tiles give more programs per step (a step is a skinny matmul); with
+    ``num_stages=1`` every configuration needs at most 40 KiB of shared memory (sm_90
+    compile, float64 worst case), so it fits every NVIDIA GPU Triton supports. Untuned.
+    """
+    return min(max(_pow2(batch), 16), 64), 32, 32
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -452,7 +482,11 @@ class _TritonLayer(torch.autograd.Function):
         w_hh = w if has_whh else None
         lengths = lens if has_len else None
         steps, batch, hidden = n.shape
-        dg, dn, dhn, dh0 = _backward(cfg, dy, dh_n, hs, g, n, hn, w_hh, lengths)
+        if n.is_cuda:
+            with torch.cuda.device(n.device):
+                dg, dn, dhn, dh0 = _backward(cfg, dy, dh_n, hs, g, n, hn, w_hh, lengths)
+        else:
+            dg, dn, dhn, dh0 = _backward(cfg, dy, dh_n, hs, g, n, hn, w_hh, lengths)
         wd = x.dtype
         rows = steps * batch
         gh = spec.num_gates * hidden
@@ -565,12 +599,15 @@ def run(
     if w_hh is None:
         persistent = True  # minGRU: no recurrent matmul, the persistent kernel tiles H too
     elif path == "auto":
-        persistent = hidden <= PERSISTENT_MAX_H
+        persistent = hidden <= (PERSISTENT_MAX_H // 2 if x.dtype == torch.float64 else PERSISTENT_MAX_H)
     else:
         persistent = path == "persistent"
     if graphs is None:
         graphs = _graphs_enabled()
     cfg = _Config(spec, bool(reset_after), persistent, bool(graphs) and x.is_cuda and not _interpreting())
+    if x.is_cuda:
+        with torch.cuda.device(x.device):  # Triton launches on the current device
+            return _TritonLayer.apply(cfg, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
     return _TritonLayer.apply(cfg, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
 
 
