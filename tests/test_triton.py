@@ -139,6 +139,13 @@ def test_no_bias(interpret, variant, reset_after):
     _compare(variant, reset_after, 4, 2, 3, 5, lengths=None, bias=False, path="step")
 
 
+@pytest.mark.parametrize("path", ["persistent", "step"])
+def test_single_step(interpret, path):
+    """T = 1 (the backward's pointer arithmetic starts at the last step)."""
+    _compare("gru0", True, 1, 2, 3, 4, lengths=None, path=path)
+    _compare("mgu", False, 1, 2, 3, 4, lengths=[1, 1], path=path)
+
+
 @pytest.mark.parametrize(
     ("dtype", "tol"), [(torch.float32, 2e-5), (torch.float16, 2e-2), (torch.bfloat16, 6e-2)], ids=str
 )
