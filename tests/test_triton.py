@@ -284,7 +284,7 @@ def test_kernels_compile_for_sm90(compiled, kernel, phase, variant, reset_after,
             sig[name] = "*" + (_TT[dtype] if name in _STORAGE_PTRS else _TT[acc])
         else:
             sig[name] = "i32"
-    warps = tri._persistent_warps(consts["BH"]) if phase is None else 4
+    warps = tri._persistent_warps(consts["BH"]) if phase is None else tri._STEP_WARPS
     options = {"num_warps": warps, "num_stages": 1, "enable_fp_fusion": True}
     compiled_kernel = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options=options)
     assert compiled_kernel.asm["cubin"]
