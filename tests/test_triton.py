@@ -10,9 +10,11 @@ kernels at real sizes; without one they skip.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import subprocess
 import sys
+import zlib
 
 import pytest
 import torch
@@ -43,8 +45,9 @@ def compiled(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
 
 
-def _params(variant: str, reset_after: bool, i: int, h: int, dtype, device="cpu", bias=True, scale=0.6):
+def _params(variant: str, reset_after: bool, i: int, h: int, dtype, device="cpu", bias=True):
     shapes = param_shapes(variant, i, h, bias, reset_after)
+    scale = 1.5 / math.sqrt(max(h, i))  # pre-activations of order 1 at every size
     return {k: (torch.randn(*s, dtype=dtype, device=device) * scale).requires_grad_() for k, s in shapes.items()}
 
 
@@ -69,7 +72,7 @@ def _compare(
 ) -> None:
     """Outputs and gradients (x, h0, every weight; random upstream gradients) of the triton
     engine in ``dtype`` against the reference engine in float64 on the same values."""
-    torch.manual_seed(hash((variant, reset_after, t, b, h)) % 2**31)
+    torch.manual_seed(zlib.crc32(repr((variant, reset_after, t, b, h, str(dtype))).encode()))
     spec = SPECS[variant]
     p64 = _params(variant, reset_after, i, h, torch.float64, device, bias)
     x64 = torch.randn(t, b, i, dtype=torch.float64, device=device, requires_grad=True)
