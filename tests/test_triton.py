@@ -246,34 +246,27 @@ _COMPILE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("kernel", "phase", "variant", "reset_after", "dtype"), _COMPILE_CASES, ids=str)
-def test_kernels_compile_for_sm90(compiled, kernel, phase, variant, reset_after, dtype):
-    """The compiled (not interpreted) kernels go through Triton's whole NVIDIA pipeline to a cubin
-    for sm_90 with the engine's flags and tiles: catches what the interpreter lets through (dot
-    sizes, layouts, types), and bounds the shared memory (99 KiB: every NVIDIA GPU since sm_80)."""
-    triton = pytest.importorskip("triton")
-    from triton.backends import backends
+def _compile_kernel(kernel: str, phase: int | None, variant: str, reset_after: bool, dtype: torch.dtype, arch: int):
+    """Compile one kernel configuration exactly as the engine launches it (flags, tiles, warps,
+    stages), through Triton's NVIDIA pipeline for ``sm_<arch>``; no GPU needed."""
+    import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    if "nvidia" not in backends:
-        pytest.skip("this triton has no NVIDIA backend")
     fn = getattr(tri._kernels(), kernel)
-    spec = SPECS[variant]
-    cfg = tri._Config(spec, reset_after, phase is None, False)
+    cfg = tri._Config(SPECS[variant], reset_after, phase is None, False)
     acc = tri._acc(dtype)
-    w = torch.empty(1, dtype=dtype)
     consts = {
         **tri._flags(cfg),
         "HAS_LEN": True,
         "ACC": tri._tl_dtype(dtype),
         "PREC": "ieee",
-        "DOT": tri._dot_dtype(w, acc),
+        "DOT": tri._dot_dtype(torch.empty(1, dtype=dtype), acc),
     }
     if kernel.endswith("fwd"):
         consts.update(HAS_GX=True, HAS_BHN=True)
     if phase is None:
-        consts.update(BB=16, BH=64 if dtype != torch.float64 else 32)
+        consts.update(BB=tri._PERSISTENT_BB, BH=tri.PERSISTENT_MAX_H // (2 if dtype == torch.float64 else 1))
     else:
         bb, bj, bk = tri._step_tiles(64, 256)
         consts.update(PHASE=phase, BB=bb, BJ=bj, BK=bk)
@@ -287,11 +280,70 @@ def test_kernels_compile_for_sm90(compiled, kernel, phase, variant, reset_after,
             sig[name] = "*" + (_TT[dtype] if name in _STORAGE_PTRS else _TT[acc])
         else:
             sig[name] = "i32"
-    warps = tri._persistent_warps(consts["BH"]) if phase is None else tri._STEP_WARPS
-    options = {"num_warps": warps, "num_stages": 1, "enable_fp_fusion": True}
-    compiled_kernel = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options=options)
+    options = tri._launch_options(consts["BH"] if phase is None else None)
+    return triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def _all_configs():
+    """Every (kernel, phase, variant, reset_after, dtype) the engine can launch."""
+    for variant, reset_after in CASES:
+        spec = SPECS[variant]
+        for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            yield ("rnn_persistent_fwd", None, variant, reset_after, dtype)
+            yield ("rnn_persistent_bwd", None, variant, reset_after, dtype)
+            if not spec.candidate_reads_h:
+                continue  # minGRU always runs the persistent kernels
+            phases = ((0, 0),) if reset_after else ((1, 1), (2, 2) if spec.gates_read_h else (2, None))
+            for fwd, bwd in phases:
+                yield ("rnn_step_fwd", fwd, variant, reset_after, dtype)
+                if bwd is not None:
+                    yield ("rnn_step_bwd", bwd, variant, reset_after, dtype)
+
+
+@pytest.mark.parametrize(("kernel", "phase", "variant", "reset_after", "dtype"), _COMPILE_CASES, ids=str)
+def test_kernels_compile_for_sm90(compiled, kernel, phase, variant, reset_after, dtype):
+    """The compiled (not interpreted) kernels go through Triton's whole NVIDIA pipeline to a cubin
+    for sm_90 with the engine's flags and tiles: catches what the interpreter lets through (dot
+    sizes, layouts, types), and bounds the shared memory (99 KiB: every NVIDIA GPU since sm_80).
+    The full matrix, with registers and spills: ``python tests/test_triton.py 90``."""
+    from triton.backends import backends
+
+    if "nvidia" not in backends:
+        pytest.skip("this triton has no NVIDIA backend")
+    compiled_kernel = _compile_kernel(kernel, phase, variant, reset_after, dtype, 90)
     assert compiled_kernel.asm["cubin"]
     assert compiled_kernel.metadata.shared <= 99 * 1024
+
+
+def _matrix(arch: int) -> None:
+    """Compile every configuration for sm_<arch>; print shared memory, registers and spills
+    (ptxas -v on Triton's PTX)."""
+    import re
+    import tempfile
+
+    from triton import knobs
+
+    ptxas = knobs.nvidia.ptxas.path
+    newer = ptxas + "-blackwell"  # triton 3.9 bundles a newer ptxas for its newest PTX versions
+    ptxas = newer if os.path.exists(newer) else ptxas
+    print(f"| kernel | phase | variant | reset_after | dtype | shared KiB | registers | spill bytes |  (sm_{arch})")
+    worst = {"shared": 0, "regs": 0, "spill": 0}
+    for kernel, phase, variant, reset_after, dtype in _all_configs():
+        ck = _compile_kernel(kernel, phase, variant, reset_after, dtype, arch)
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+            f.write(ck.asm["ptx"])
+        target = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+        out = subprocess.run([ptxas, f"-arch={target}", "-v", f.name, "-o", os.devnull], capture_output=True, text=True)
+        os.unlink(f.name)
+        regs = re.search(r"Used (\d+) registers", out.stderr + out.stdout)
+        spill = re.search(r"(\d+) bytes spill stores", out.stderr + out.stdout)
+        r, sp = int(regs.group(1)) if regs else -1, int(spill.group(1)) if spill else -1
+        sh = ck.metadata.shared
+        worst = {"shared": max(worst["shared"], sh), "regs": max(worst["regs"], r), "spill": max(worst["spill"], sp)}
+        print(f"| {kernel} | {phase} | {variant} | {reset_after} | {str(dtype)[6:]} | {sh / 1024:.0f} | {r} | {sp} |")
+    print(
+        f"max shared {worst['shared'] / 1024:.0f} KiB, max registers {worst['regs']}, max spill {worst['spill']} bytes"
+    )
 
 
 # ------------------------------------------------------------------ GPU (compiled kernels)
@@ -337,3 +389,8 @@ def test_cuda_auto_is_triton_and_matches_cudnn(compiled):
     assert m.last_engine == "triton"
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(h, h_ref, rtol=1e-4, atol=1e-5)
+
+
+if __name__ == "__main__":
+    os.environ.pop("TRITON_INTERPRET", None)
+    _matrix(int(sys.argv[1]) if len(sys.argv) > 1 else 90)

@@ -183,7 +183,7 @@ def _forward(
         return hs, g, n, hn
     if cfg.persistent:
         bh = _pow2(hidden) if w_hh is not None else min(_pow2(hidden), 64)
-        bb = 16
+        bb = _PERSISTENT_BB
         grid = (_cdiv(batch, bb), _cdiv(hidden, bh))
         k.rnn_persistent_fwd[grid](
             gx_t,
@@ -205,9 +205,7 @@ def _forward(
             **common,
             BB=bb,
             BH=bh,
-            num_warps=_persistent_warps(bh),
-            enable_fp_fusion=True,
-            num_stages=1,
+            **_launch_options(bh),
         )
         return hs, g, n, hn
     assert w_hh is not None
@@ -245,9 +243,7 @@ def _forward(
                     BB=bb,
                     BJ=bj,
                     BK=bk,
-                    num_warps=_STEP_WARPS,
-                    enable_fp_fusion=True,
-                    num_stages=1,
+                    **_launch_options(None),
                 )
 
     outputs = ("hs", "g", "n", "hn")  # hs is also an input (hs[0] = h0)
@@ -292,7 +288,7 @@ def _backward(
         dh_n = dh_n.to(acc).contiguous()
         dh0 = torch.empty(batch, hidden, device=dev, dtype=acc)
         bh = _pow2(hidden) if w_hh is not None else min(_pow2(hidden), 64)
-        bb = 16
+        bb = _PERSISTENT_BB
         grid = (_cdiv(batch, bb), _cdiv(hidden, bh))
         k.rnn_persistent_bwd[grid](
             dy,
@@ -313,9 +309,7 @@ def _backward(
             **common,
             BB=bb,
             BH=bh,
-            num_warps=_persistent_warps(bh),
-            enable_fp_fusion=True,
-            num_stages=1,
+            **_launch_options(bh),
         )
         return dg, dn, dhn, dh0
     bb, bj, bk = _step_tiles(batch, hidden)
@@ -350,9 +344,7 @@ def _backward(
                     BB=bb,
                     BJ=bj,
                     BK=bk,
-                    num_warps=_STEP_WARPS,
-                    enable_fp_fusion=True,
-                    num_stages=1,
+                    **_launch_options(None),
                 )
 
     outputs = ("dg", "dn", "dhn", "dhb")  # dhb is also an input (dh_n)
@@ -360,9 +352,15 @@ def _backward(
     return dg, dn, dhn, dhb[0]
 
 
-def _persistent_warps(bh: int) -> int:
-    """Warps of a persistent program: more for larger weight tiles held in registers (untuned)."""
-    return 4 if bh <= 32 else 8
+def _launch_options(bh: int | None) -> dict[str, Any]:
+    """Launch options of a persistent kernel with hidden tile ``bh``, or of the step kernels (None).
+
+    ``num_stages=1``: no software pipelining, the least shared memory (the loops are short or
+    latency-bound anyway). ``enable_fp_fusion`` explicit (FMA contraction on, Triton's default).
+    Warps: more for larger weight tiles held in registers. Untuned on a GPU.
+    """
+    warps = _STEP_WARPS if bh is None else (4 if bh <= 32 else 8)
+    return {"num_warps": warps, "num_stages": 1, "enable_fp_fusion": True}
 
 
 def _w_dtype(w_hh: Tensor | None, acc: torch.dtype) -> torch.dtype:
@@ -380,6 +378,7 @@ def _step_tiles(batch: int, hidden: int) -> tuple[int, int, int]:
 
 
 _STEP_WARPS = 8
+_PERSISTENT_BB = 16  # batch rows per persistent program (the least tl.dot allows)
 
 
 def _cdiv(a: int, b: int) -> int:
