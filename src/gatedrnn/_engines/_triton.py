@@ -35,7 +35,7 @@ __all__ = ["ENGINE", "PERSISTENT_MAX_H", "TritonEngine"]
 
 #: Largest hidden size run by the persistent kernel (weights held on chip); larger sizes use the
 #: step kernels. Half of it for float64. Not tuned on a GPU yet (no GPU was lent while this was
-#: written); at these sizes the kernels need at most 57 KiB of shared memory (float32, sm_90).
+#: written); at these sizes the kernels need at most 56 KiB of shared memory (float32, sm_90).
 PERSISTENT_MAX_H = 64
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -371,7 +371,7 @@ def _step_tiles(batch: int, hidden: int) -> tuple[int, int, int]:
     """Tiles of the step kernels: batch tile BB, output-column tile BJ, reduction chunk BK.
 
     Small tiles give more programs per step (a step is a skinny matmul). With ``_STEP_WARPS``
-    warps and ``num_stages=1`` no configuration spills registers or needs more than 57 KiB of
+    warps and ``num_stages=1`` no configuration spills registers or needs more than 56 KiB of
     shared memory (ptxas for sm_90). Untuned on a GPU.
     """
     return min(max(_pow2(batch), 16), 32), 32, 32
