@@ -404,26 +404,20 @@ def _run_loop(
     call copies ``inputs`` into them, replays, and copies ``outputs`` back. At most
     ``_MAX_GRAPHS`` graphs (and their static buffers) are kept, oldest dropped first.
     """
-    if not (cfg.graphs and device.type == "cuda") or torch.cuda.is_current_stream_capturing():
+    if not (cfg.graphs and _graphs_possible(device)):
         loop(bufs)
         return
     key = (
         cfg,
         tag,
         str(device),
+        torch.backends.cuda.matmul.allow_tf32,  # baked into the captured launches (PREC)
         tuple((name, tuple(t.shape), t.stride(), t.dtype) for name, t in sorted(bufs.items())),
     )
     entry = _GRAPHS.get(key)
     if entry is None:
         static = {name: t.clone() for name, t in bufs.items()}
-        side = torch.cuda.Stream(device=device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            loop(static)  # compiles every kernel before the capture
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            loop(static)
+        graph = _capture(lambda: loop(static), device)
         while len(_GRAPHS) >= _MAX_GRAPHS:
             _GRAPHS.pop(next(iter(_GRAPHS)))
         entry = _GRAPHS[key] = (graph, static)
@@ -434,6 +428,24 @@ def _run_loop(
     for name in outputs:
         if name in bufs:
             bufs[name].copy_(static[name])
+
+
+def _graphs_possible(device: torch.device) -> bool:
+    """CUDA graphs need a CUDA device, and no capture already running (then launch plainly)."""
+    return device.type == "cuda" and not torch.cuda.is_current_stream_capturing()
+
+
+def _capture(fn: Any, device: torch.device) -> Any:
+    """Capture ``fn()`` (Triton launches) in a CUDA graph; returns it (``.replay()``)."""
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        fn()  # compiles every kernel before the capture (no compilation inside a capture)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
 
 
 def _graphs_enabled() -> bool:
@@ -606,7 +618,7 @@ def run(
         persistent = path == "persistent"
     if graphs is None:
         graphs = _graphs_enabled()
-    cfg = _Config(spec, bool(reset_after), persistent, bool(graphs) and x.is_cuda and not _interpreting())
+    cfg = _Config(spec, bool(reset_after), persistent, bool(graphs))
     if x.is_cuda:
         with torch.cuda.device(x.device):  # Triton launches on the current device
             return _TritonLayer.apply(cfg, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
