@@ -184,6 +184,29 @@ def test_through_gru_layer(interpret):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
 
 
+def test_packed_dropout_batch_first(interpret):
+    """PackedSequence input, batch_first, inter-layer dropout in training mode (same RNG draws)."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(4)
+    m = GRU(3, 4, num_layers=2, batch_first=True, dropout=0.4, variant="mgu", dtype=torch.float64).train()
+    x = torch.randn(3, 5, 3, dtype=torch.float64, requires_grad=True)
+    results = []
+    for engine in ("triton", "reference"):
+        m.engine = engine
+        torch.manual_seed(11)
+        packed = pack_padded_sequence(x, [5, 2, 4], batch_first=True, enforce_sorted=False)
+        y, hn = m(packed)
+        gy = torch.randn_like(y.data, generator=torch.Generator().manual_seed(1))
+        grads = torch.autograd.grad((y.data * gy).sum() + hn.square().sum(), [x, *m.parameters()])
+        results.append((y.data, hn, grads))
+    (y1, hn1, g1), (y2, hn2, g2) = results
+    torch.testing.assert_close(y1, y2, rtol=0, atol=1e-12)
+    torch.testing.assert_close(hn1, hn2, rtol=0, atol=1e-12)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+
+
 def test_graph_bookkeeping(interpret, monkeypatch):
     """The CUDA-graph path's static buffers, with an eager stand-in for the graph: every call
     copies its inputs in, replays the captured loop on the static buffers and copies the outputs
