@@ -308,7 +308,7 @@ def _compile_kernel(kernel: str, phase: int | None, variant: str, reset_after: b
         **tri._flags(cfg),
         "HAS_LEN": True,
         "ACC": tri._tl_dtype(dtype),
-        "PREC": "ieee",
+        "PREC": tri._precision(dtype),
         "DOT": tri._dot_dtype(torch.empty(1, dtype=dtype), acc),
     }
     if kernel.endswith("fwd"):

@@ -31,7 +31,7 @@ from torch import Tensor
 from .. import _reference
 from .._specs import Spec
 
-__all__ = ["ENGINE", "PERSISTENT_MAX_H", "TritonEngine"]
+__all__ = ["ENGINE", "PERSISTENT_MAX_H", "TritonEngine", "run"]
 
 #: Largest hidden size run by the persistent kernel (weights held on chip); larger sizes use the
 #: step kernels. Half of it for float64. Not tuned on a GPU yet (no GPU was lent while this was
