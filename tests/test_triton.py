@@ -398,7 +398,7 @@ def _matrix(arch: int) -> None:
 
 
 @needs_cuda
-@pytest.mark.parametrize(("path", "hidden"), [("persistent", 48), ("step", 200)], ids=["persistent", "step"])
+@pytest.mark.parametrize(("path", "hidden"), [("persistent", 30), ("step", 200)], ids=["persistent", "step"])
 @pytest.mark.parametrize(("variant", "reset_after"), CASES, ids=CASE_IDS)
 def test_cuda_float64_matches_reference(compiled, variant, reset_after, path, hidden):
     _compare(variant, reset_after, 20, 37, 24, hidden, lengths=None, device="cuda", tol=1e-9, path=path)

@@ -546,6 +546,11 @@ class TritonEngine:
         if x.dtype not in _DTYPES:
             return f"the triton engine runs float32, float64, bfloat16 and float16; got dtype {x.dtype}"
         if x.is_cuda:
+            major, minor = torch.cuda.get_device_capability(x.device)
+            if (major, minor) < (7, 5):
+                return f"Triton needs a GPU of compute capability 7.5 or newer; got {major}.{minor}"
+            if x.dtype == torch.bfloat16 and major < 8:
+                return f"bfloat16 needs compute capability 8.0 or newer; got {major}.{minor}"
             return None
         if x.device.type == "cpu" and _interpreting():
             return None
