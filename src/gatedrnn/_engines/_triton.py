@@ -1,20 +1,633 @@
-"""The triton engine (not built yet)."""
+"""The triton engine: every variant of the family on CUDA tensors (or CPU tensors in Triton's interpreter).
+
+One :class:`torch.autograd.Function` per layer and direction, with a hand-written backward:
+
+* forward: the input projection of all steps is one GEMM (:func:`gatedrnn._reference.project`);
+  the recurrence runs in Triton, either as one **persistent** launch (small ``H``: the recurrent
+  weights stay in registers, each program owns a batch tile and loops over T) or as one **step**
+  launch per time step (any ``H``; two launches per step for the reset-before form), the
+  recurrent matmul fused with the gate epilogue. On CUDA the step loop can be captured in a CUDA
+  graph and replayed.
+* backward: the mirror kernels compute ``dh(t-1)`` and the pre-activation gradients of every
+  step; ``dx``, ``dW_ih``, ``dW_hh`` and the bias gradients are single matrix products / sums in
+  torch outside the loop.
+
+Triton is imported here only (this module is loaded lazily by the engine registry), and the
+kernels module is exec'd once per Triton mode (compiled / ``TRITON_INTERPRET=1``) on first use.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
 from torch import Tensor
 
+from .. import _reference
 from .._specs import Spec
 
+__all__ = ["ENGINE", "PERSISTENT_MAX_H", "TritonEngine", "run"]
 
-class _Unbuilt:
+#: Largest hidden size run by the persistent kernel (weights held on chip); larger sizes use the
+#: step kernels. Half of it for float64. Not tuned on a GPU yet (no GPU was lent while this was
+#: written); at these sizes the kernels need at most 56 KiB of shared memory (float32, sm_90).
+PERSISTENT_MAX_H = 64
+
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_KERNELS: dict[bool, ModuleType] = {}
+
+
+def _triton_import_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install
+        return f"triton cannot be imported ({type(e).__name__}: {e}); install it with pip install 'gatedrnn[triton]'"
+    return None
+
+
+def _interpreting() -> bool:
+    """Whether Triton's interpreter mode is on now (``TRITON_INTERPRET=1``), read at call time."""
+    try:
+        from triton import knobs
+
+        return bool(knobs.runtime.interpret)
+    except Exception:  # an older triton without knobs
+        return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _kernels() -> ModuleType:
+    """The kernels module for the current Triton mode (``@triton.jit`` picks the mode at decoration)."""
+    mode = _interpreting()
+    mod = _KERNELS.get(mode)
+    if mod is None:
+        name = "gatedrnn._engines._triton_kernels" + ("_interpreted" if mode else "_compiled")
+        spec = importlib.util.find_spec("gatedrnn._engines._triton_kernels")
+        assert spec is not None and spec.loader is not None
+        spec = importlib.util.spec_from_file_location(name, spec.origin)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+        _KERNELS[mode] = mod
+    return mod
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    p = lo
+    while p < n:
+        p *= 2
+    return p
+
+
+@dataclass(frozen=True)
+class _Config:
+    """What a layer call needs to launch its kernels (hashable: also keys CUDA graphs)."""
+
+    spec: Spec
+    reset_after: bool
+    persistent: bool
+    graphs: bool
+
+
+def _flags(cfg: _Config) -> dict[str, Any]:
+    s = cfg.spec
+    return {
+        "G": s.num_gates,
+        "COUPLED": s.coupled,
+        "GATES_READ_H": s.gates_read_h,
+        "CAND_READS_H": s.candidate_reads_h,
+        "CAND_TANH": s.candidate_tanh,
+        "RESET_AFTER": bool(cfg.reset_after) or not s.candidate_reads_h,
+    }
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tl_dtype(dtype: torch.dtype) -> Any:
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _dot_dtype(w: Tensor | None, acc: torch.dtype) -> Any:
+    """The tl.dot operand dtype: the weights' dtype (float32 for bfloat16 under the interpreter,
+    whose tl.dot mishandles bfloat16 operands)."""
+    import triton.language as tl
+
+    dtype = w.dtype if w is not None else acc
+    if dtype == torch.bfloat16 and _interpreting():
+        dtype = torch.float32
+    return {
+        torch.float32: tl.float32,
+        torch.float64: tl.float64,
+        torch.bfloat16: tl.bfloat16,
+        torch.float16: tl.float16,
+    }[dtype]
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # float32 follows torch's matmul setting (exact "ieee" by default, like torch's own matmuls).
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def _forward(
+    cfg: _Config,
+    gx: Tensor | None,
+    nx: Tensor,
+    w_hh: Tensor | None,
+    b_hn: Tensor | None,
+    lengths: Tensor | None,
+    h0: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Run the recurrence. Returns ``hs [T+1, B, H]``, ``g [T, B, G*H]``, ``n``, ``hn`` (ACC)."""
+    k = _kernels()
+    steps, batch, hidden = nx.shape
+    acc = _acc(nx.dtype)
+    dev = nx.device
+    gates = cfg.spec.num_gates
+    hs = torch.empty(steps + 1, batch, hidden, device=dev, dtype=acc)
+    hs[0] = h0
+    g = torch.empty(steps, batch, gates * hidden, device=dev, dtype=acc)
+    n = torch.empty(steps, batch, hidden, device=dev, dtype=acc)
+    flags = _flags(cfg)
+    needs_hn = flags["RESET_AFTER"] and cfg.spec.candidate_reads_h
+    hn = torch.empty(steps, batch, hidden, device=dev, dtype=acc) if needs_hn else n
+    w = w_hh if w_hh is not None else hs  # unread without recurrent weights
+    bhn = b_hn if b_hn is not None else hs
+    lens = lengths if lengths is not None else hs
+    if gx is None:
+        gx_t, s_gt, s_gb = nx, 0, 0
+    elif gx.dim() == 1:
+        gx_t, s_gt, s_gb = gx.contiguous(), 0, 0
+    else:
+        gx_t, s_gt, s_gb = gx, gx.stride(0), gx.stride(1)
+    common = dict(
+        **flags,
+        HAS_GX=gx is not None,
+        HAS_BHN=b_hn is not None and needs_hn,
+        HAS_LEN=lengths is not None,
+        ACC=_tl_dtype(nx.dtype),
+        PREC=_precision(nx.dtype),
+        DOT=_dot_dtype(w_hh, acc),
+    )
+    if steps == 0 or batch == 0:
+        return hs, g, n, hn
+    if cfg.persistent:
+        bh = _pow2(hidden) if w_hh is not None else min(_pow2(hidden), 64)
+        bb = _PERSISTENT_BB
+        grid = (_cdiv(batch, bb), _cdiv(hidden, bh))
+        k.rnn_persistent_fwd[grid](
+            gx_t,
+            s_gt,
+            s_gb,
+            nx,
+            nx.stride(0),
+            nx.stride(1),
+            w,
+            bhn,
+            lens,
+            hs,
+            g,
+            n,
+            hn,
+            steps,
+            batch,
+            hidden,
+            **common,
+            BB=bb,
+            BH=bh,
+            **_launch_options(bh),
+        )
+        return hs, g, n, hn
+    assert w_hh is not None
+    bb, bj, bk = _step_tiles(batch, hidden)
+    grid = (_cdiv(batch, bb), _cdiv(hidden, bj))
+    bufs = {"nx": nx, "w": w_hh, "hs": hs, "g": g, "n": n}
+    if gx is not None:
+        bufs["gx"] = gx_t
+    if b_hn is not None:
+        bufs["bhn"] = b_hn
+    if lengths is not None:
+        bufs["lens"] = lengths
+    if needs_hn:
+        bufs["hn"] = hn
+    if not flags["RESET_AFTER"]:
+        bufs["rh"] = torch.empty(batch, hidden, device=dev, dtype=acc)
+    phases = (0,) if flags["RESET_AFTER"] else (1, 2)
+
+    def loop(b: dict[str, Tensor]) -> None:
+        hs_, n_, g_, nx_ = b["hs"], b["n"], b["g"], b["nx"]
+        gx_, hn_ = b.get("gx", nx_), b.get("hn", n_)
+        bhn_, lens_, rh_ = b.get("bhn", hs_), b.get("lens", hs_), b.get("rh", hs_)
+        for t in range(steps):
+            gxt = gx_[t] if s_gt else gx_
+            args = (gxt, s_gb, nx_[t], nx_.stride(1), b["w"], bhn_, lens_, hs_[t], hs_[t + 1], g_[t], n_[t], hn_[t])
+            for phase in phases:
+                k.rnn_step_fwd[grid](
+                    *args,
+                    rh_,
+                    t,
+                    batch,
+                    hidden,
+                    **common,
+                    PHASE=phase,
+                    BB=bb,
+                    BJ=bj,
+                    BK=bk,
+                    **_launch_options(None),
+                )
+
+    outputs = ("hs", "g", "n", "hn")  # hs is also an input (hs[0] = h0)
+    _run_loop(cfg, ("fwd", steps), bufs, tuple(x for x in bufs if x not in outputs[1:]), outputs, loop, dev)
+    return hs, g, n, hn
+
+
+def _backward(
+    cfg: _Config,
+    dy: Tensor,
+    dh_n: Tensor,
+    hs: Tensor,
+    g: Tensor,
+    n: Tensor,
+    hn: Tensor,
+    w_hh: Tensor | None,
+    lengths: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The recurrence's backward. Returns ``dG [T,B,G*H]``, ``dN [T,B,H]``, ``dHN [T,B,H]``, ``dh0 [B,H]``."""
+    k = _kernels()
+    steps, batch, hidden = n.shape
+    acc = n.dtype
+    dev = n.device
+    flags = _flags(cfg)
+    needs_hn = flags["RESET_AFTER"] and cfg.spec.candidate_reads_h
+    dg = torch.empty_like(g)
+    dn = torch.empty_like(n)
+    dhn = torch.empty_like(n) if needs_hn else dn
+    w = w_hh if w_hh is not None else hs
+    lens = lengths if lengths is not None else hs
+    dy = dy.contiguous()
+    common = dict(
+        **flags,
+        HAS_LEN=lengths is not None,
+        ACC=_tl_dtype(acc),
+        PREC=_precision(_w_dtype(w_hh, acc)),
+        DOT=_dot_dtype(w_hh, acc),
+    )
+    if steps == 0 or batch == 0:
+        return dg, dn, dhn, dh_n.to(acc)
+    if cfg.persistent:
+        dh_n = dh_n.to(acc).contiguous()
+        dh0 = torch.empty(batch, hidden, device=dev, dtype=acc)
+        bh = _pow2(hidden) if w_hh is not None else min(_pow2(hidden), 64)
+        bb = _PERSISTENT_BB
+        grid = (_cdiv(batch, bb), _cdiv(hidden, bh))
+        k.rnn_persistent_bwd[grid](
+            dy,
+            dh_n,
+            hs,
+            g,
+            n,
+            hn,
+            w,
+            lens,
+            dg,
+            dn,
+            dhn,
+            dh0,
+            steps,
+            batch,
+            hidden,
+            **common,
+            BB=bb,
+            BH=bh,
+            **_launch_options(bh),
+        )
+        return dg, dn, dhn, dh0
+    bb, bj, bk = _step_tiles(batch, hidden)
+    grid = (_cdiv(batch, bb), _cdiv(hidden, bj))
+    dhb = torch.empty(2, batch, hidden, device=dev, dtype=acc)
+    dhb[steps % 2] = dh_n
+    assert w_hh is not None
+    bufs = {"dy": dy, "hs": hs, "g": g, "n": n, "w": w_hh, "dhb": dhb, "dg": dg, "dn": dn}
+    if lengths is not None:
+        bufs["lens"] = lengths
+    if needs_hn:
+        bufs["hn"] = hn
+        bufs["dhn"] = dhn
+    phases = (0,) if flags["RESET_AFTER"] else ((1, 2) if flags["GATES_READ_H"] else (1,))
+
+    def loop(b: dict[str, Tensor]) -> None:
+        hs_, n_, dn_, dhb_ = b["hs"], b["n"], b["dn"], b["dhb"]
+        hn_, dhn_, lens_ = b.get("hn", n_), b.get("dhn", dn_), b.get("lens", hs_)
+        for t in range(steps - 1, -1, -1):
+            args = (b["dy"][t], hs_[t], b["g"][t], n_[t], hn_[t], b["w"], lens_, dhb_[(t + 1) % 2], dhb_[t % 2])
+            for phase in phases:
+                k.rnn_step_bwd[grid](
+                    *args,
+                    b["dg"][t],
+                    dn_[t],
+                    dhn_[t],
+                    t,
+                    batch,
+                    hidden,
+                    **common,
+                    PHASE=phase,
+                    BB=bb,
+                    BJ=bj,
+                    BK=bk,
+                    **_launch_options(None),
+                )
+
+    outputs = ("dg", "dn", "dhn", "dhb")  # dhb is also an input (dh_n)
+    _run_loop(cfg, ("bwd", steps), bufs, tuple(x for x in bufs if x not in outputs[:3]), outputs, loop, dev)
+    return dg, dn, dhn, dhb[0]
+
+
+def _launch_options(bh: int | None) -> dict[str, Any]:
+    """Launch options of a persistent kernel with hidden tile ``bh``, or of the step kernels (None).
+
+    ``num_stages=1``: no software pipelining, the least shared memory (the loops are short or
+    latency-bound anyway). ``enable_fp_fusion`` explicit (FMA contraction on, Triton's default).
+    Warps: more for larger weight tiles held in registers. Untuned on a GPU.
+    """
+    warps = _STEP_WARPS if bh is None else (4 if bh <= 32 else 8)
+    return {"num_warps": warps, "num_stages": 1, "enable_fp_fusion": True}
+
+
+def _w_dtype(w_hh: Tensor | None, acc: torch.dtype) -> torch.dtype:
+    return w_hh.dtype if w_hh is not None else acc
+
+
+def _step_tiles(batch: int, hidden: int) -> tuple[int, int, int]:
+    """Tiles of the step kernels: batch tile BB, output-column tile BJ, reduction chunk BK.
+
+    Small tiles give more programs per step (a step is a skinny matmul). With ``_STEP_WARPS``
+    warps and ``num_stages=1`` no configuration spills registers or needs more than 56 KiB of
+    shared memory (ptxas for sm_90). Untuned on a GPU.
+    """
+    return min(max(_pow2(batch), 16), 32), 32, 32
+
+
+_STEP_WARPS = 8
+_PERSISTENT_BB = 16  # batch rows per persistent program (the least tl.dot allows)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+_GRAPHS: dict[tuple[Any, ...], tuple[Any, dict[str, Tensor]]] = {}
+_MAX_GRAPHS = 4
+
+
+def _run_loop(
+    cfg: _Config,
+    tag: tuple[Any, ...],
+    bufs: dict[str, Tensor],
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
+    loop: Any,
+    device: torch.device,
+) -> None:
+    """Run a step loop ``loop(bufs)``; with ``cfg.graphs`` on CUDA, through a cached CUDA graph.
+
+    The graph is captured once per (config, shapes, dtypes) on static copies of ``bufs``; each
+    call copies ``inputs`` into them, replays, and copies ``outputs`` back. At most
+    ``_MAX_GRAPHS`` graphs (and their static buffers) are kept, oldest dropped first.
+    """
+    if not (cfg.graphs and _graphs_possible(device)):
+        loop(bufs)
+        return
+    key = (
+        cfg,
+        tag,
+        str(device),
+        torch.backends.cuda.matmul.allow_tf32,  # baked into the captured launches (PREC)
+        tuple((name, tuple(t.shape), t.stride(), t.dtype) for name, t in sorted(bufs.items())),
+    )
+    entry = _GRAPHS.get(key)
+    if entry is None:
+        static = {name: t.clone() for name, t in bufs.items()}
+        graph = _capture(lambda: loop(static), device)
+        while len(_GRAPHS) >= _MAX_GRAPHS:
+            _GRAPHS.pop(next(iter(_GRAPHS)))
+        entry = _GRAPHS[key] = (graph, static)
+    graph, static = entry
+    for name in inputs:
+        static[name].copy_(bufs[name])
+    graph.replay()
+    for name in outputs:
+        if name in bufs:
+            bufs[name].copy_(static[name])
+
+
+def _graphs_possible(device: torch.device) -> bool:
+    """CUDA graphs need a CUDA device, and no capture already running (then launch plainly)."""
+    return device.type == "cuda" and not torch.cuda.is_current_stream_capturing()
+
+
+def _capture(fn: Any, device: torch.device) -> Any:
+    """Capture ``fn()`` (Triton launches) in a CUDA graph; returns it (``.replay()``)."""
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        fn()  # compiles every kernel before the capture (no compilation inside a capture)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
+def _graphs_enabled() -> bool:
+    """CUDA graphs for the step loop: opt-in with ``GATEDRNN_TRITON_GRAPHS=1`` (unmeasured so far)."""
+    return os.environ.get("GATEDRNN_TRITON_GRAPHS", "0") == "1"
+
+
+class _TritonLayer(torch.autograd.Function):
+    """One layer, one direction: Triton recurrence, hand-written backward, GEMMs outside the loop."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        cfg: _Config,
+        x: Tensor,
+        h0: Tensor,
+        w_ih: Tensor,
+        w_hh: Tensor | None,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+        lengths: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        spec = cfg.spec
+        hidden = h0.shape[-1]
+        gx, nx = _reference.project(spec, x, w_ih, b_ih, b_hh, hidden)
+        if gx is not None and gx.dim() > 1:
+            gx = gx.contiguous()
+        nx = nx.contiguous()
+        b_hn = b_hh[-hidden:].contiguous() if b_hh is not None else None
+        w = w_hh.contiguous() if w_hh is not None else None
+        hs, g, n, hn = _forward(cfg, gx, nx, w, b_hn, lengths, h0)
+        y = hs[1:].to(x.dtype)
+        if lengths is not None:
+            alive = torch.arange(x.shape[0], device=x.device).unsqueeze(1) < lengths.unsqueeze(0)
+            y = y * alive.unsqueeze(-1).to(y.dtype)
+        h_n = hs[-1].to(h0.dtype)
+        ctx.cfg = cfg
+        ctx.has = (w_hh is not None, b_ih is not None, b_hh is not None, lengths is not None)
+        ctx.save_for_backward(x, w_ih, w, hs, g, n, hn, lengths if lengths is not None else hs)
+        return y, h_n
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor, dh_n: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        cfg: _Config = ctx.cfg
+        spec = cfg.spec
+        has_whh, has_bih, has_bhh, has_len = ctx.has
+        x, w_ih, w, hs, g, n, hn, lens = ctx.saved_tensors
+        w_hh = w if has_whh else None
+        lengths = lens if has_len else None
+        steps, batch, hidden = n.shape
+        if n.is_cuda:
+            with torch.cuda.device(n.device):
+                dg, dn, dhn, dh0 = _backward(cfg, dy, dh_n, hs, g, n, hn, w_hh, lengths)
+        else:
+            dg, dn, dhn, dh0 = _backward(cfg, dy, dh_n, hs, g, n, hn, w_hh, lengths)
+        wd = x.dtype
+        rows = steps * batch
+        gh = spec.num_gates * hidden
+        need = ctx.needs_input_grad  # (cfg, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
+        dxp = torch.cat([dg, dn], dim=-1) if spec.gates_read_x else dn
+        dx = dw_ih = dw_hh = db_ih = db_hh = None
+        if need[1]:
+            dx = (dxp.to(wd) @ w_ih).reshape(x.shape)
+        if need[3]:
+            dw_ih = dxp.reshape(rows, -1).to(wd).t() @ x.reshape(rows, -1)
+        if has_whh and need[4]:
+            h_prev = hs[:-1].reshape(rows, hidden)
+            blocks = []
+            if spec.gates_read_h:
+                blocks.append(dg.reshape(rows, gh).t() @ h_prev)
+            if spec.candidate_reads_h:
+                if cfg.reset_after:
+                    blocks.append(dhn.reshape(rows, hidden).t() @ h_prev)
+                else:
+                    r = g[..., :hidden].reshape(rows, hidden)
+                    blocks.append(dn.reshape(rows, hidden).t() @ (r * h_prev))
+            dw_hh = torch.cat(blocks, dim=0).to(w.dtype)
+        if has_bih and need[5]:
+            sn = dn.sum((0, 1))
+            db_ih = torch.cat([dg.sum((0, 1)), sn]) if spec.gates_have_bias else sn
+            db_ih = db_ih.to(w_ih.dtype)
+        if has_bhh and need[6]:
+            shn = dhn.sum((0, 1))
+            db_hh = torch.cat([dg.sum((0, 1)), shn]) if spec.torch_hh_bias else shn
+            db_hh = db_hh.to(w_ih.dtype)
+        return None, dx, dh0.to(wd), dw_ih, dw_hh, db_ih, db_hh, None
+
+
+class TritonEngine:
+    """Every variant, both reset forms, float32/float64/bfloat16/float16 on CUDA (Triton kernels)."""
+
     name = "triton"
 
     def unavailable(self, spec: Spec, x: Tensor) -> str | None:
-        return "the triton engine is not built yet"
+        why = _triton_import_error()
+        if why is not None:
+            return why
+        if x.dtype not in _DTYPES:
+            return f"the triton engine runs float32, float64, bfloat16 and float16; got dtype {x.dtype}"
+        if x.is_cuda:
+            major, minor = torch.cuda.get_device_capability(x.device)
+            if (major, minor) < (7, 5):
+                return f"Triton needs a GPU of compute capability 7.5 or newer; got {major}.{minor}"
+            if x.dtype == torch.bfloat16 and major < 8:
+                return f"bfloat16 needs compute capability 8.0 or newer; got {major}.{minor}"
+            return None
+        if x.device.type == "cpu" and _interpreting():
+            return None
+        return (
+            "the triton engine runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1); "
+            f"got device {x.device.type}"
+        )
 
-    def layer(self, *args, **kwargs):
-        raise RuntimeError(self.unavailable(None, None))  # type: ignore[arg-type]
+    def layer(
+        self,
+        spec: Spec,
+        reset_after: bool,
+        x: Tensor,
+        h0: Tensor,
+        w_ih: Tensor,
+        w_hh: Tensor | None,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+        lengths: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        why = self.unavailable(spec, x)
+        if why is not None:
+            raise RuntimeError(f"engine='triton' cannot run here: {why}")
+        return run(spec, reset_after, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
+
+    def details(self) -> dict[str, Any]:
+        """Version and mode, for ``gatedrnn info`` and benchmark headers."""
+        why = _triton_import_error()
+        if why is not None:
+            return {"triton": None, "interpreter": False, "error": why}
+        import triton
+
+        return {
+            "triton": triton.__version__,
+            "interpreter": _interpreting(),
+            "persistent_max_h": PERSISTENT_MAX_H,
+            "cuda_graphs": _graphs_enabled(),
+        }
 
 
-ENGINE = _Unbuilt()
+def run(
+    spec: Spec,
+    reset_after: bool,
+    x: Tensor,
+    h0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor | None,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    lengths: Tensor | None,
+    *,
+    path: str = "auto",
+    graphs: bool | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One layer-direction through the Triton kernels (what :meth:`TritonEngine.layer` calls).
+
+    Args:
+        path: ``"auto"`` (persistent if ``H <= PERSISTENT_MAX_H`` or no recurrent weights, else
+            step), ``"persistent"`` or ``"step"`` (tests use it to cover both).
+        graphs: capture the step loop in a CUDA graph (CUDA only); None: ``GATEDRNN_TRITON_GRAPHS``.
+    """
+    hidden = h0.shape[-1]
+    if path not in ("auto", "persistent", "step"):
+        raise ValueError(f"path: expected 'auto', 'persistent' or 'step', got {path!r}")
+    if w_hh is None:
+        persistent = True  # minGRU: no recurrent matmul, the persistent kernel tiles H too
+    elif path == "auto":
+        persistent = hidden <= (PERSISTENT_MAX_H // 2 if x.dtype == torch.float64 else PERSISTENT_MAX_H)
+    else:
+        persistent = path == "persistent"
+    if graphs is None:
+        graphs = _graphs_enabled()
+    cfg = _Config(spec, bool(reset_after), persistent, bool(graphs))
+    if x.is_cuda:
+        with torch.cuda.device(x.device):  # Triton launches on the current device
+            return _TritonLayer.apply(cfg, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
+    return _TritonLayer.apply(cfg, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
+
+
+ENGINE = TritonEngine()
