@@ -120,6 +120,8 @@ def test_bad_options_are_one_line_errors(tmp_path):
     assert_clean_error(invoke("compare", "--lr", "fast", "--out", out), "lr: expected numbers")
     assert_clean_error(invoke("compare", "--optimizer", "adagrad", "--out", out), "optimizer: expected one of")
     assert_clean_error(invoke("compare", "--set", "hiden=3", "--out", out), "unknown key")
+    assert_clean_error(invoke("compare", "--device", "gpu", "--out", out), "device: expected")
+    assert_clean_error(invoke("compare", "--dtype", "float16", "--out", out), "dtype: expected one of")
     assert_clean_error(invoke("compare", "--config", str(tmp_path / "missing.toml"), "--out", out), "not found")
     bad = tmp_path / "bad.toml"
     bad.write_text("hidden = [")

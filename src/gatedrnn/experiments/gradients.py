@@ -25,7 +25,7 @@ from .config import Config, ConfigError, to_toml
 from .models import SequenceModel, default_dtype, model_for
 from .report import write_metrics
 from .tasks import Task, build_task, get_task
-from .train import loss_and_metric, train_run
+from .train import check_device, loss_and_metric, train_run
 
 __all__ = ["hidden_grad_norms", "run_gradients"]
 
@@ -106,7 +106,7 @@ def _run(cfg: Config, task: Task, batch: int) -> tuple[Path, str]:
         raise ConfigError(f"task: gradient flow is measured on float inputs, not on text ({task.name!r})")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.toml", to_toml(cfg))
-    dtype, device = default_dtype(cfg.dtype), torch.device(cfg.device)
+    dtype, device = default_dtype(cfg.dtype), check_device(cfg.device)
     n = min(batch, len(data.test))
     x = data.test.x[:n].to(device=device, dtype=dtype)
     y = data.test.y[:n].to(device)

@@ -16,7 +16,7 @@ from ._io import atomic_write_text
 from .config import Config, to_toml
 from .report import write_all, write_metrics
 from .tasks import build_task, get_task
-from .train import RunResult, train_run
+from .train import RunResult, check_device, train_run
 
 __all__ = ["default_out", "run_compare"]
 
@@ -66,6 +66,7 @@ def run_compare(
 
 
 def _run_compare(cfg: Config, resume: bool, say: Callable[[str], None] | None) -> tuple[Path, list[RunResult], str]:
+    check_device(cfg.device)
     dd.setup(cfg.device)
     out = _agreed_out(cfg)
     cfg.out = str(out)

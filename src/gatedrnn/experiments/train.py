@@ -53,6 +53,19 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def check_device(name: str) -> torch.device:
+    """``torch.device(name)``, or a :class:`ConfigError` saying why it cannot be used here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {name!r}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} asked for, but this torch sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    return device
+
+
 def make_optimizer(cfg: Config, params, lr: float) -> torch.optim.Optimizer:
     """Adam, AdamW, RMSprop or SGD (momentum from the config), with the config's weight decay."""
     if cfg.optimizer == "adam":
@@ -162,7 +175,8 @@ def train_run(
             number of epochs and output options).
         on_epoch: called with each epoch's record (also for epochs restored from a checkpoint).
     """
-    dtype, device = default_dtype(cfg.dtype), torch.device(cfg.device)
+    device = check_device(cfg.device)
+    dtype = default_dtype(cfg.dtype)
     run_id = cfg.run_id(cell, lr, seed)
 
     # --- the seed: initialisation, then the order of the examples -------------------------------
