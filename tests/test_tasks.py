@@ -248,3 +248,39 @@ def test_imdb_reviews_become_padded_token_ids_with_lengths():
     # train-set words are in the vocabulary unless it is full: UNK only where the word is rare
     known = (data.train.x[0, : len(tokens)] != d.Vocab.UNK).sum()
     assert known >= len(tokens) // 2
+
+
+def test_mnist_tasks_shapes_labels_and_permutation(monkeypatch):
+    """MNIST's training images are not on this machine: the loader is replaced by known arrays."""
+    from gatedrnn.experiments import data as d
+
+    rng = np.random.default_rng(0)
+    sets = {
+        split: (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int64))
+        for split, n in (("train", 60), ("test", 20))
+    }
+    calls = []
+
+    def fake_load(name, split, data_dir=None, download=False):
+        calls.append((name, split, data_dir, download))
+        return sets[split]
+
+    monkeypatch.setattr(d, "load_image_set", fake_load)
+    rows = build_task(cfg(task="mnist-rows", data_dir="/somewhere"))
+    assert calls == [("mnist", "train", "/somewhere", False), ("mnist", "test", "/somewhere", False)]
+    assert rows.train.x.shape == (60, 28, 28) and rows.test.x.shape == (20, 28, 28)
+    # rows keep every image whole (in a shuffled order) with its label, scaled to [0, 1]
+    lookup = {img.tobytes(): int(lab) for img, lab in zip(*sets["train"], strict=True)}
+    for x, y in zip(rows.train.x, rows.train.y, strict=True):
+        assert lookup[np.round(x.numpy() * 255).astype(np.uint8).tobytes()] == int(y)
+    pixels = build_task(cfg(task="mnist-pixels"))
+    perm = build_task(cfg(task="mnist-pixels", permute=True))
+    assert pixels.train.x.shape == (60, 784, 1) and pixels.input_size == 1
+    assert torch.equal(pixels.train.y, perm.train.y)
+    # one permutation for every example and both splits: recover it from the pixel values
+    flat, pflat = pixels.train.x[:, :, 0], perm.train.x[:, :, 0]
+    p = [int(torch.nonzero((flat == pflat[:, [j]]).all(0))[0]) for j in range(784)]
+    assert sorted(p) == list(range(784)) and p != list(range(784))
+    assert torch.equal(pixels.test.x[:, p, 0], perm.test.x[:, :, 0])
+    limited = build_task(cfg(task="mnist-rows", train_limit=10, test_limit=5))
+    assert len(limited.train) == 10 and len(limited.test) == 5
