@@ -63,8 +63,10 @@ def test_compare_on_digits_learns_and_writes_every_artefact(tmp_path):
     assert table in summary
     for cell, r in finals.items():
         row = next(line for line in summary.splitlines() if line.startswith(f"| {cell} |"))
-        assert f"{100 * r['test_metric']:.1f}" in row and f"{r['train_loss']:.4f}" in row
-        assert f"{r['params']:,}" in row
+        cols = [c.strip() for c in row.strip("|").split("|")]
+        assert cols[2] == f"{r['params']:,}"
+        assert float(cols[3]) == pytest.approx(r["train_loss"], rel=1e-3)  # 4 significant digits
+        assert cols[4] == f"{100 * r['test_metric']:.1f}"
     rows = _csv(out / "metrics.csv")
     assert len(rows) == 8 and float(rows[-1]["test_metric"]) == records[-1]["test_metric"]
     # the resolved config reads back as the same config

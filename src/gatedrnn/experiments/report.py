@@ -90,11 +90,16 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _pm(mean: float, std: float, n: int, fmt: str, scale: float = 1.0) -> str:
+def _pm(mean: float, std: float, n: int, decimals: int | None = None, scale: float = 1.0) -> str:
+    """``mean ± std`` (just ``mean`` for one seed); both to ``decimals`` places, by default those
+    that give the mean 4 significant digits."""
+    mean, std = mean * scale, std * scale
     if not math.isfinite(mean):
         return str(mean)
-    s = format(mean * scale, fmt)
-    return s + (" ± " + format(std * scale, fmt) if n > 1 else "")
+    if decimals is None:
+        decimals = 4 if mean == 0 else min(10, max(0, 3 - math.floor(math.log10(abs(mean)))))
+    s = f"{mean:.{decimals}f}"
+    return s + (f" ± {std:.{decimals}f}" if n > 1 else "")
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -111,9 +116,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             r["cell"],
             f"{r['lr']:g}",
             f"{r['params']:,}",
-            _pm(r["train_loss"], r["train_loss_std"], n, ".4f"),
-            _pm(r["test_metric"], r["test_metric_std"], n, ".1f" if acc else ".4g", 100.0 if acc else 1.0),
-            _pm(r["seconds"], r["seconds_std"], n, ".2f"),
+            _pm(r["train_loss"], r["train_loss_std"], n),
+            _pm(r["test_metric"], r["test_metric_std"], n, 1, 100.0)
+            if acc
+            else _pm(r["test_metric"], r["test_metric_std"], n),
+            _pm(r["seconds"], r["seconds_std"], n, 2),
             str(n),
         ]
         lines.append("| " + " | ".join(cells) + " |")
