@@ -18,8 +18,9 @@ import gatedrnn
         ({"hidden_size": 2.5}, r"hidden_size: expected an integer >= 1, got 2.5"),
         ({"input_size": -1}, r"input_size: expected an integer >= 1, got -1"),
         ({"num_layers": 0}, r"num_layers: expected an integer >= 1, got 0"),
-        ({"dropout": 1.0}, r"dropout: expected a number in \[0, 1\), got 1.0"),
-        ({"dropout": -0.1}, r"dropout: expected a number in \[0, 1\), got -0.1"),
+        ({"dropout": 1.5}, r"dropout: expected a number in \[0, 1\], got 1.5"),
+        ({"dropout": -0.1}, r"dropout: expected a number in \[0, 1\], got -0.1"),
+        ({"dropout": True}, r"dropout: expected a number in \[0, 1\], got True"),
         ({"engine": "cudnn"}, r"engine: expected 'auto' or one of \[.*'reference'.*\], got 'cudnn'"),
     ],
 )
@@ -129,6 +130,20 @@ def test_cell_forward_errors():
         cell(torch.randn(2, 2))
     with pytest.raises(gatedrnn.InputError, match=r"hx: expected shape \(2, 4\), got \(3, 4\)"):
         cell(torch.randn(2, 3), torch.randn(3, 4))
+
+
+def test_cell_hx_and_device_errors():
+    cell = gatedrnn.GRUCell(3, 4)
+    with pytest.raises(gatedrnn.InputError, match=r"hx: expected a Tensor or None, got list"):
+        cell(torch.randn(2, 3), [[0.0] * 4] * 2)
+    with pytest.raises(
+        gatedrnn.InputError, match=r"input: expected a 2-D \(batched\) or 1-D \(unbatched\) tensor, got list"
+    ):
+        cell([1.0, 2.0, 3.0])
+    with pytest.raises(gatedrnn.InputError, match=r"input: expected device cpu .*got meta"):
+        cell(torch.empty(2, 3, device="meta"))
+    with pytest.raises(gatedrnn.InputError, match=r"hx: expected device cpu .*got meta"):
+        cell(torch.randn(2, 3), torch.empty(2, 4, device="meta"))
 
 
 def test_device_mismatch(layer):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -34,10 +35,18 @@ def _check_config(variant: str, bias: bool, dropout: float, engine: str) -> None
             "bias: variant 'gru3' takes its gates from the bias alone; with bias=False they would be "
             "a constant 0.5. Expected bias=True for gru3, got bias=False"
         )
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
     if engine != "auto" and engine not in ENGINES:
         raise ValueError(f"engine: expected 'auto' or one of {sorted(ENGINES)}, got {engine!r}")
+
+
+def _check_like(name: str, t: Tensor, w: Tensor, owner: str) -> None:
+    """``t`` has the dtype and device of the parameter ``w``."""
+    if t.dtype != w.dtype:
+        raise InputError(f"{name}: expected dtype {w.dtype} (the {owner}'s parameters), got {t.dtype}")
+    if t.device != w.device:
+        raise InputError(f"{name}: expected device {w.device} (the {owner}'s parameters), got {t.device}")
 
 
 def _unpack(packed: PackedSequence) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
@@ -127,6 +136,12 @@ class GRU(nn.Module):
         _check_int("hidden_size", hidden_size, 1)
         _check_int("num_layers", num_layers, 1)
         _check_config(variant, bias, dropout, engine)
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(  # torch.nn.GRU's warning, word for word
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                stacklevel=2,
+            )
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -244,10 +259,7 @@ class GRU(nn.Module):
             seq_lengths = None
         if x.shape[-1] != self.input_size:
             raise InputError(f"input: expected input.size(-1) == input_size ({self.input_size}), got {x.shape[-1]}")
-        if x.dtype != w.dtype:
-            raise InputError(f"input: expected dtype {w.dtype} (the layer's parameters), got {x.dtype}")
-        if x.device != w.device:
-            raise InputError(f"input: expected device {w.device} (the layer's parameters), got {x.device}")
+        _check_like("input", x, w, "layer")
         steps, batch = x.shape[0], x.shape[1]
         if steps == 0:
             raise InputError("input: expected a sequence length of at least 1, got 0 time steps")
@@ -265,10 +277,7 @@ class GRU(nn.Module):
                 raise InputError(f"hx: for unbatched input expected a 2-D hx of shape {want}, got {hx.dim()}-D")
             if tuple(hx.shape) != tuple(want):
                 raise InputError(f"hx: expected shape {tuple(want)}, got {tuple(hx.shape)}")
-            if hx.dtype != w.dtype:
-                raise InputError(f"hx: expected dtype {w.dtype} (the layer's parameters), got {hx.dtype}")
-            if hx.device != w.device:
-                raise InputError(f"hx: expected device {w.device} (the layer's parameters), got {hx.device}")
+            _check_like("hx", hx, w, "layer")
             h0 = hx.unsqueeze(1) if unbatched else hx
 
         if batch == 0:
@@ -357,18 +366,18 @@ class GRUCell(nn.Module):
             raise InputError(f"input: expected a 2-D (batched) or 1-D (unbatched) tensor, got {got}")
         if input.shape[-1] != self.input_size:
             raise InputError(f"input: expected input.size(-1) == input_size ({self.input_size}), got {input.shape[-1]}")
-        if input.dtype != w.dtype:
-            raise InputError(f"input: expected dtype {w.dtype} (the cell's parameters), got {input.dtype}")
+        _check_like("input", input, w, "cell")
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
         if hx is None:
             h = x.new_zeros((x.shape[0], self.hidden_size))
         else:
+            if not isinstance(hx, Tensor):
+                raise InputError(f"hx: expected a Tensor or None, got {type(hx).__name__}")
             want = (self.hidden_size,) if unbatched else (x.shape[0], self.hidden_size)
             if tuple(hx.shape) != want:
                 raise InputError(f"hx: expected shape {want}, got {tuple(hx.shape)}")
-            if hx.dtype != w.dtype:
-                raise InputError(f"hx: expected dtype {w.dtype} (the cell's parameters), got {hx.dtype}")
+            _check_like("hx", hx, w, "cell")
             h = hx.unsqueeze(0) if unbatched else hx
         gx, nx = _reference.project(self.spec, x, w, self.bias_ih, self.bias_hh, self.hidden_size)
         h_new = _reference.step(self.spec, self.reset_after, gx, nx, h, self.weight_hh, self.bias_hh)

@@ -15,7 +15,7 @@ key                     value (all strings)
 ``num_layers``          integer >= 1 (``GRU`` only)
 ``bias``                ``true`` / ``false``
 ``batch_first``         ``true`` / ``false`` (``GRU`` only)
-``dropout``             a number in [0, 1) (``GRU`` only)
+``dropout``             a number in [0, 1] (``GRU`` only)
 ``bidirectional``       ``true`` / ``false`` (``GRU`` only)
 ``reset_after``         ``true`` / ``false``
 ``dtype``               ``float32``, ``float64``, ``float16`` or ``bfloat16``
@@ -207,9 +207,7 @@ def _build(path: str, meta: dict[str, str], engine: str) -> GRU | GRUCell:
         try:
             dropout = float(meta["dropout"])
         except ValueError:
-            dropout = math.nan
-        if not 0.0 <= dropout < 1.0:
-            raise ModelFileError(f"{path}: metadata 'dropout': expected a number in [0, 1), got {meta['dropout']!r}")
+            dropout = math.nan  # refused below by GRU's own check, which names the argument
         return GRU(
             *sizes,
             num_layers=_parse_int(path, meta, "num_layers"),
