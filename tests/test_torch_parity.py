@@ -90,7 +90,9 @@ def test_gru0_float32_error_within_torch_error(bidirectional, engine):
         x = x.detach().clone().requires_grad_(True)
         y, hn = model(x)
         g = torch.Generator().manual_seed(1)
-        (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum().backward()
+        # the same upstream gradient for every run: drawn in float64, then cast (float32 and float64
+        # draws from one seed are different numbers, which made the gradient comparison meaningless)
+        (y * torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)).sum().backward()
         grads = [x.grad] + [p.grad for p in model.parameters()]
         return [y.detach(), hn.detach(), *grads]
 
@@ -98,7 +100,7 @@ def test_gru0_float32_error_within_torch_error(bidirectional, engine):
     torch_err = [(a.double() - b).abs().max().item() for a, b in zip(run(ref32, x64.float()), exact, strict=True)]
     ours_err = [(a.double() - b).abs().max().item() for a, b in zip(run(ours, x64.float()), exact, strict=True)]
     for k, (e_ours, e_torch) in enumerate(zip(ours_err, torch_err, strict=True)):
-        assert e_ours <= 2 * e_torch + 1e-6, f"tensor {k}: ours {e_ours:.3g} vs torch.nn.GRU {e_torch:.3g}"
+        assert e_ours <= 2 * e_torch, f"tensor {k}: ours {e_ours:.3g} vs torch.nn.GRU {e_torch:.3g}"
 
 
 @pytest.mark.parametrize("bias", [True, False])
