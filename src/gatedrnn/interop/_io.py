@@ -115,10 +115,13 @@ def save(model: GRU | GRUCell | nn.GRU | nn.GRUCell, path: str | os.PathLike[str
     tensors = {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters()}
     meta = _config(model)
     meta["sha256"] = _digest(tensors)
-    data = st_save(tensors, metadata=meta)
-    path = os.fspath(path)
+    atomic_write(os.fspath(path), st_save(tensors, metadata=meta))
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, os.replace."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
