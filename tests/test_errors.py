@@ -110,6 +110,9 @@ def test_unknown_engine_at_call_and_unavailable_engine():
     layer = gatedrnn.GRU(3, 4, engine="triton")  # CPU tensors, no interpreter: cannot run here
     with pytest.raises(RuntimeError, match="engine='triton' cannot run here"):
         layer(torch.randn(2, 1, 3))
+    layer.engine = "cudnn"  # set after construction: refused at the call, naming the argument
+    with pytest.raises(ValueError, match=r"engine: expected 'auto' or one of \[.*'reference'.*\], got 'cudnn'"):
+        layer(torch.randn(2, 1, 3))
 
 
 def test_empty_batch_returns_empty(layer):
