@@ -17,6 +17,7 @@ configs = st.fixed_dictionaries(
         "bidirectional": st.booleans(),
         "batch_first": st.booleans(),
         "lengths": st.lists(st.integers(1, 6), min_size=1, max_size=4),
+        "extra_steps": st.integers(0, 2),  # padding past the longest sequence (lengths= allows it)
         "seed": st.integers(0, 2**16),
     }
 )
@@ -36,7 +37,7 @@ def test_lengths_equal_per_sequence_runs(cfg):
         dtype=torch.float64,
     )
     lengths = cfg["lengths"]
-    steps, batch = max(lengths), len(lengths)
+    steps, batch = max(lengths) + cfg["extra_steps"], len(lengths)
     x = torch.randn(batch, steps, 2, dtype=torch.float64)
     inp = x if cfg["batch_first"] else x.transpose(0, 1)
     y, hn = layer(inp, lengths=lengths)
