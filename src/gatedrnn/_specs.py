@@ -35,6 +35,7 @@ Gate order inside a block group is PyTorch's: ``r, z`` then the candidate ``n``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 __all__ = ["SPECS", "Spec", "count_parameters", "get_spec", "param_shapes"]
@@ -85,11 +86,6 @@ class Spec:
     def has_reset(self) -> bool:
         """A reset gate multiplies the recurrent part of the candidate (reset_after matters)."""
         return self.candidate_reads_h
-
-    @property
-    def gate_pre_is_constant(self) -> bool:
-        """The gates' pre-activation does not depend on x or h (gru3: σ(b))."""
-        return not (self.gates_read_x or self.gates_read_h)
 
     def ih_blocks(self) -> int:
         return (self.num_gates if self.gates_read_x else 0) + 1
@@ -233,10 +229,4 @@ def count_parameters(
     minGRU 2(nm+n). With ``reset_after=True`` gru0 has ``torch.nn.GRU``'s 3(n²+nm)+6n and the
     other variants with a reset gate one more vector of n (``b_hn``).
     """
-    total = 0
-    for shape in param_shapes(variant, input_size, hidden_size, bias, reset_after).values():
-        n = 1
-        for s in shape:
-            n *= s
-        total += n
-    return total
+    return sum(math.prod(shape) for shape in param_shapes(variant, input_size, hidden_size, bias, reset_after).values())
