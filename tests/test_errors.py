@@ -154,3 +154,17 @@ def test_device_mismatch(layer):
         layer(torch.empty(5, 2, 3, device="meta"))
     with pytest.raises(gatedrnn.InputError, match=r"hx: expected device cpu .*got meta"):
         layer(torch.randn(5, 2, 3), torch.empty(2, 2, 4, device="meta"))
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (("gru1", 0, 4), r"input_size: expected an integer >= 1, got 0"),
+        (("gru1", 3, -3), r"hidden_size: expected an integer >= 1, got -3"),
+        (("gru0", 2.5, 3), r"input_size: expected an integer >= 1, got 2.5"),
+        (("lstm", 3, 4), r"variant: expected one of \[.*'gru0'.*\], got 'lstm'"),
+    ],
+)
+def test_count_parameters_errors(args, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        gatedrnn.count_parameters(*args)

@@ -13,19 +13,13 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _reference
 from ._engines import ENGINES
 from ._functional import LayerWeights, rnn
-from ._specs import get_spec, param_shapes
+from ._specs import check_int, get_spec, param_shapes
 
 __all__ = ["GRU", "GRUCell", "InputError"]
 
 
 class InputError(RuntimeError, ValueError):
     """Bad input to a layer. A ``RuntimeError`` like ``torch.nn.GRU``'s and a ``ValueError``."""
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _check_config(variant: str, bias: bool, dropout: float, engine: str) -> None:
@@ -132,9 +126,9 @@ class GRU(nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        _check_int("input_size", input_size, 1)
-        _check_int("hidden_size", hidden_size, 1)
-        _check_int("num_layers", num_layers, 1)
+        check_int("input_size", input_size, 1)
+        check_int("hidden_size", hidden_size, 1)
+        check_int("num_layers", num_layers, 1)
         _check_config(variant, bias, dropout, engine)
         if dropout > 0 and num_layers == 1:
             warnings.warn(  # torch.nn.GRU's warning, word for word
@@ -324,8 +318,8 @@ class GRUCell(nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        _check_int("input_size", input_size, 1)
-        _check_int("hidden_size", hidden_size, 1)
+        check_int("input_size", input_size, 1)
+        check_int("hidden_size", hidden_size, 1)
         _check_config(variant, bias, 0.0, "auto")
         self.input_size = input_size
         self.hidden_size = hidden_size

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["SPECS", "Spec", "count_parameters", "get_spec", "param_shapes"]
+__all__ = ["SPECS", "Spec", "check_int", "count_parameters", "get_spec", "param_shapes"]
 
 
 @dataclass(frozen=True)
@@ -196,6 +196,13 @@ h_t = (1 - z_t) ⊙ n_t + z_t ⊙ h_(t-1)""",
 }
 
 
+def check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` as an integer >= ``minimum`` (not a bool); a clear error naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
 def get_spec(variant: str) -> Spec:
     """The spec of ``variant``; a clear error for an unknown name."""
     if not isinstance(variant, str) or variant not in SPECS:
@@ -229,4 +236,6 @@ def count_parameters(
     minGRU 2(nm+n). With ``reset_after=True`` gru0 has ``torch.nn.GRU``'s 3(n²+nm)+6n and the
     other variants with a reset gate one more vector of n (``b_hn``).
     """
+    check_int("input_size", input_size, 1)
+    check_int("hidden_size", hidden_size, 1)
     return sum(math.prod(shape) for shape in param_shapes(variant, input_size, hidden_size, bias, reset_after).values())
