@@ -25,7 +25,8 @@ key                     value (all strings)
 :func:`load` refuses, with :class:`ModelFileError` naming the file, anything that is not exactly
 such a file: a truncated or corrupt header or data section, malformed or missing metadata, tensor
 names or shapes that differ from what the configuration implies, a digest mismatch (tampered
-data). Writes are atomic: a temporary file in the same folder, ``fsync``, then ``os.replace``.
+data). Writes are atomic (:mod:`gatedrnn._files`): a temporary file in the same folder, ``fsync``, then
+``os.replace``.
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ import json
 import math
 import os
 import struct
-import tempfile
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .._files import atomic_write
 from .._layers import GRU, GRUCell
 from .._specs import SPECS
 
@@ -116,32 +117,6 @@ def save(model: GRU | GRUCell | nn.GRU | nn.GRUCell, path: str | os.PathLike[str
     meta = _config(model)
     meta["sha256"] = _digest(tensors)
     atomic_write(os.fspath(path), st_save(tensors, metadata=meta))
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable (best effort: not every OS can open a folder)
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 def _read_header(path: str, data: bytes) -> dict[str, Any]:

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._files import atomic_write
 from .._layers import GRU
-from ._io import atomic_write
 
 __all__ = ["KerasFileError", "from_keras", "keras_layers", "to_keras"]
 
