@@ -91,7 +91,25 @@ def _check_lengths(lengths: Any, steps: int, batch: int, enforce_sorted: bool, d
     return lengths
 
 
-class GRU(nn.Module):
+class _Family(nn.Module):
+    """What :class:`GRU` and :class:`GRUCell` share: torch's initialisation, the spec on unpickling."""
+
+    hidden_size: int
+    variant: str
+
+    def reset_parameters(self) -> None:
+        """``U(-1/sqrt(H), 1/sqrt(H))`` for every parameter, as ``torch.nn.GRU`` / ``GRUCell``."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.uniform_(-bound, bound)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.spec = get_spec(self.variant)
+
+
+class GRU(_Family):
     """A stacked, optionally bidirectional recurrent layer of any variant of the GRU family.
 
     Same signature, parameter names, shapes and forward contract as ``torch.nn.GRU``, plus:
@@ -167,13 +185,6 @@ class GRU(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    def reset_parameters(self) -> None:
-        """``U(-1/sqrt(H), 1/sqrt(H))`` for every parameter, as ``torch.nn.GRU``."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.uniform_(-bound, bound)
-
     def flatten_parameters(self) -> None:
         """No-op, for code written against ``torch.nn.GRU``."""
 
@@ -214,10 +225,6 @@ class GRU(nn.Module):
         if self.engine != "auto":
             s += f", engine={self.engine!r}"
         return s
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self.spec = get_spec(self.variant)
 
     def _reference_param(self) -> Tensor:
         return getattr(self, self._param_names[0][0]["weight_ih"])
@@ -300,7 +307,7 @@ class GRU(nn.Module):
         return y, h_n
 
 
-class GRUCell(nn.Module):
+class GRUCell(_Family):
     """One step of any variant: ``torch.nn.GRUCell``'s contract (``h' = cell(x, h)``).
 
     Parameters ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` with the layouts of
@@ -334,12 +341,6 @@ class GRUCell(nn.Module):
                 self.register_parameter(base, None)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.uniform_(-bound, bound)
-
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
@@ -348,10 +349,6 @@ class GRUCell(nn.Module):
         if self.spec.has_reset:
             s += f", reset_after={self.reset_after}"
         return s
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self.spec = get_spec(self.variant)
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         w = self.weight_ih
