@@ -8,6 +8,7 @@ dtype through :func:`resolve` (a fixed table, never a silent fallback after a fa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from torch import Tensor
@@ -58,7 +59,18 @@ class ReferenceEngine:
     def unavailable(self, spec: Spec, x: Tensor) -> str | None:
         return None
 
-    def layer(self, spec, reset_after, x, h0, w_ih, w_hh, b_ih, b_hh, lengths):
+    def layer(
+        self,
+        spec: Spec,
+        reset_after: bool,
+        x: Tensor,
+        h0: Tensor,
+        w_ih: Tensor,
+        w_hh: Tensor | None,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+        lengths: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
         return _reference.run_layer(spec, reset_after, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
 
 
@@ -77,7 +89,7 @@ def _triton() -> Engine:
 class _Lazy:
     """An engine whose module (and its heavy imports) loads on first use, not at import."""
 
-    def __init__(self, name: str, load) -> None:
+    def __init__(self, name: str, load: Callable[[], Engine]) -> None:
         self.name = name
         self._load = load
 
