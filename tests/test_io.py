@@ -193,3 +193,10 @@ def test_written_files_honour_the_umask(tmp_path: Path, umask: int) -> None:
         assert sorted(p.name for p in tmp_path.iterdir()) == ["k.weights.h5", "m.safetensors"]  # no temp files
     finally:
         os.umask(old)
+
+
+def test_bad_engine_is_blamed_on_the_argument_not_the_file(tmp_path: Path) -> None:
+    save(gatedrnn.GRU(2, 3), tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match=r"engine: expected 'auto' or one of .*got 'cudnn'") as info:
+        load(tmp_path / "m.safetensors", engine="cudnn")
+    assert not isinstance(info.value, ModelFileError)  # the file is fine

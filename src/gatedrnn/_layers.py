@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _reference
-from ._engines import ENGINES
+from ._engines import check_engine_name
 from ._functional import LayerWeights, rnn
 from ._specs import check_int, get_spec, param_shapes
 
@@ -31,8 +31,7 @@ def _check_config(variant: str, bias: bool, dropout: float, engine: str) -> None
         )
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
-    if engine != "auto" and engine not in ENGINES:
-        raise ValueError(f"engine: expected 'auto' or one of {sorted(ENGINES)}, got {engine!r}")
+    check_engine_name(engine)
 
 
 def _check_like(name: str, t: Tensor, w: Tensor, owner: str) -> None:

@@ -16,7 +16,7 @@ from torch import Tensor
 from .. import _reference
 from .._specs import Spec
 
-__all__ = ["ENGINES", "Engine", "resolve"]
+__all__ = ["ENGINES", "Engine", "check_engine_name", "resolve"]
 
 
 class Engine(Protocol):
@@ -104,9 +104,19 @@ ENGINES: dict[str, Engine | _Lazy] = {
 }
 
 
+def _unknown(name: object) -> ValueError:
+    return ValueError(f"engine: expected 'auto' or one of {sorted(ENGINES)}, got {name!r}")
+
+
+def check_engine_name(name: object) -> None:
+    """``name`` is ``"auto"`` or a key of :data:`ENGINES` (checked without loading any engine)."""
+    if name != "auto" and (not isinstance(name, str) or name not in ENGINES):
+        raise _unknown(name)
+
+
 def get_engine(name: str) -> Engine:
     if name not in ENGINES:
-        raise ValueError(f"engine: expected 'auto' or one of {sorted(ENGINES)}, got {name!r}")
+        raise _unknown(name)
     entry = ENGINES[name]
     return entry.get() if isinstance(entry, _Lazy) else entry
 

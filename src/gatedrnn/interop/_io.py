@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._engines import check_engine_name
 from .._files import atomic_write
 from .._layers import GRU, GRUCell
 from .._specs import SPECS
@@ -219,6 +220,7 @@ def load(path: str | os.PathLike[str], *, device: Any = None, engine: str = "aut
     """
     from safetensors.torch import load as st_load
 
+    check_engine_name(engine)  # an argument, not the file: checked before the file is blamed
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no model file at {path!r}")
