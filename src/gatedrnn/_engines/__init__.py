@@ -59,19 +59,7 @@ class ReferenceEngine:
     def unavailable(self, spec: Spec, x: Tensor) -> str | None:
         return None
 
-    def layer(
-        self,
-        spec: Spec,
-        reset_after: bool,
-        x: Tensor,
-        h0: Tensor,
-        w_ih: Tensor,
-        w_hh: Tensor | None,
-        b_ih: Tensor | None,
-        b_hh: Tensor | None,
-        lengths: Tensor | None,
-    ) -> tuple[Tensor, Tensor]:
-        return _reference.run_layer(spec, reset_after, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
+    layer = staticmethod(_reference.run_layer)
 
 
 def _fused() -> Engine:
