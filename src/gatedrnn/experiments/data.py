@@ -792,7 +792,13 @@ class Vocab:
         return [get(tok, unk) for tok in tokens]
 
     def decode(self, ids: Iterable[int]) -> list[str]:
-        return [self.itos[i] for i in ids]
+        """Tokens of ``ids``; an id outside ``0..len(self)-1`` raises (a negative one would wrap)."""
+        out = []
+        for i in ids:
+            if not 0 <= i < len(self.itos):
+                raise ValueError(f"ids: expected ids in 0..{len(self.itos) - 1}, got {i!r}")
+            out.append(self.itos[i])
+        return out
 
     def to_list(self) -> list[str]:
         """The id -> token list (save it with a checkpoint; ``Vocab(lst)`` restores the same ids)."""
