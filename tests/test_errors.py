@@ -118,6 +118,8 @@ def test_unknown_engine_at_call_and_unavailable_engine():
 def test_empty_batch_returns_empty(layer):
     y, hn = layer(torch.randn(5, 0, 3))
     assert y.shape == (5, 0, 4) and hn.shape == (2, 0, 4)
+    y, hn = layer(torch.randn(5, 0, 3), lengths=[])  # no sequences, no lengths (an empty list is float)
+    assert y.shape == (5, 0, 4) and hn.shape == (2, 0, 4)
     bf = gatedrnn.GRU(3, 4, batch_first=True, bidirectional=True)
     y, hn = bf(torch.randn(0, 5, 3))
     assert y.shape == (0, 5, 8) and hn.shape == (2, 0, 4)

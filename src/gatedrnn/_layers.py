@@ -70,6 +70,8 @@ def _check_lengths(lengths: Any, steps: int, batch: int, enforce_sorted: bool, d
             lengths = torch.as_tensor(lengths)
         except (TypeError, ValueError, RuntimeError) as e:
             raise InputError(f"lengths: expected a 1-D tensor or list of integers, got {lengths!r}") from e
+        if lengths.numel() == 0:  # [] becomes float32; an empty batch has no lengths to check
+            lengths = lengths.to(torch.int64)
     if lengths.dim() != 1:
         raise InputError(f"lengths: expected a 1-D tensor of {batch} integers, got shape {tuple(lengths.shape)}")
     if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
