@@ -29,8 +29,9 @@ def _check_config(variant: str, bias: bool, dropout: float, engine: str) -> None
             "bias: variant 'gru3' takes its gates from the bias alone; with bias=False they would be "
             "a constant 0.5. Expected bias=True for gru3, got bias=False"
         )
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
-        raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        # torch.nn.GRU also takes 1.0, which zeroes every inter-layer activation: refused here.
+        raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
     check_engine_name(engine)
 
 

@@ -15,7 +15,7 @@ key                     value (all strings)
 ``num_layers``          integer >= 1 (``GRU`` only)
 ``bias``                ``true`` / ``false``
 ``batch_first``         ``true`` / ``false`` (``GRU`` only)
-``dropout``             a number in [0, 1] (``GRU`` only)
+``dropout``             a number in [0, 1) (``GRU`` only)
 ``bidirectional``       ``true`` / ``false`` (``GRU`` only)
 ``reset_after``         ``true`` / ``false``
 ``dtype``               ``float32``, ``float64``, ``float16`` or ``bfloat16``
