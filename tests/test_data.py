@@ -712,6 +712,9 @@ def test_vocab_encode() -> None:
         (lambda: Vocab.build([["a"]], max_size=5).encode(["a"], max_len=0), ValueError, "max_len"),
         (lambda: Vocab.build([["a"]], max_size=5).encode("a"), TypeError, "tokens: expected a list"),
         (lambda: Vocab(["a", "b"]), ValueError, "itos: expected to start with"),
+        # a negative id must not wrap around to the last token
+        (lambda: Vocab.build([["a"]], max_size=5).decode([2, -1]), ValueError, r"ids: expected .*0\.\.2.*got -1"),
+        (lambda: Vocab.build([["a"]], max_size=5).decode([3]), ValueError, r"ids: expected .*0\.\.2.*got 3"),
     ],
 )
 def test_vocab_errors(call, error: type, message: str) -> None:

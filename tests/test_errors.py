@@ -20,6 +20,7 @@ import gatedrnn
         ({"num_layers": 0}, r"num_layers: expected an integer >= 1, got 0"),
         ({"dropout": 1.0}, r"dropout: expected a number in \[0, 1\), got 1.0"),
         ({"dropout": -0.1}, r"dropout: expected a number in \[0, 1\), got -0.1"),
+        ({"dropout": True}, r"dropout: expected a number in \[0, 1\), got True"),
         ({"engine": "cudnn"}, r"engine: expected 'auto' or one of \[.*'reference'.*\], got 'cudnn'"),
     ],
 )
@@ -109,10 +110,15 @@ def test_unknown_engine_at_call_and_unavailable_engine():
     layer = gatedrnn.GRU(3, 4, engine="triton")  # CPU tensors, no interpreter: cannot run here
     with pytest.raises(RuntimeError, match="engine='triton' cannot run here"):
         layer(torch.randn(2, 1, 3))
+    layer.engine = "cudnn"  # set after construction: refused at the call, naming the argument
+    with pytest.raises(ValueError, match=r"engine: expected 'auto' or one of \[.*'reference'.*\], got 'cudnn'"):
+        layer(torch.randn(2, 1, 3))
 
 
 def test_empty_batch_returns_empty(layer):
     y, hn = layer(torch.randn(5, 0, 3))
+    assert y.shape == (5, 0, 4) and hn.shape == (2, 0, 4)
+    y, hn = layer(torch.randn(5, 0, 3), lengths=[])  # no sequences, no lengths (an empty list is float)
     assert y.shape == (5, 0, 4) and hn.shape == (2, 0, 4)
     bf = gatedrnn.GRU(3, 4, batch_first=True, bidirectional=True)
     y, hn = bf(torch.randn(0, 5, 3))
@@ -131,8 +137,36 @@ def test_cell_forward_errors():
         cell(torch.randn(2, 3), torch.randn(3, 4))
 
 
+def test_cell_hx_and_device_errors():
+    cell = gatedrnn.GRUCell(3, 4)
+    with pytest.raises(gatedrnn.InputError, match=r"hx: expected a Tensor or None, got list"):
+        cell(torch.randn(2, 3), [[0.0] * 4] * 2)
+    with pytest.raises(
+        gatedrnn.InputError, match=r"input: expected a 2-D \(batched\) or 1-D \(unbatched\) tensor, got list"
+    ):
+        cell([1.0, 2.0, 3.0])
+    with pytest.raises(gatedrnn.InputError, match=r"input: expected device cpu .*got meta"):
+        cell(torch.empty(2, 3, device="meta"))
+    with pytest.raises(gatedrnn.InputError, match=r"hx: expected device cpu .*got meta"):
+        cell(torch.randn(2, 3), torch.empty(2, 4, device="meta"))
+
+
 def test_device_mismatch(layer):
     with pytest.raises(gatedrnn.InputError, match=r"input: expected device cpu .*got meta"):
         layer(torch.empty(5, 2, 3, device="meta"))
     with pytest.raises(gatedrnn.InputError, match=r"hx: expected device cpu .*got meta"):
         layer(torch.randn(5, 2, 3), torch.empty(2, 2, 4, device="meta"))
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (("gru1", 0, 4), r"input_size: expected an integer >= 1, got 0"),
+        (("gru1", 3, -3), r"hidden_size: expected an integer >= 1, got -3"),
+        (("gru0", 2.5, 3), r"input_size: expected an integer >= 1, got 2.5"),
+        (("lstm", 3, 4), r"variant: expected one of \[.*'gru0'.*\], got 'lstm'"),
+    ],
+)
+def test_count_parameters_errors(args, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        gatedrnn.count_parameters(*args)

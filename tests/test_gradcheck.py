@@ -36,8 +36,9 @@ def test_gradcheck_every_variant(variant, reset_after, engine):
 
 
 @pytest.mark.parametrize("variant", sorted(gatedrnn.SPECS))
-def test_gradcheck_cell(variant):
-    cell = gatedrnn.GRUCell(3, 4, variant=variant, reset_after=False, dtype=torch.float64)
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_gradcheck_cell(variant, reset_after):
+    cell = gatedrnn.GRUCell(3, 4, variant=variant, reset_after=reset_after, dtype=torch.float64)
     names = [n for n, _ in cell.named_parameters()]
     params = [p.detach().clone().requires_grad_(True) for p in cell.parameters()]
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)

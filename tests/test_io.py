@@ -174,3 +174,29 @@ def test_bad_arguments(tmp_path: Path) -> None:
         load(tmp_path / "nope.safetensors")
     with pytest.raises(TypeError, match="model"):
         save(torch.nn.LSTM(2, 3), tmp_path / "x.safetensors")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_honour_the_umask(tmp_path: Path, umask: int) -> None:
+    """Model files get the permissions of any file the user writes (0o666 & ~umask), not
+    mkstemp's private 0o600, and overwriting keeps working."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        for _ in range(2):  # a new file, then the same path replaced (Keras: written into)
+            save(gatedrnn.GRU(2, 3), tmp_path / "m.safetensors")
+            gatedrnn.to_keras(gatedrnn.GRU(2, 3, batch_first=True), tmp_path / "k.weights.h5")
+        for name in ("m.safetensors", "k.weights.h5"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["k.weights.h5", "m.safetensors"]  # no temp files
+    finally:
+        os.umask(old)
+
+
+def test_bad_engine_is_blamed_on_the_argument_not_the_file(tmp_path: Path) -> None:
+    save(gatedrnn.GRU(2, 3), tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match=r"engine: expected 'auto' or one of .*got 'cudnn'") as info:
+        load(tmp_path / "m.safetensors", engine="cudnn")
+    assert not isinstance(info.value, ModelFileError)  # the file is fine

@@ -80,6 +80,9 @@ def test_to_float64_and_back():
     y64, h64 = layer(x.double())
     assert y64.dtype == torch.float64 and h64.dtype == torch.float64
     torch.testing.assert_close(y64.float(), y32, rtol=1e-5, atol=1e-6)
+    layer.to(torch.float32)  # float32 -> float64 -> float32 is exact: the same numbers as before
+    assert all(p.dtype == torch.float32 for p in layer.parameters())
+    torch.testing.assert_close(layer(x)[0], y32, rtol=0, atol=0)
 
 
 def test_repr_shows_variant():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -10,21 +11,15 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _reference
-from ._engines import ENGINES
+from ._engines import check_engine_name
 from ._functional import LayerWeights, rnn
-from ._specs import get_spec, param_shapes
+from ._specs import check_int, get_spec, param_shapes
 
 __all__ = ["GRU", "GRUCell", "InputError"]
 
 
 class InputError(RuntimeError, ValueError):
     """Bad input to a layer. A ``RuntimeError`` like ``torch.nn.GRU``'s and a ``ValueError``."""
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _check_config(variant: str, bias: bool, dropout: float, engine: str) -> None:
@@ -35,9 +30,17 @@ def _check_config(variant: str, bias: bool, dropout: float, engine: str) -> None
             "a constant 0.5. Expected bias=True for gru3, got bias=False"
         )
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        # torch.nn.GRU also takes 1.0, which zeroes every inter-layer activation: refused here.
         raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
-    if engine != "auto" and engine not in ENGINES:
-        raise ValueError(f"engine: expected 'auto' or one of {sorted(ENGINES)}, got {engine!r}")
+    check_engine_name(engine)
+
+
+def _check_like(name: str, t: Tensor, w: Tensor, owner: str) -> None:
+    """``t`` has the dtype and device of the parameter ``w``."""
+    if t.dtype != w.dtype:
+        raise InputError(f"{name}: expected dtype {w.dtype} (the {owner}'s parameters), got {t.dtype}")
+    if t.device != w.device:
+        raise InputError(f"{name}: expected device {w.device} (the {owner}'s parameters), got {t.device}")
 
 
 def _unpack(packed: PackedSequence) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
@@ -68,6 +71,8 @@ def _check_lengths(lengths: Any, steps: int, batch: int, enforce_sorted: bool, d
             lengths = torch.as_tensor(lengths)
         except (TypeError, ValueError, RuntimeError) as e:
             raise InputError(f"lengths: expected a 1-D tensor or list of integers, got {lengths!r}") from e
+        if lengths.numel() == 0:  # [] becomes float32; an empty batch has no lengths to check
+            lengths = lengths.to(torch.int64)
     if lengths.dim() != 1:
         raise InputError(f"lengths: expected a 1-D tensor of {batch} integers, got shape {tuple(lengths.shape)}")
     if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
@@ -88,7 +93,25 @@ def _check_lengths(lengths: Any, steps: int, batch: int, enforce_sorted: bool, d
     return lengths
 
 
-class GRU(nn.Module):
+class _Family(nn.Module):
+    """What :class:`GRU` and :class:`GRUCell` share: torch's initialisation, the spec on unpickling."""
+
+    hidden_size: int
+    variant: str
+
+    def reset_parameters(self) -> None:
+        """``U(-1/sqrt(H), 1/sqrt(H))`` for every parameter, as ``torch.nn.GRU`` / ``GRUCell``."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.uniform_(-bound, bound)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.spec = get_spec(self.variant)
+
+
+class GRU(_Family):
     """A stacked, optionally bidirectional recurrent layer of any variant of the GRU family.
 
     Same signature, parameter names, shapes and forward contract as ``torch.nn.GRU``, plus:
@@ -123,10 +146,16 @@ class GRU(nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        _check_int("input_size", input_size, 1)
-        _check_int("hidden_size", hidden_size, 1)
-        _check_int("num_layers", num_layers, 1)
+        check_int("input_size", input_size, 1)
+        check_int("hidden_size", hidden_size, 1)
+        check_int("num_layers", num_layers, 1)
         _check_config(variant, bias, dropout, engine)
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(  # torch.nn.GRU's warning, word for word
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                stacklevel=2,
+            )
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -157,13 +186,6 @@ class GRU(nn.Module):
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
-
-    def reset_parameters(self) -> None:
-        """``U(-1/sqrt(H), 1/sqrt(H))`` for every parameter, as ``torch.nn.GRU``."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.uniform_(-bound, bound)
 
     def flatten_parameters(self) -> None:
         """No-op, for code written against ``torch.nn.GRU``."""
@@ -206,10 +228,6 @@ class GRU(nn.Module):
             s += f", engine={self.engine!r}"
         return s
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self.spec = get_spec(self.variant)
-
     def _reference_param(self) -> Tensor:
         return getattr(self, self._param_names[0][0]["weight_ih"])
 
@@ -244,10 +262,7 @@ class GRU(nn.Module):
             seq_lengths = None
         if x.shape[-1] != self.input_size:
             raise InputError(f"input: expected input.size(-1) == input_size ({self.input_size}), got {x.shape[-1]}")
-        if x.dtype != w.dtype:
-            raise InputError(f"input: expected dtype {w.dtype} (the layer's parameters), got {x.dtype}")
-        if x.device != w.device:
-            raise InputError(f"input: expected device {w.device} (the layer's parameters), got {x.device}")
+        _check_like("input", x, w, "layer")
         steps, batch = x.shape[0], x.shape[1]
         if steps == 0:
             raise InputError("input: expected a sequence length of at least 1, got 0 time steps")
@@ -265,10 +280,7 @@ class GRU(nn.Module):
                 raise InputError(f"hx: for unbatched input expected a 2-D hx of shape {want}, got {hx.dim()}-D")
             if tuple(hx.shape) != tuple(want):
                 raise InputError(f"hx: expected shape {tuple(want)}, got {tuple(hx.shape)}")
-            if hx.dtype != w.dtype:
-                raise InputError(f"hx: expected dtype {w.dtype} (the layer's parameters), got {hx.dtype}")
-            if hx.device != w.device:
-                raise InputError(f"hx: expected device {w.device} (the layer's parameters), got {hx.device}")
+            _check_like("hx", hx, w, "layer")
             h0 = hx.unsqueeze(1) if unbatched else hx
 
         if batch == 0:
@@ -297,7 +309,7 @@ class GRU(nn.Module):
         return y, h_n
 
 
-class GRUCell(nn.Module):
+class GRUCell(_Family):
     """One step of any variant: ``torch.nn.GRUCell``'s contract (``h' = cell(x, h)``).
 
     Parameters ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` with the layouts of
@@ -315,8 +327,8 @@ class GRUCell(nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        _check_int("input_size", input_size, 1)
-        _check_int("hidden_size", hidden_size, 1)
+        check_int("input_size", input_size, 1)
+        check_int("hidden_size", hidden_size, 1)
         _check_config(variant, bias, 0.0, "auto")
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -331,12 +343,6 @@ class GRUCell(nn.Module):
                 self.register_parameter(base, None)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.uniform_(-bound, bound)
-
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
@@ -346,10 +352,6 @@ class GRUCell(nn.Module):
             s += f", reset_after={self.reset_after}"
         return s
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self.spec = get_spec(self.variant)
-
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         w = self.weight_ih
         if not isinstance(input, Tensor) or input.dim() not in (1, 2):
@@ -357,18 +359,18 @@ class GRUCell(nn.Module):
             raise InputError(f"input: expected a 2-D (batched) or 1-D (unbatched) tensor, got {got}")
         if input.shape[-1] != self.input_size:
             raise InputError(f"input: expected input.size(-1) == input_size ({self.input_size}), got {input.shape[-1]}")
-        if input.dtype != w.dtype:
-            raise InputError(f"input: expected dtype {w.dtype} (the cell's parameters), got {input.dtype}")
+        _check_like("input", input, w, "cell")
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
         if hx is None:
             h = x.new_zeros((x.shape[0], self.hidden_size))
         else:
+            if not isinstance(hx, Tensor):
+                raise InputError(f"hx: expected a Tensor or None, got {type(hx).__name__}")
             want = (self.hidden_size,) if unbatched else (x.shape[0], self.hidden_size)
             if tuple(hx.shape) != want:
                 raise InputError(f"hx: expected shape {want}, got {tuple(hx.shape)}")
-            if hx.dtype != w.dtype:
-                raise InputError(f"hx: expected dtype {w.dtype} (the cell's parameters), got {hx.dtype}")
+            _check_like("hx", hx, w, "cell")
             h = hx.unsqueeze(0) if unbatched else hx
         gx, nx = _reference.project(self.spec, x, w, self.bias_ih, self.bias_hh, self.hidden_size)
         h_new = _reference.step(self.spec, self.reset_after, gx, nx, h, self.weight_hh, self.bias_hh)

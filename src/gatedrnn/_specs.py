@@ -35,9 +35,10 @@ Gate order inside a block group is PyTorch's: ``r, z`` then the candidate ``n``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-__all__ = ["SPECS", "Spec", "count_parameters", "get_spec", "param_shapes"]
+__all__ = ["SPECS", "Spec", "check_int", "count_parameters", "get_spec", "param_shapes"]
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,6 @@ class Spec:
     def has_reset(self) -> bool:
         """A reset gate multiplies the recurrent part of the candidate (reset_after matters)."""
         return self.candidate_reads_h
-
-    @property
-    def gate_pre_is_constant(self) -> bool:
-        """The gates' pre-activation does not depend on x or h (gru3: σ(b))."""
-        return not (self.gates_read_x or self.gates_read_h)
 
     def ih_blocks(self) -> int:
         return (self.num_gates if self.gates_read_x else 0) + 1
@@ -200,6 +196,13 @@ h_t = (1 - z_t) ⊙ n_t + z_t ⊙ h_(t-1)""",
 }
 
 
+def check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` as an integer >= ``minimum`` (not a bool); a clear error naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
 def get_spec(variant: str) -> Spec:
     """The spec of ``variant``; a clear error for an unknown name."""
     if not isinstance(variant, str) or variant not in SPECS:
@@ -233,10 +236,6 @@ def count_parameters(
     minGRU 2(nm+n). With ``reset_after=True`` gru0 has ``torch.nn.GRU``'s 3(n²+nm)+6n and the
     other variants with a reset gate one more vector of n (``b_hn``).
     """
-    total = 0
-    for shape in param_shapes(variant, input_size, hidden_size, bias, reset_after).values():
-        n = 1
-        for s in shape:
-            n *= s
-        total += n
-    return total
+    check_int("input_size", input_size, 1)
+    check_int("hidden_size", hidden_size, 1)
+    return sum(math.prod(shape) for shape in param_shapes(variant, input_size, hidden_size, bias, reset_after).values())

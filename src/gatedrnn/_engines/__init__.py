@@ -8,6 +8,7 @@ dtype through :func:`resolve` (a fixed table, never a silent fallback after a fa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from torch import Tensor
@@ -15,7 +16,7 @@ from torch import Tensor
 from .. import _reference
 from .._specs import Spec
 
-__all__ = ["ENGINES", "Engine", "resolve"]
+__all__ = ["ENGINES", "Engine", "check_engine_name", "resolve"]
 
 
 class Engine(Protocol):
@@ -58,8 +59,7 @@ class ReferenceEngine:
     def unavailable(self, spec: Spec, x: Tensor) -> str | None:
         return None
 
-    def layer(self, spec, reset_after, x, h0, w_ih, w_hh, b_ih, b_hh, lengths):
-        return _reference.run_layer(spec, reset_after, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
+    layer = staticmethod(_reference.run_layer)
 
 
 def _fused() -> Engine:
@@ -77,7 +77,7 @@ def _triton() -> Engine:
 class _Lazy:
     """An engine whose module (and its heavy imports) loads on first use, not at import."""
 
-    def __init__(self, name: str, load) -> None:
+    def __init__(self, name: str, load: Callable[[], Engine]) -> None:
         self.name = name
         self._load = load
 
@@ -92,9 +92,19 @@ ENGINES: dict[str, Engine | _Lazy] = {
 }
 
 
+def _unknown(name: object) -> ValueError:
+    return ValueError(f"engine: expected 'auto' or one of {sorted(ENGINES)}, got {name!r}")
+
+
+def check_engine_name(name: object) -> None:
+    """``name`` is ``"auto"`` or a key of :data:`ENGINES` (checked without loading any engine)."""
+    if name != "auto" and (not isinstance(name, str) or name not in ENGINES):
+        raise _unknown(name)
+
+
 def get_engine(name: str) -> Engine:
     if name not in ENGINES:
-        raise ValueError(f"engine: expected 'auto' or one of {sorted(ENGINES)}, got {name!r}")
+        raise _unknown(name)
     entry = ENGINES[name]
     return entry.get() if isinstance(entry, _Lazy) else entry
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import pathlib
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
+
+from .._files import atomic_file
 
 CHUNK = 1 << 20
 
@@ -31,47 +31,6 @@ urlopen: Callable[[str, float], Any] = _default_urlopen
 
 class DownloadError(OSError):
     """Base used by ``data.DownloadFailed``; kept here so this module stands alone."""
-
-
-def fsync_dir(directory: pathlib.Path) -> None:
-    """Flush a directory entry (after os.replace) where the platform allows it."""
-    if os.name != "posix":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_file(dest: pathlib.Path) -> Iterator[IO[bytes]]:
-    """Yield a temp file beside ``dest``; on success fsync it and os.replace it onto ``dest``.
-
-    On any error the temp file is removed and ``dest`` is left untouched (never half-written).
-    """
-    dest = pathlib.Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = pathlib.Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a data/cache file is meant to be shared
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(dest.parent)
-
-
-def atomic_write_bytes(dest: pathlib.Path, data: bytes) -> None:
-    with atomic_file(dest) as handle:
-        handle.write(data)
 
 
 def file_digest(path: pathlib.Path, algorithm: str) -> str:
@@ -132,7 +91,7 @@ def download(
     mismatch: ChecksumMismatch | None = None
     for url in urls:
         try:
-            with atomic_file(dest) as handle:
+            with atomic_file(dest, parents=True) as handle:
                 got = _stream(url, handle, algorithm, dest.name, timeout)
                 if expected is not None and got != expected.lower():
                     raise ChecksumMismatch(url, algorithm, expected, got)

@@ -37,6 +37,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from gatedrnn._files import atomic_write
 from gatedrnn.experiments import _download
 
 if TYPE_CHECKING:
@@ -557,7 +558,7 @@ def _read_cache(path: pathlib.Path, split: str) -> tuple[list[str], list[int]] |
 def _write_cache(path: pathlib.Path, split: str, texts: list[str], labels: list[int]) -> None:
     blob = {"format": _IMDB_CACHE_FORMAT, "split": split, "texts": texts, "labels": labels}
     data = gzip.compress(json.dumps(blob, ensure_ascii=False).encode("utf-8"), compresslevel=1)
-    _download.atomic_write_bytes(path, data)
+    atomic_write(path, data, parents=True)
     for stale in path.parent.glob(f"imdb-{split}-*.json.gz"):  # older states of the same source
         if stale != path:
             with contextlib.suppress(OSError):
@@ -677,7 +678,7 @@ def _download_rt(folder: pathlib.Path, verify: bool) -> None:
             if verify:
                 _verify_bytes("rt-polarity", name, archive / name, contents[name])
         for name in RT_FILES:
-            _download.atomic_write_bytes(folder / name, contents[name])
+            atomic_write(folder / name, contents[name], parents=True)
     finally:
         with contextlib.suppress(OSError):
             archive.unlink()
@@ -791,7 +792,13 @@ class Vocab:
         return [get(tok, unk) for tok in tokens]
 
     def decode(self, ids: Iterable[int]) -> list[str]:
-        return [self.itos[i] for i in ids]
+        """Tokens of ``ids``; an id outside ``0..len(self)-1`` raises (a negative one would wrap)."""
+        out = []
+        for i in ids:
+            if not 0 <= i < len(self.itos):
+                raise ValueError(f"ids: expected ids in 0..{len(self.itos) - 1}, got {i!r}")
+            out.append(self.itos[i])
+        return out
 
     def to_list(self) -> list[str]:
         """The id -> token list (save it with a checkpoint; ``Vocab(lst)`` restores the same ids)."""

@@ -25,7 +25,8 @@ key                     value (all strings)
 :func:`load` refuses, with :class:`ModelFileError` naming the file, anything that is not exactly
 such a file: a truncated or corrupt header or data section, malformed or missing metadata, tensor
 names or shapes that differ from what the configuration implies, a digest mismatch (tampered
-data). Writes are atomic: a temporary file in the same folder, ``fsync``, then ``os.replace``.
+data). Writes are atomic (:mod:`gatedrnn._files`): a temporary file in the same folder, ``fsync``, then
+``os.replace``.
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ import json
 import math
 import os
 import struct
-import tempfile
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .._engines import check_engine_name
+from .._files import atomic_write
 from .._layers import GRU, GRUCell
 from .._specs import SPECS
 
@@ -115,30 +117,7 @@ def save(model: GRU | GRUCell | nn.GRU | nn.GRUCell, path: str | os.PathLike[str
     tensors = {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters()}
     meta = _config(model)
     meta["sha256"] = _digest(tensors)
-    data = st_save(tensors, metadata=meta)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable (best effort: not every OS can open a folder)
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    atomic_write(os.fspath(path), st_save(tensors, metadata=meta))
 
 
 def _read_header(path: str, data: bytes) -> dict[str, Any]:
@@ -207,9 +186,7 @@ def _build(path: str, meta: dict[str, str], engine: str) -> GRU | GRUCell:
         try:
             dropout = float(meta["dropout"])
         except ValueError:
-            dropout = math.nan
-        if not 0.0 <= dropout < 1.0:
-            raise ModelFileError(f"{path}: metadata 'dropout': expected a number in [0, 1), got {meta['dropout']!r}")
+            dropout = math.nan  # refused below by GRU's own check, which names the argument
         return GRU(
             *sizes,
             num_layers=_parse_int(path, meta, "num_layers"),
@@ -243,6 +220,7 @@ def load(path: str | os.PathLike[str], *, device: Any = None, engine: str = "aut
     """
     from safetensors.torch import load as st_load
 
+    check_engine_name(engine)  # an argument, not the file: checked before the file is blamed
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no model file at {path!r}")

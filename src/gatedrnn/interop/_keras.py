@@ -31,7 +31,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._files import atomic_write
 from .._layers import GRU
 
 __all__ = ["KerasFileError", "from_keras", "keras_layers", "to_keras"]
@@ -475,21 +475,6 @@ def _write_into(f: Any, path: str, model: GRU, slots: list[_Slot], go_backwards:
                 ds[...] = arr.astype(ds.dtype)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _gru_config(name: str, model: GRU, input_size: int, go_backwards: bool) -> dict[str, Any]:
     return {
         "module": "keras.layers",
@@ -636,9 +621,9 @@ def to_keras(
                 z.writestr("metadata.json", json.dumps(meta))
                 z.writestr("config.json", json.dumps(config))
                 z.writestr(_WEIGHTS, h5)
-            _atomic_write(path, bio.getvalue())
+            atomic_write(path, bio.getvalue())
         elif path.endswith(".weights.h5"):  # Keras 3's load_weights wants this suffix
-            _atomic_write(path, h5)
+            atomic_write(path, h5)
         else:
             raise ValueError(f"path: expected a name ending in .keras or .weights.h5 for a new file, got {path!r}")
         return
@@ -649,11 +634,11 @@ def to_keras(
     with h5py.File(bio, "r+") as f:
         _write_into(f, path, model, slots, go_backwards)
     if not src.is_archive:
-        _atomic_write(path, bio.getvalue())
+        atomic_write(path, bio.getvalue())
         return
     out = io.BytesIO()
     with zipfile.ZipFile(path) as zin, zipfile.ZipFile(out, "w") as zout:
         for info in zin.infolist():
             data = bio.getvalue() if info.filename == _WEIGHTS else zin.read(info.filename)
             zout.writestr(info, data)
-    _atomic_write(path, out.getvalue())
+    atomic_write(path, out.getvalue())
