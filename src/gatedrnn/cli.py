@@ -50,6 +50,8 @@ def _clean_errors() -> Iterator[None]:
     """Bad configs, missing or corrupt data: a message on stderr and exit code 1, no traceback."""
     try:
         yield
+    except typer.Exit:  # an exit code chosen on purpose (click's Exit is a RuntimeError)
+        raise
     except _user_errors() as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(code=1) from None
@@ -326,9 +328,9 @@ def gradients(
         typer.echo(f"\nrun folder: {folder} (gradients.png, gradients.csv, gradients.json)")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
 def bench(ctx: typer.Context) -> None:
-    """Speed benchmarks of the engines (gatedrnn._bench; arguments pass through, try --help)."""
+    """Speed benchmarks of the engines (gatedrnn._bench): every argument, --help too, goes to it."""
     with _clean_errors():
         try:
             from . import _bench
