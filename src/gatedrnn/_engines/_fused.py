@@ -71,7 +71,10 @@ def _biases(
             pbias = None
         else:
             pbias = torch.cat(
-                [gbias if gbias is not None else like.new_zeros(gh), nbias if nbias is not None else like.new_zeros(hid)]
+                [
+                    gbias if gbias is not None else like.new_zeros(gh),
+                    nbias if nbias is not None else like.new_zeros(hid),
+                ]
             )
         gb = like.new_zeros(gh)
     else:

@@ -129,9 +129,19 @@ def _gemm(fptr, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, iw, sw, cw
 # ---------------------------------------------------------------------------------- activations
 _F = np.float32
 _C = _F(7.90531110763549805)
-_A1, _A3, _A5, _A7 = _F(4.89352455891786e-03), _F(6.37261928875436e-04), _F(1.48572235717979e-05), _F(5.12229709037114e-08)
+_A1, _A3, _A5, _A7 = (
+    _F(4.89352455891786e-03),
+    _F(6.37261928875436e-04),
+    _F(1.48572235717979e-05),
+    _F(5.12229709037114e-08),
+)
 _A9, _A11, _A13 = _F(-8.60467152213735e-11), _F(2.00018790482477e-13), _F(-2.76076847742355e-16)
-_B0, _B2, _B4, _B6 = _F(4.89352518554385e-03), _F(2.26843463243900e-03), _F(1.18534705686654e-04), _F(1.19825839466702e-06)
+_B0, _B2, _B4, _B6 = (
+    _F(4.89352518554385e-03),
+    _F(2.26843463243900e-03),
+    _F(1.18534705686654e-04),
+    _F(1.19825839466702e-06),
+)
 _HALF32, _ONE32 = _F(0.5), _F(1.0)
 
 
@@ -170,7 +180,7 @@ def _sigmoid64(x):
 
 
 # -------------------------------------------------------------------------------------- kernels
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernels(
     gx: bool, gh: bool, two: bool, coupled: bool, cand_h: bool, tanh: bool, reset_after: bool, fast: bool
 ) -> tuple[Callable[..., None], Callable[..., None]]:
@@ -281,7 +291,25 @@ def kernels(
                     yr[j] = hv
             if two_gemm:
                 # work[:, G*H:] = (r*h(t-1)) @ U_n^T, then the candidate and the update
-                _gemm(fptr, 1, 0, hid, batch, hid, one, whh[hhw - hid :], hid, hn[0], hid, 0.0, work[0, wn:], hhw, iw, sw, cw)
+                _gemm(
+                    fptr,
+                    1,
+                    0,
+                    hid,
+                    batch,
+                    hid,
+                    one,
+                    whh[hhw - hid :],
+                    hid,
+                    hn[0],
+                    hid,
+                    0.0,
+                    work[0, wn:],
+                    hhw,
+                    iw,
+                    sw,
+                    cw,
+                )
                 for b in range(batch):
                     if t >= lengths[b]:
                         continue
@@ -352,6 +380,10 @@ def kernels(
                         dxr[j] = 0.0
                     for j in range(hhw):
                         dwr[j] = 0.0
+                    if two_gemm:
+                        qz = qs[t, b]
+                        for j in range(hid):
+                            qz[j] = 0.0
                     continue
                 hp = hs[t, b]
                 gr = gs[t, b]
@@ -415,7 +447,25 @@ def kernels(
                             dgb[hid + j] += a2
             if two_gemm:
                 # dq[B, H] = c[B, H] @ U_n  (into dzs' partner: reuse dh as it is consumed)
-                _gemm(fptr, 0, 0, hid, batch, hid, one, whh[hhw - hid :], hid, dgh[t, 0, wn:], hhw, 0.0, dh, hid, iw, sw, cw)
+                _gemm(
+                    fptr,
+                    0,
+                    0,
+                    hid,
+                    batch,
+                    hid,
+                    one,
+                    whh[hhw - hid :],
+                    hid,
+                    dgh[t, 0, wn:],
+                    hhw,
+                    0.0,
+                    dh,
+                    hid,
+                    iw,
+                    sw,
+                    cw,
+                )
                 for b in range(batch):
                     if t >= lengths[b]:
                         continue
