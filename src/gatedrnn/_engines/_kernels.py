@@ -179,6 +179,16 @@ def _sigmoid64(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
+@njit(inline="always", **_JIT)
+def _sigmoid(fast, x):
+    return _sigmoid32(x) if fast else _sigmoid64(x)
+
+
+@njit(inline="always", **_JIT)
+def _tanh(fast, x):
+    return _tanh32(x) if fast else _tanh64(x)
+
+
 # -------------------------------------------------------------------------------------- kernels
 @functools.cache
 def kernels(
@@ -188,8 +198,7 @@ def kernels(
 
     Compiles lazily on first call (numba dispatchers), cached on disk next to this module.
     """
-    sig_act = _sigmoid32 if fast else _sigmoid64
-    tanh_act = _tanh32 if fast else _tanh64
+    # Only plain constants in the closure (numba keys its on-disk cache by their pickled bytes).
     use_gemm = cand_h  # every variant whose gates read h also has a candidate that reads h
     two_gemm = cand_h and not reset_after
 
@@ -249,32 +258,38 @@ def kernels(
                 if two_gemm:
                     # reset-before, first pass: gates and q = r*h(t-1)
                     qr = hn[0, b]
+                    gr1 = gr[:hid]
+                    gr2 = gr[hid:]
                     for j in range(hid):
                         a = xr[j] if gx else gb[j]
                         if gh:
                             a += wr[j]
-                        g1 = sig_act(a)
-                        gr[j] = g1
+                        g1 = _sigmoid(fast, a)
+                        gr1[j] = g1
                         if two:
                             a2 = xr[hid + j] if gx else gb[hid + j]
                             if gh:
                                 a2 += wr[hid + j]
-                            gr[hid + j] = sig_act(a2)
+                            gr2[j] = _sigmoid(fast, a2)
                         qr[j] = g1 * hp[j]
                     continue
                 hr = hn[t, b] if cand_h else hn[0, b]
+                # separate views for writes at different offsets of one row: a store-store
+                # dependence of unknown distance would keep LLVM from vectorising the loop
+                gr1 = gr[:hid]
+                gr2 = gr[hid:]
                 for j in range(hid):
                     a = xr[j] if gx else gb[j]
                     if gh:
                         a += wr[j]
-                    g1 = sig_act(a)
-                    gr[j] = g1
+                    g1 = _sigmoid(fast, a)
+                    gr1[j] = g1
                     if two:
                         a2 = xr[hid + j] if gx else gb[hid + j]
                         if gh:
                             a2 += wr[hid + j]
-                        z = sig_act(a2)
-                        gr[hid + j] = z
+                        z = _sigmoid(fast, a2)
+                        gr2[j] = z
                     elif coupled:
                         z = one - g1
                     else:
@@ -284,7 +299,7 @@ def kernels(
                         u = wr[wn + j] + bhn[j]
                         hr[j] = u
                         npre += g1 * u
-                    n = tanh_act(npre) if tanh else npre
+                    n = _tanh(fast, npre) if tanh else npre
                     nr[j] = n
                     hv = (one - z) * n + z * hp[j]
                     hnew[j] = hv
@@ -325,7 +340,7 @@ def kernels(
                             z = gr[hid + j]
                         else:
                             z = one - gr[j]
-                        n = tanh_act(xr[xn + j] + wr[wn + j])
+                        n = _tanh(fast, xr[xn + j] + wr[wn + j])
                         nr[j] = n
                         hv = (one - z) * n + z * hp[j]
                         hnew[j] = hv
@@ -364,6 +379,8 @@ def kernels(
         cw = np.empty(2, np.uint8)
         cw[0] = 78
         cw[1] = 84
+        dgb1 = dgb[:hid]
+        dgb2 = dgb[hid:]
         for b in range(batch):
             for j in range(hid):
                 dh[b, j] = ghn[b, j]
@@ -389,6 +406,12 @@ def kernels(
                 gr = gs[t, b]
                 nr = ns[t, b]
                 gyr = gy[t, b]
+                dx1 = dxr[:hid]
+                dx2 = dxr[hid : 2 * hid]
+                dxn = dxr[xn:]
+                dw1 = dwr[:hid]
+                dw2 = dwr[hid : 2 * hid]
+                dwn = dwr[wn:]
                 if two_gemm:
                     dzr = dzs[b]
                     for j in range(hid):
@@ -401,8 +424,8 @@ def kernels(
                         dzr[j] = d * (hp[j] - n)
                         dpr[j] = d * z
                         c = d * (one - z) * (one - n * n)
-                        dxr[xn + j] = c
-                        dwr[wn + j] = c
+                        dxn[j] = c
+                        dwn[j] = c
                     continue
                 hr = hn[t, b] if cand_h else hn[0, b]
                 for j in range(hid):
@@ -420,9 +443,9 @@ def kernels(
                     c = d * (one - z)
                     if tanh:
                         c = c * (one - n * n)
-                    dxr[xn + j] = c
+                    dxn[j] = c
                     if cand_h:
-                        dwr[wn + j] = c * g1
+                        dwn[j] = c * g1
                         dr = c * hr[j]
                         if two:
                             a1 = dr * g1 * (one - g1)
@@ -434,17 +457,17 @@ def kernels(
                         a1 = dz * g1 * (one - g1)
                         a2 = a1
                     if gx:
-                        dxr[j] = a1
+                        dx1[j] = a1
                         if two:
-                            dxr[hid + j] = a2
+                            dx2[j] = a2
                     if gh:
-                        dwr[j] = a1
+                        dw1[j] = a1
                         if two:
-                            dwr[hid + j] = a2
+                            dw2[j] = a2
                     if not (gx or gh):
-                        dgb[j] += a1
+                        dgb1[j] += a1
                         if two:
-                            dgb[hid + j] += a2
+                            dgb2[j] += a2
             if two_gemm:
                 # dq[B, H] = c[B, H] @ U_n  (into dzs' partner: reuse dh as it is consumed)
                 _gemm(
@@ -477,6 +500,10 @@ def kernels(
                     hp = hs[t, b]
                     gr = gs[t, b]
                     qr = qs[t, b]
+                    dx1 = dxr[:hid]
+                    dx2 = dxr[hid : 2 * hid]
+                    dw1 = dwr[:hid]
+                    dw2 = dwr[hid : 2 * hid]
                     for j in range(hid):
                         g1 = gr[j]
                         dr = dq[j] * hp[j]
@@ -490,17 +517,17 @@ def kernels(
                             a1 = (dr - dzr[j]) * g1 * (one - g1)
                             a2 = a1
                         if gx:
-                            dxr[j] = a1
+                            dx1[j] = a1
                             if two:
-                                dxr[hid + j] = a2
+                                dx2[j] = a2
                         if gh:
-                            dwr[j] = a1
+                            dw1[j] = a1
                             if two:
-                                dwr[hid + j] = a2
+                                dw2[j] = a2
                         if not (gx or gh):
-                            dgb[j] += a1
+                            dgb1[j] += a1
                             if two:
-                                dgb[hid + j] += a2
+                                dgb2[j] += a2
                 if gh:
                     # dh(t-1) += dgates[B, G*H] @ U_gates
                     _gemm(fptr, 0, 0, hid, batch, ng, one, whh, hid, dgh[t], hhw, one, dhp, hid, iw, sw, cw)
@@ -512,3 +539,34 @@ def kernels(
                     dh[b, j] = dhp[b, j]
 
     return forward, backward
+
+
+# ------------------------------------------------------------------------- GEMM-only floor (bench)
+@njit(**_JIT)
+def floor_nt(fptr, a, w, c, steps):
+    """``steps`` times ``c[B, N] = a[B, K] @ w[N, K]^T``: the forward's per-step products alone."""
+    batch, k = a.shape
+    n = w.shape[0]
+    iw = np.empty(6, np.int32)
+    sw = np.empty(2, c.dtype)
+    cw = np.empty(2, np.uint8)
+    cw[0] = 78
+    cw[1] = 84
+    one = c.dtype.type(1.0)
+    for _ in range(steps):
+        _gemm(fptr, 1, 0, n, batch, k, one, w, k, a, k, 0.0, c, n, iw, sw, cw)
+
+
+@njit(**_JIT)
+def floor_nn(fptr, d, w, c, steps):
+    """``steps`` times ``c[B, H] += d[B, N] @ w[N, H]``: the backward's per-step products alone."""
+    batch, n = d.shape
+    hid = w.shape[1]
+    iw = np.empty(6, np.int32)
+    sw = np.empty(2, c.dtype)
+    cw = np.empty(2, np.uint8)
+    cw[0] = 78
+    cw[1] = 84
+    one = c.dtype.type(1.0)
+    for _ in range(steps):
+        _gemm(fptr, 0, 0, hid, batch, n, one, w, hid, d, n, one, c, hid, iw, sw, cw)
