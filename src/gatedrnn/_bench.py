@@ -320,7 +320,10 @@ def _fmt(v: float | None, nd: int = 2) -> str:
 def _markdown(results: list[dict[str, Any]], device: str) -> str:
     eng = "fused" if device == "cpu" else "triton"
     lines = []
-    head = "| size (B,T,m,n) | dtype | threads | pass | variant | time ms | ÷ nn.GRU | ÷ nn.LSTM | ÷ Python cell | ÷ GEMM floor |"
+    head = (
+        "| size (B,T,m,n) | dtype | threads | pass | variant | time ms "
+        "| ÷ nn.GRU | ÷ nn.LSTM | ÷ Python cell | ÷ GEMM floor |"
+    )
     lines.append(head)
     lines.append("|---" * 10 + "|")
     base_lines = [
@@ -333,18 +336,17 @@ def _markdown(results: list[dict[str, Any]], device: str) -> str:
         lstm = t.get("torch.nn.LSTM", {}).get("median_ms")
         cell = t.get("python cell", {}).get("median_ms")
         sz = "(" + ",".join(str(s) for s in r["shape"]) + ")"
-        base_lines.append(
-            f"| {r['size']} {sz} | {r['dtype']} | {r['threads']} | {r['pass']} | {_fmt(gru)} | {_fmt(lstm)} | {_fmt(cell)} |"
-        )
+        key = f"| {r['size']} {sz} | {r['dtype']} | {r['threads']} | {r['pass']} |"
+        base_lines.append(f"{key} {_fmt(gru)} | {_fmt(lstm)} | {_fmt(cell)} |")
         for name, v in t.items():
             if not name.startswith(eng + ":"):
                 continue
             var = name.split(":", 1)[1]
             ms = v["median_ms"]
             floor = t.get(f"floor:{var}", {}).get("median_ms")
+            ratios = [ms / gru, ms / lstm if lstm else None, ms / cell if cell else None]
             lines.append(
-                f"| {r['size']} {sz} | {r['dtype']} | {r['threads']} | {r['pass']} | {var} | {_fmt(ms)} | "
-                f"{_fmt(ms / gru, 3)} | {_fmt(ms / lstm if lstm else None, 3)} | {_fmt(ms / cell if cell else None, 4)} | "
+                f"{key} {var} | {_fmt(ms)} | {_fmt(ratios[0], 3)} | {_fmt(ratios[1], 3)} | {_fmt(ratios[2], 4)} | "
                 f"{_fmt(ms / floor if floor else None, 2)} |"
             )
     return "\n".join(lines) + "\n\nBaselines (median ms):\n\n" + "\n".join(base_lines)

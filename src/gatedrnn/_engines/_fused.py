@@ -16,6 +16,9 @@ minGRU has no recurrent weights: with gradients it runs the log-space parallel s
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -83,6 +86,25 @@ def _biases(
     return pbias, gb, bhn
 
 
+# Per-step products smaller than this (flops) run BLAS on one thread: waking a second OpenMP
+# thread for a tiny gemm costs more than it saves (and far more on a loaded machine).
+PARALLEL_MIN_FLOPS = int(os.environ.get("GATEDRNN_PARALLEL_MIN_FLOPS", 64_000_000))
+
+
+@contextmanager
+def _blas_threads(step_flops: int) -> Iterator[None]:
+    """Run the compiled loop's BLAS calls on one thread when the per-step products are small."""
+    from ._kernels import mkl_local_threads
+
+    setter = mkl_local_threads() if step_flops < PARALLEL_MIN_FLOPS and torch.get_num_threads() > 1 else None
+    prev = setter(1) if setter is not None else None
+    try:
+        yield
+    finally:
+        if setter is not None and prev is not None:
+            setter(prev)
+
+
 class _Layer(torch.autograd.Function):
     """One layer, one direction, forward in time (see the module docstring)."""
 
@@ -111,20 +133,21 @@ class _Layer(torch.autograd.Function):
             hn = x.new_empty(steps, batch, hid) if ra else x.new_zeros(1, batch, hid)
             work = x.new_zeros(batch, hhw)
             fwd, _ = _kernel_for(spec, ra, x.dtype)
-            fwd(
-                _gemm_address(x.dtype),
-                _np(xp),
-                _np(gb.detach()),
-                _np(whh),
-                _np(bhn.detach()),
-                _np(lens),
-                _np(hs),
-                _np(y),
-                _np(gs),
-                _np(ns),
-                _np(hn),
-                _np(work),
-            )
+            with _blas_threads(2 * batch * hid * hhw):
+                fwd(
+                    _gemm_address(x.dtype),
+                    _np(xp),
+                    _np(gb.detach()),
+                    _np(whh),
+                    _np(bhn.detach()),
+                    _np(lens),
+                    _np(hs),
+                    _np(y),
+                    _np(gs),
+                    _np(ns),
+                    _np(hn),
+                    _np(work),
+                )
         ctx.spec, ctx.ra, ctx.has_bhh = spec, ra, b_hh is not None
         ctx.save_for_backward(x, w_ih, whh, lens, hs, gs, ns, hn)
         return y, hs[steps].clone()
@@ -151,24 +174,25 @@ class _Layer(torch.autograd.Function):
         dhp = x.new_empty(batch, hid)
         dzs = x.new_empty(batch, hid)
         _, bwd = _kernel_for(spec, ra, x.dtype)
-        bwd(
-            _gemm_address(x.dtype),
-            _np(gy),
-            _np(ghn),
-            _np(whh),
-            _np(lens),
-            _np(hs),
-            _np(gs),
-            _np(ns),
-            _np(hn),
-            _np(dgx),
-            _np(dgh),
-            _np(dgb),
-            _np(qs),
-            _np(dh),
-            _np(dhp),
-            _np(dzs),
-        )
+        with _blas_threads(2 * batch * hid * hhw):
+            bwd(
+                _gemm_address(x.dtype),
+                _np(gy),
+                _np(ghn),
+                _np(whh),
+                _np(lens),
+                _np(hs),
+                _np(gs),
+                _np(ns),
+                _np(hn),
+                _np(dgx),
+                _np(dgh),
+                _np(dgb),
+                _np(qs),
+                _np(dh),
+                _np(dhp),
+                _np(dzs),
+            )
         need = ctx.needs_input_grad
         dgx2 = dgx.view(steps * batch, ihw)
         dx = (dgx2 @ w_ih).view(steps, batch, inp) if need[0] else None

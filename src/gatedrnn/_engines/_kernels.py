@@ -36,7 +36,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["blas", "kernels"]
+__all__ = ["blas", "floor_nn", "floor_nt", "kernels", "mkl_local_threads"]
 
 _JIT = {"cache": True, "error_model": "numpy", "nogil": True}
 
@@ -68,6 +68,24 @@ def blas() -> tuple[int, int, str]:
         return int(s), int(d), "scipy.linalg.cython_blas"
     except Exception as e:  # pragma: no cover - depends on the install
         raise RuntimeError(f"no BLAS found: libtorch_cpu exports no sgemm_ and scipy's cython_blas failed ({e})") from e
+
+
+@functools.lru_cache(maxsize=1)
+def mkl_local_threads() -> Callable[[int], int] | None:
+    """MKL's ``MKL_Set_Num_Threads_Local`` (thread-local, returns the previous value; 0 = global)
+    when the kernels call torch's MKL and libtorch exports it, else None."""
+    if not blas()[2].startswith("torch MKL"):
+        return None
+    import torch
+
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        fn = lib.MKL_Set_Num_Threads_Local
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 @intrinsic
