@@ -127,7 +127,8 @@ class _Layer(torch.autograd.Function):
             lens = lengths if lengths is not None else torch.full((batch,), steps, dtype=torch.int64)
             hs = x.new_empty(steps + 1, batch, hid)
             hs[0] = h0
-            y = x.new_empty(steps, batch, hid)
+            copy_y = lengths is not None
+            y = x.new_empty(steps, batch, hid) if copy_y else x.new_empty(0, 0, 0)
             gs = x.new_empty(steps, batch, ng)
             ns = x.new_empty(steps, batch, hid)
             hn = x.new_empty(steps, batch, hid) if ra else x.new_zeros(1, batch, hid)
@@ -147,10 +148,13 @@ class _Layer(torch.autograd.Function):
                     _np(ns),
                     _np(hn),
                     _np(work),
+                    copy_y,
                 )
         ctx.spec, ctx.ra, ctx.has_bhh = spec, ra, b_hh is not None
         ctx.save_for_backward(x, w_ih, whh, lens, hs, gs, ns, hn)
-        return y, hs[steps].clone()
+        # Without lengths the outputs are the states: return a view (an in-place change of it
+        # would bump the saved states' version and make the backward raise, never silently wrong).
+        return (y if copy_y else hs[1:]), hs[steps].clone()
 
     @staticmethod
     @once_differentiable
@@ -170,6 +174,7 @@ class _Layer(torch.autograd.Function):
         dgb = x.new_zeros(ng)
         two_gemm = spec.candidate_reads_h and not ra
         qs = x.new_empty(steps, batch, hid) if two_gemm else x.new_zeros(1, 1, 1)
+        dh0 = x.new_empty(batch, hid)
         dh = x.new_empty(batch, hid)
         dhp = x.new_empty(batch, hid)
         dzs = x.new_empty(batch, hid)
@@ -189,6 +194,7 @@ class _Layer(torch.autograd.Function):
                 _np(dgh),
                 _np(dgb),
                 _np(qs),
+                _np(dh0),
                 _np(dh),
                 _np(dhp),
                 _np(dzs),
@@ -196,7 +202,7 @@ class _Layer(torch.autograd.Function):
         need = ctx.needs_input_grad
         dgx2 = dgx.view(steps * batch, ihw)
         dx = (dgx2 @ w_ih).view(steps, batch, inp) if need[0] else None
-        dh0 = dh if need[1] else None
+        dh0 = dh0 if need[1] else None
         dw_ih = dgx2.t() @ x.reshape(steps * batch, inp) if need[2] else None
         dw_hh = None
         if need[3]:

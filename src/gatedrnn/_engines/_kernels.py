@@ -221,7 +221,7 @@ def kernels(
     two_gemm = cand_h and not reset_after
 
     @njit(**_JIT)
-    def forward(fptr, xp, gb, whh, bhn, lengths, hs, y, gs, ns, hn, work):
+    def forward(fptr, xp, gb, whh, bhn, lengths, hs, y, gs, ns, hn, work, copy_y):
         """Forward in time over ``T`` steps.
 
         Args:
@@ -232,19 +232,21 @@ def kernels(
             bhn: ``[H]`` ``b_hn`` (reset-after; zeros without bias).
             lengths: ``[B]`` int64; steps ``t >= lengths[b]`` keep the state and output 0.
             hs: ``[T+1, B, H]`` states; ``hs[0]`` = h0 on entry. Saved for the backward.
-            y: ``[T, B, H]`` outputs (out).
+            y: ``[T, B, H]`` outputs (out) when ``copy_y``; else unused (the caller returns
+                ``hs[1:]`` as the outputs: without lengths they are the states).
             gs: ``[T, B, G*H]`` gate activations (out). Saved for the backward.
             ns: ``[T, B, H]`` candidates ``n`` (out). Saved for the backward.
             hn: ``[T, B, H]`` reset-after: ``U_n h(t-1) + b_hn`` before the reset (out, saved);
                 reset-before: scratch, ``hn[0]`` holds ``r * h(t-1)`` of the current step.
             work: ``[B, hhb*H]`` scratch for the recurrent matrix product of one step.
+            copy_y: write ``y`` (needed with lengths: outputs past a sequence's end are 0).
         """
-        steps, batch, hid = y.shape
+        steps, batch, hid = xp.shape[0], hs.shape[1], hs.shape[2]
         ng = gs.shape[2]  # G*H
         hhw = work.shape[1]
         xn = xp.shape[2] - hid  # column of the candidate in xp
         wn = hhw - hid  # column of U_n h in work
-        dt = y.dtype
+        dt = hs.dtype
         one = dt.type(1.0)
         iw = np.empty(6, np.int32)
         sw = np.empty(2, dt)
@@ -263,7 +265,6 @@ def kernels(
                 live = t < lengths[b]
                 hp = hs[t, b]
                 hnew = hs[t + 1, b]
-                yr = y[t, b]
                 xr = xp[t, b]
                 gr = gs[t, b]
                 nr = ns[t, b]
@@ -271,7 +272,10 @@ def kernels(
                 if not live:
                     for j in range(hid):
                         hnew[j] = hp[j]
-                        yr[j] = 0.0
+                    if copy_y:
+                        yr = y[t, b]
+                        for j in range(hid):
+                            yr[j] = 0.0
                     continue
                 if two_gemm:
                     # reset-before, first pass: gates and q = r*h(t-1)
@@ -319,9 +323,11 @@ def kernels(
                         npre += g1 * u
                     n = _tanh(fast, npre) if tanh else npre
                     nr[j] = n
-                    hv = (one - z) * n + z * hp[j]
-                    hnew[j] = hv
-                    yr[j] = hv
+                    hnew[j] = (one - z) * n + z * hp[j]
+                if copy_y:
+                    yr = y[t, b]
+                    for j in range(hid):
+                        yr[j] = hnew[j]
             if two_gemm:
                 # work[:, G*H:] = (r*h(t-1)) @ U_n^T, then the candidate and the update
                 _gemm(
@@ -348,7 +354,6 @@ def kernels(
                         continue
                     hp = hs[t, b]
                     hnew = hs[t + 1, b]
-                    yr = y[t, b]
                     xr = xp[t, b]
                     gr = gs[t, b]
                     nr = ns[t, b]
@@ -360,12 +365,14 @@ def kernels(
                             z = one - gr[j]
                         n = _tanh(fast, xr[xn + j] + wr[wn + j])
                         nr[j] = n
-                        hv = (one - z) * n + z * hp[j]
-                        hnew[j] = hv
-                        yr[j] = hv
+                        hnew[j] = (one - z) * n + z * hp[j]
+                    if copy_y:
+                        yr = y[t, b]
+                        for j in range(hid):
+                            yr[j] = hnew[j]
 
     @njit(**_JIT)
-    def backward(fptr, gy, ghn, whh, lengths, hs, gs, ns, hn, dgx, dgh, dgb, qs, dh, dhp, dzs):
+    def backward(fptr, gy, ghn, whh, lengths, hs, gs, ns, hn, dgx, dgh, dgb, qs, dh0, dh, dhp, dzs):
         """Backward through time over ``T`` steps (reverse loop).
 
         Args:
@@ -382,8 +389,8 @@ def kernels(
                 Feeds ``dW_hh`` and ``db_hh``; also the right-hand side of the per-step gemm.
             dgb: ``[G*H]`` (out, accumulated) gradient of ``gb`` when the gates read neither x nor h.
             qs: ``[T, B, H]`` (out) reset-before: ``r * h(t-1)`` for ``dW_n = c^T q`` (else unused).
-            dh: ``[B, H]`` scratch: on return, the gradient of ``h0``.
-            dhp, dzs: ``[B, H]`` scratch.
+            dh0: ``[B, H]`` (out) the gradient of ``h0``.
+            dh, dhp, dzs: ``[B, H]`` scratch.
         """
         steps, batch, hid = gy.shape
         ng = gs.shape[2]
@@ -552,9 +559,10 @@ def kernels(
             elif use_gemm:
                 # dh(t-1) += dgh[t][B, hhb*H] @ whh
                 _gemm(fptr, 0, 0, hid, batch, hhw, one, whh, hid, dgh[t], hhw, one, dhp, hid, iw, sw, cw)
-            for b in range(batch):
-                for j in range(hid):
-                    dh[b, j] = dhp[b, j]
+            dh, dhp = dhp, dh
+        for b in range(batch):
+            for j in range(hid):
+                dh0[b, j] = dh[b, j]
 
     return forward, backward
 
