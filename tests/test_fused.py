@@ -103,7 +103,14 @@ def test_fused_matches_reference(variant: str, reset_after: bool, dtype: torch.d
         y0, h0_ref, g0 = _run(ref, x, h0, lengths, packing, gy, gh)
         y1, h1, g1 = _run(fused, x, h0, lengths, packing, gy, gh)
         assert fused.last_engine == "fused"
+        with torch.no_grad():  # the inference path (reused scratch, nothing saved) gives the same
+            if packing == "packed":
+                inp = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
+                y_ng = pad_packed_sequence(fused(inp, h0)[0], batch_first=batch_first, total_length=steps)[0]
+            else:
+                y_ng = fused(x, h0, lengths=lengths)[0] if packing else fused(x, h0)[0]
         tol = TOL[dtype]
+        torch.testing.assert_close(y_ng, y0, atol=tol, rtol=tol)
         where = f"{variant} reset_after={reset_after} {dtype} layers={layers} bidir={bidir} packing={packing}"
         torch.testing.assert_close(y1, y0, atol=tol, rtol=tol, msg=lambda m, w=where: f"y {w}: {m}")
         torch.testing.assert_close(h1, h0_ref, atol=tol, rtol=tol, msg=lambda m, w=where: f"h_n {w}: {m}")

@@ -17,6 +17,7 @@ minGRU has no recurrent weights: with gradients it runs the log-space parallel s
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -86,6 +87,22 @@ def _biases(
     return pbias, gb, bhn
 
 
+_POOL = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """A reused (per thread) buffer for temporaries that do not outlive one call: large fresh
+    allocations page-fault on first touch, which costs as much as the loop itself."""
+    pool = getattr(_POOL, "bufs", None)
+    if pool is None:
+        pool = _POOL.bufs = {}
+    buf = pool.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+        buf = like.new_empty(shape)
+        pool[name] = buf  # only the last shape per name is kept
+    return buf
+
+
 # Per-step products smaller than this (flops) run BLAS on one thread: waking a second OpenMP
 # thread for a tiny gemm costs more than it saves (and far more on a loaded machine).
 PARALLEL_MIN_FLOPS = int(os.environ.get("GATEDRNN_PARALLEL_MIN_FLOPS", 64_000_000))
@@ -109,7 +126,7 @@ class _Layer(torch.autograd.Function):
     """One layer, one direction, forward in time (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after):  # type: ignore[override]
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, save):  # type: ignore[override]
         steps, batch, _ = x.shape
         hid = h0.shape[-1]
         ra = bool(reset_after and spec.has_reset)
@@ -118,10 +135,11 @@ class _Layer(torch.autograd.Function):
         with torch.no_grad():
             x2 = x.detach().reshape(steps * batch, -1)
             pbias, gb, bhn = _biases(spec, ra, b_ih, b_hh, hid, x)
+            xp = _scratch("xp", (steps * batch, w_ih.shape[0]), x)
             if pbias is None:
-                xp = x2 @ w_ih.detach().t()
+                torch.mm(x2, w_ih.detach().t(), out=xp)
             else:
-                xp = torch.addmm(pbias.detach(), x2, w_ih.detach().t())
+                torch.addmm(pbias.detach(), x2, w_ih.detach().t(), out=xp)
             xp = xp.view(steps, batch, -1)
             whh = w_hh.detach().contiguous() if w_hh is not None else x.new_zeros(1, 1)
             lens = lengths if lengths is not None else torch.full((batch,), steps, dtype=torch.int64)
@@ -129,9 +147,15 @@ class _Layer(torch.autograd.Function):
             hs[0] = h0
             copy_y = lengths is not None
             y = x.new_empty(steps, batch, hid) if copy_y else x.new_empty(0, 0, 0)
-            gs = x.new_empty(steps, batch, ng)
-            ns = x.new_empty(steps, batch, hid)
-            hn = x.new_empty(steps, batch, hid) if ra else x.new_zeros(1, batch, hid)
+            # saved for the backward, or (inference) reused scratch
+            if save:
+                gs = x.new_empty(steps, batch, ng)
+                ns = x.new_empty(steps, batch, hid)
+                hn = x.new_empty(steps, batch, hid) if ra else x.new_zeros(1, batch, hid)
+            else:
+                gs = _scratch("gs", (steps, batch, ng), x)
+                ns = _scratch("ns", (steps, batch, hid), x)
+                hn = _scratch("hn", (steps if ra else 1, batch, hid), x)
             work = x.new_zeros(batch, hhw)
             fwd, _ = _kernel_for(spec, ra, x.dtype)
             with _blas_threads(2 * batch * hid * hhw):
@@ -169,11 +193,11 @@ class _Layer(torch.autograd.Function):
         hhw = spec.hh_blocks() * hid
         gy = gy.contiguous() if gy is not None else x.new_zeros(steps, batch, hid)
         ghn = ghn.contiguous() if ghn is not None else x.new_zeros(batch, hid)
-        dgx = x.new_empty(steps, batch, ihw)
-        dgh = x.new_empty(steps, batch, hhw)
+        dgx = _scratch("dgx", (steps, batch, ihw), x)
+        dgh = _scratch("dgh", (steps, batch, hhw), x)
         dgb = x.new_zeros(ng)
         two_gemm = spec.candidate_reads_h and not ra
-        qs = x.new_empty(steps, batch, hid) if two_gemm else x.new_zeros(1, 1, 1)
+        qs = _scratch("qs", (steps, batch, hid), x) if two_gemm else x.new_zeros(1, 1, 1)
         dh0 = x.new_empty(batch, hid)
         dh = x.new_empty(batch, hid)
         dhp = x.new_empty(batch, hid)
@@ -232,7 +256,7 @@ class _Layer(torch.autograd.Function):
                     db_hh = torch.cat([dgate, dbhn]) if spec.torch_hh_bias else dbhn
                 else:
                     db_hh = None
-        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None
+        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
 
 
 class FusedEngine:
@@ -284,12 +308,13 @@ class FusedEngine:
                 raise ValueError(f"{name}: expected dtype {x.dtype} (the input's), got {t.dtype}")
         if lengths is not None:
             lengths = lengths.to(torch.int64).contiguous()
-        if not spec.candidate_reads_h and torch.is_grad_enabled():
-            params = (x, h0, w_ih, b_ih)
-            if any(t is not None and t.requires_grad for t in params):
-                from ._scan import mingru_layer
+        save = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)
+        )
+        if not spec.candidate_reads_h and save:
+            from ._scan import mingru_layer
 
-                return mingru_layer(x, h0, w_ih, b_ih, lengths)
+            return mingru_layer(x, h0, w_ih, b_ih, lengths)
         return _Layer.apply(
             x.contiguous(),
             h0.contiguous(),
@@ -300,6 +325,7 @@ class FusedEngine:
             lengths,
             spec,
             reset_after,
+            save,
         )
 
 
