@@ -271,3 +271,18 @@ def test_fused_rejects_mixed_dtypes() -> None:
             None,
             None,
         )
+
+
+@pytest.mark.parametrize("variant", ["gru0", "mingru"])
+def test_fused_output_can_be_modified_in_place(variant: str) -> None:
+    """Like torch.nn.GRU's, the outputs are their own tensors: an in-place op on them (ReLU(inplace=True))
+    neither raises nor changes the gradients of what came before it."""
+    ref, fused = _pair(variant, True, torch.float64, 2, False, False)
+    x = torch.randn(5, 3, 5, dtype=torch.float64)
+    grads = []
+    for mod in (ref, fused):
+        y, hn = mod(x)
+        torch.relu_(y)
+        grads.append(torch.autograd.grad((y * y).sum() + hn.sum(), list(mod.parameters())))
+    for a, b in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)

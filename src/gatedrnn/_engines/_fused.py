@@ -145,8 +145,10 @@ class _Layer(torch.autograd.Function):
             lens = lengths if lengths is not None else torch.full((batch,), steps, dtype=torch.int64)
             hs = x.new_empty(steps + 1, batch, hid)
             hs[0] = h0
-            copy_y = lengths is not None
-            y = x.new_empty(steps, batch, hid) if copy_y else x.new_empty(0, 0, 0)
+            # The outputs are their own tensor (not a view of the saved states): like torch.nn.GRU's,
+            # they may be modified in place (e.g. ReLU(inplace=True)) without touching the saves.
+            copy_y = True
+            y = x.new_empty(steps, batch, hid)
             # saved for the backward, or (inference) reused scratch
             if save:
                 gs = x.new_empty(steps, batch, ng)
@@ -176,9 +178,7 @@ class _Layer(torch.autograd.Function):
                 )
         ctx.spec, ctx.ra, ctx.has_bhh = spec, ra, b_hh is not None
         ctx.save_for_backward(x, w_ih, whh, lens, hs, gs, ns, hn)
-        # Without lengths the outputs are the states: return a view (an in-place change of it
-        # would bump the saved states' version and make the backward raise, never silently wrong).
-        return (y if copy_y else hs[1:]), hs[steps].clone()
+        return y, hs[steps].clone()
 
     @staticmethod
     @once_differentiable

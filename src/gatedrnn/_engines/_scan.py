@@ -56,7 +56,7 @@ class _LinearScan(torch.autograd.Function):
     def forward(ctx, log_a: Tensor, b: Tensor, h0: Tensor) -> Tensor:  # type: ignore[override]
         h = log_scan(log_a.detach(), b.detach(), h0.detach())
         ctx.save_for_backward(log_a, h0, h)
-        return h.to(b.dtype)
+        return h.to(b.dtype, copy=True)  # its own tensor, never a view of a saved one
 
     @staticmethod
     @once_differentiable
@@ -102,7 +102,7 @@ def mingru_layer(
         b = torch.where(alive, b, torch.zeros_like(b))
     h = linear_scan(log_a, b, h0)
     y = h if alive is None else torch.where(alive, h, torch.zeros_like(h))
-    return y, h[-1]
+    return y, h[-1].clone()  # h_n is not a view of y (y may be modified in place)
 
 
 def mingru_step(x_t: Tensor, h: Tensor, w_ih: Tensor, b_ih: Tensor | None) -> Tensor:
