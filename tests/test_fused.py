@@ -286,3 +286,27 @@ def test_fused_output_can_be_modified_in_place(variant: str) -> None:
         grads.append(torch.autograd.grad((y * y).sum() + hn.sum(), list(mod.parameters())))
     for a, b in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_scipy_blas_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernels also run on SciPy's cython_blas (the fallback where libtorch exports no sgemm_)."""
+    from numba.extending import get_cython_function_address
+
+    from gatedrnn._engines import _fused
+
+    addr = {
+        torch.float32: get_cython_function_address("scipy.linalg.cython_blas", "sgemm"),
+        torch.float64: get_cython_function_address("scipy.linalg.cython_blas", "dgemm"),
+    }
+    monkeypatch.setattr(_fused, "_gemm_address", lambda dtype: addr[dtype])
+    for dtype in DTYPES:
+        ref, fused = _pair("gru0", False, dtype, 1, True, False)
+        x = torch.randn(7, 3, 5, dtype=dtype)
+        gy, gh = torch.randn(7, 3, 12, dtype=dtype), torch.randn(2, 3, 6, dtype=dtype)
+        y0, h0, g0 = _run(ref, x, None, None, None, gy, gh)
+        y1, h1, g1 = _run(fused, x, None, None, None, gy, gh)
+        tol = TOL[dtype]
+        torch.testing.assert_close(y1, y0, atol=tol, rtol=tol)
+        torch.testing.assert_close(h1, h0, atol=tol, rtol=tol)
+        for a, b in zip(g1, g0, strict=True):
+            torch.testing.assert_close(a, b, atol=tol * 5, rtol=tol * 5)
