@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+import torch
 from torch import Tensor
 
 from .. import _reference
@@ -116,7 +117,9 @@ def auto_choice(x: Tensor) -> str:
     """
     if x.is_cuda:
         return "triton"
-    return "reference"  # until the fused engine lands: then float32/float64 -> "fused"
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        return "fused"
+    return "reference"
 
 
 def resolve(name: str, spec: Spec, x: Tensor) -> Engine:

@@ -1,20 +1,332 @@
-"""The fused engine (not built yet)."""
+"""The fused CPU engine: one autograd Function per layer and direction, compiled time loops.
+
+Forward: the input projection of every step as one matrix product (the biases that can be folded
+are folded into it; gates that do not read ``x`` skip it), then the compiled loop of
+:mod:`gatedrnn._engines._kernels` (one BLAS call per step on the recurrent weights, two dependent
+ones for the reset-before form, and one fused elementwise pass). It saves the states, the gate
+activations, the candidates and, for the reset-after form, the pre-reset recurrent term.
+
+Backward: the compiled reverse loop (one BLAS call per step) produces the gradients of the
+projection and of the recurrent products for every step; the weight gradients are then single
+matrix products over all steps, in torch. No Python runs per time step.
+
+minGRU has no recurrent weights: with gradients it runs the log-space parallel scan of
+:mod:`gatedrnn._engines._scan`; without (streaming inference) the compiled step loop.
+"""
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .._specs import Spec
 
+__all__ = ["ENGINE", "FusedEngine"]
 
-class _Unbuilt:
+
+def _np(t: Tensor) -> Any:
+    return t.detach().numpy()
+
+
+def _kernel_for(spec: Spec, reset_after: bool, dtype: torch.dtype):
+    from ._kernels import kernels
+
+    return kernels(
+        spec.gates_read_x,
+        spec.gates_read_h,
+        spec.num_gates == 2,
+        spec.coupled,
+        spec.candidate_reads_h,
+        spec.candidate_tanh,
+        bool(reset_after and spec.has_reset),
+        dtype == torch.float32,
+    )
+
+
+def _gemm_address(dtype: torch.dtype) -> int:
+    from ._kernels import blas
+
+    s, d, _ = blas()
+    return s if dtype == torch.float32 else d
+
+
+def _biases(
+    spec: Spec, reset_after: bool, b_ih: Tensor | None, b_hh: Tensor | None, hid: int, like: Tensor
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    """``(projection bias [ihb*H] or None, gates' constant pre-activation [G*H], b_hn [H])``."""
+    gh = spec.num_gates * hid
+    gbias = b_ih[:gh] if (b_ih is not None and spec.gates_have_bias) else None
+    if b_hh is not None and spec.torch_hh_bias and reset_after:
+        gbias = b_hh[:gh] if gbias is None else gbias + b_hh[:gh]
+    nbias = b_ih[-hid:] if b_ih is not None else None
+    if reset_after and spec.has_reset and b_hh is not None:
+        bhn = b_hh[-hid:].contiguous()
+    else:
+        bhn = like.new_zeros(hid)
+    if spec.gates_read_x:
+        if gbias is None and nbias is None:
+            pbias = None
+        else:
+            pbias = torch.cat(
+                [
+                    gbias if gbias is not None else like.new_zeros(gh),
+                    nbias if nbias is not None else like.new_zeros(hid),
+                ]
+            )
+        gb = like.new_zeros(gh)
+    else:
+        pbias = nbias
+        gb = gbias.contiguous() if gbias is not None else like.new_zeros(gh)
+    return pbias, gb, bhn
+
+
+_POOL = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """A reused (per thread) buffer for temporaries that do not outlive one call: large fresh
+    allocations page-fault on first touch, which costs as much as the loop itself."""
+    pool = getattr(_POOL, "bufs", None)
+    if pool is None:
+        pool = _POOL.bufs = {}
+    buf = pool.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+        buf = like.new_empty(shape)
+        pool[name] = buf  # only the last shape per name is kept
+    return buf
+
+
+# Per-step products smaller than this (flops) run BLAS on one thread: waking a second OpenMP
+# thread for a tiny gemm costs more than it saves (and far more on a loaded machine).
+PARALLEL_MIN_FLOPS = int(os.environ.get("GATEDRNN_PARALLEL_MIN_FLOPS", 64_000_000))
+
+
+@contextmanager
+def _blas_threads(step_flops: int) -> Iterator[None]:
+    """Run the compiled loop's BLAS calls on one thread when the per-step products are small."""
+    from ._kernels import mkl_local_threads
+
+    setter = mkl_local_threads() if step_flops < PARALLEL_MIN_FLOPS and torch.get_num_threads() > 1 else None
+    prev = setter(1) if setter is not None else None
+    try:
+        yield
+    finally:
+        if setter is not None and prev is not None:
+            setter(prev)
+
+
+class _Layer(torch.autograd.Function):
+    """One layer, one direction, forward in time (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, save):  # type: ignore[override]
+        steps, batch, _ = x.shape
+        hid = h0.shape[-1]
+        ra = bool(reset_after and spec.has_reset)
+        ng = spec.num_gates * hid
+        hhw = spec.hh_blocks() * hid
+        with torch.no_grad():
+            x2 = x.detach().reshape(steps * batch, -1)
+            pbias, gb, bhn = _biases(spec, ra, b_ih, b_hh, hid, x)
+            xp = _scratch("xp", (steps * batch, w_ih.shape[0]), x)
+            if pbias is None:
+                torch.mm(x2, w_ih.detach().t(), out=xp)
+            else:
+                torch.addmm(pbias.detach(), x2, w_ih.detach().t(), out=xp)
+            xp = xp.view(steps, batch, -1)
+            whh = w_hh.detach().contiguous() if w_hh is not None else x.new_zeros(1, 1)
+            lens = lengths if lengths is not None else torch.full((batch,), steps, dtype=torch.int64)
+            hs = x.new_empty(steps + 1, batch, hid)
+            hs[0] = h0
+            # The outputs are their own tensor (not a view of the saved states): like torch.nn.GRU's,
+            # they may be modified in place (e.g. ReLU(inplace=True)) without touching the saves.
+            copy_y = True
+            y = x.new_empty(steps, batch, hid)
+            # saved for the backward, or (inference) reused scratch
+            if save:
+                gs = x.new_empty(steps, batch, ng)
+                ns = x.new_empty(steps, batch, hid)
+                hn = x.new_empty(steps, batch, hid) if ra else x.new_zeros(1, batch, hid)
+            else:
+                gs = _scratch("gs", (steps, batch, ng), x)
+                ns = _scratch("ns", (steps, batch, hid), x)
+                hn = _scratch("hn", (steps if ra else 1, batch, hid), x)
+            work = x.new_zeros(batch, hhw)
+            fwd, _ = _kernel_for(spec, ra, x.dtype)
+            with _blas_threads(2 * batch * hid * hhw):
+                fwd(
+                    _gemm_address(x.dtype),
+                    _np(xp),
+                    _np(gb.detach()),
+                    _np(whh),
+                    _np(bhn.detach()),
+                    _np(lens),
+                    _np(hs),
+                    _np(y),
+                    _np(gs),
+                    _np(ns),
+                    _np(hn),
+                    _np(work),
+                    copy_y,
+                )
+        ctx.spec, ctx.ra, ctx.has_bhh = spec, ra, b_hh is not None
+        ctx.save_for_backward(x, w_ih, whh, lens, hs, gs, ns, hn)
+        return y, hs[steps].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy, ghn):  # type: ignore[override]
+        x, w_ih, whh, lens, hs, gs, ns, hn = ctx.saved_tensors
+        spec: Spec = ctx.spec
+        ra: bool = ctx.ra
+        steps, batch, inp = x.shape
+        hid = hs.shape[-1]
+        ng = spec.num_gates * hid
+        ihw = spec.ih_blocks() * hid
+        hhw = spec.hh_blocks() * hid
+        gy = gy.contiguous() if gy is not None else x.new_zeros(steps, batch, hid)
+        ghn = ghn.contiguous() if ghn is not None else x.new_zeros(batch, hid)
+        dgx = _scratch("dgx", (steps, batch, ihw), x)
+        dgh = _scratch("dgh", (steps, batch, hhw), x)
+        dgb = x.new_zeros(ng)
+        two_gemm = spec.candidate_reads_h and not ra
+        qs = _scratch("qs", (steps, batch, hid), x) if two_gemm else x.new_zeros(1, 1, 1)
+        dh0 = x.new_empty(batch, hid)
+        dh = x.new_empty(batch, hid)
+        dhp = x.new_empty(batch, hid)
+        dzs = x.new_empty(batch, hid)
+        _, bwd = _kernel_for(spec, ra, x.dtype)
+        with _blas_threads(2 * batch * hid * hhw):
+            bwd(
+                _gemm_address(x.dtype),
+                _np(gy),
+                _np(ghn),
+                _np(whh),
+                _np(lens),
+                _np(hs),
+                _np(gs),
+                _np(ns),
+                _np(hn),
+                _np(dgx),
+                _np(dgh),
+                _np(dgb),
+                _np(qs),
+                _np(dh0),
+                _np(dh),
+                _np(dhp),
+                _np(dzs),
+            )
+        need = ctx.needs_input_grad
+        dgx2 = dgx.view(steps * batch, ihw)
+        dx = (dgx2 @ w_ih).view(steps, batch, inp) if need[0] else None
+        dh0 = dh0 if need[1] else None
+        dw_ih = dgx2.t() @ x.reshape(steps * batch, inp) if need[2] else None
+        dw_hh = None
+        if need[3]:
+            dgh2 = dgh.view(steps * batch, hhw)
+            hprev = hs[:-1].reshape(steps * batch, hid)
+            if two_gemm:
+                dw_hh = x.new_empty(hhw, hid)
+                if spec.gates_read_h:
+                    torch.mm(dgh2[:, :ng].t(), hprev, out=dw_hh[:ng])
+                torch.mm(dgh2[:, hhw - hid :].t(), qs.view(steps * batch, hid), out=dw_hh[hhw - hid :])
+            else:
+                dw_hh = dgh2.t() @ hprev
+        db_ih = db_hh = None
+        if need[4] or need[5]:
+            if spec.gates_read_x:
+                dgate = dgx2[:, :ng].sum(0)
+            elif spec.gates_read_h:
+                dgate = dgh.view(steps * batch, hhw)[:, :ng].sum(0)
+            else:
+                dgate = dgb
+            if need[4]:
+                dn = dgx2[:, ihw - hid :].sum(0)
+                db_ih = torch.cat([dgate, dn]) if spec.gates_have_bias else dn
+            if need[5]:
+                if ra:
+                    dbhn = dgh.view(steps * batch, hhw)[:, hhw - hid :].sum(0)
+                    db_hh = torch.cat([dgate, dbhn]) if spec.torch_hh_bias else dbhn
+                else:
+                    db_hh = None
+        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
+
+
+class FusedEngine:
+    """Compiled CPU loops (numba) with hand-written backpropagation through time."""
+
     name = "fused"
 
     def unavailable(self, spec: Spec, x: Tensor) -> str | None:
-        return "the fused engine is not built yet"
+        if x.device.type != "cpu":
+            return f"it runs on CPU tensors, got a tensor on {x.device}"
+        if x.dtype not in (torch.float32, torch.float64):
+            return f"it runs float32 and float64, got {x.dtype}"
+        try:
+            import numba  # noqa: F401
+        except ImportError as e:  # pragma: no cover - numba is a dependency
+            return f"numba cannot be imported ({e})"
+        try:
+            from ._kernels import blas
 
-    def layer(self, *args, **kwargs):
-        raise RuntimeError(self.unavailable(None, None))  # type: ignore[arg-type]
+            blas()
+        except RuntimeError as e:  # pragma: no cover - depends on the install
+            return str(e)
+        return None
+
+    def details(self) -> dict[str, Any]:
+        import numba
+
+        from ._kernels import blas
+
+        return {"blas": blas()[2], "numba": numba.__version__}
+
+    def layer(
+        self,
+        spec: Spec,
+        reset_after: bool,
+        x: Tensor,
+        h0: Tensor,
+        w_ih: Tensor,
+        w_hh: Tensor | None,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+        lengths: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        why = self.unavailable(spec, x)
+        if why is not None:
+            raise RuntimeError(f"engine='fused' cannot run here: {why}")
+        for name, t in (("h0", h0), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
+            if t is not None and t.dtype != x.dtype:
+                raise ValueError(f"{name}: expected dtype {x.dtype} (the input's), got {t.dtype}")
+        if lengths is not None:
+            lengths = lengths.to(torch.int64).contiguous()
+        save = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)
+        )
+        if not spec.candidate_reads_h and save:
+            from ._scan import mingru_layer
+
+            return mingru_layer(x, h0, w_ih, b_ih, lengths)
+        return _Layer.apply(
+            x.contiguous(),
+            h0.contiguous(),
+            w_ih.contiguous(),
+            w_hh.contiguous() if w_hh is not None else None,
+            b_ih,
+            b_hh,
+            lengths,
+            spec,
+            reset_after,
+            save,
+        )
 
 
-ENGINE = _Unbuilt()
+ENGINE = FusedEngine()

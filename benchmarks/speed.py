@@ -1,0 +1,17 @@
+"""Speed benchmark of the fused CPU engine (and, with --device cuda, the triton engine).
+
+    python benchmarks/speed.py                      # full CPU run: sizes A-E, every variant, 1 and 2 threads
+    python benchmarks/speed.py --sizes A --variants gru0 --threads 2 --repeats 5   # a quick run
+    python benchmarks/speed.py --help
+
+Same as ``gatedrnn bench``; the harness lives in :mod:`gatedrnn._bench`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from gatedrnn._bench import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,500 @@
+"""Speed benchmark of the engines: ``gatedrnn bench`` and ``benchmarks/speed.py``.
+
+CPU (default): every variant on the fused engine against ``torch.nn.GRU``, ``torch.nn.LSTM``, a
+per-step Python cell (``torch.nn.GRUCell`` in a loop, what the tutorials write) and the GEMM-only
+floor (the variant's own matrix products timed alone: the projection and weight-gradient products
+in torch, the per-step products in a compiled loop calling the same BLAS). All candidates run
+interleaved in one process; each figure is the median of ``--repeats`` runs after warm-up.
+It also reports the first-call (cold) and cached compile times of the kernels, measured in fresh
+subprocesses, and the memory saved for the backward against ``torch.nn.GRU``.
+
+CUDA (``--device cuda``): ``engine="triton"`` against ``torch.nn.GRU`` (cuDNN), float32 and bfloat16,
+with two more sizes.
+
+Prints markdown tables and writes JSON (``--json``). Nothing here is imported by the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+__all__ = ["CPU_SIZES", "CUDA_SIZES", "TARGETS", "main"]
+
+# name: (B, T, m, n) = (batch, steps, input size, hidden size)
+CPU_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "A": (64, 28, 28, 128),
+    "B": (32, 784, 1, 128),
+    "C": (64, 100, 500, 256),
+    "D": (16, 200, 64, 64),
+    "E": (1, 1000, 32, 32),
+}
+CUDA_SIZES: dict[str, tuple[int, int, int, int]] = {
+    **CPU_SIZES,
+    "F": (64, 512, 512, 512),
+    "G": (256, 100, 1024, 1024),
+}
+# gru0, forward+backward, 2 threads: time / torch.nn.GRU must be at most this.
+TARGETS = {"A": 0.35, "B": 0.35, "C": 0.70, "D": 0.12, "E": 0.03}
+VARIANTS = ("gru0", "gru1", "gru2", "gru3", "mgu", "mingru")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="gatedrnn bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--sizes", default=None, help="comma list of size names (CPU: A-E, CUDA: A-G); default all")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma list of variants")
+    p.add_argument("--threads", default="1,2", help="comma list of torch thread counts (CPU)")
+    p.add_argument("--passes", default="fwd,fwdbwd", help="fwd (inference, no_grad) and/or fwdbwd")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per candidate (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per candidate first")
+    p.add_argument("--reset-after", type=int, choices=[0, 1], default=1, help="reset form of the variants")
+    p.add_argument("--dtypes", default=None, help="CUDA: comma list (default float32,bfloat16); CPU: float32")
+    p.add_argument("--no-baselines", action="store_true", help="skip torch.nn.LSTM and the Python cell")
+    p.add_argument("--no-compile", action="store_true", help="skip the compile-time measurement")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    p.add_argument("--json", default=None, help="where to write the JSON (default runs/bench/speed-<device>.json)")
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats: expected at least 1, got {args.repeats}")
+    sizes = CPU_SIZES if args.device == "cpu" else CUDA_SIZES
+    names = list(sizes) if args.sizes is None else [s.strip() for s in args.sizes.split(",") if s.strip()]
+    for n in names:
+        if n not in sizes:
+            p.error(f"--sizes: expected names from {sorted(sizes)}, got {n!r}")
+    args.size_names = names
+    args.variant_list = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in args.variant_list:
+        if v not in VARIANTS:
+            p.error(f"--variants: expected names from {list(VARIANTS)}, got {v!r}")
+    try:
+        args.thread_list = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        p.error(f"--threads: expected a comma list of integers, got {args.threads!r}")
+    args.pass_list = [s.strip() for s in args.passes.split(",") if s.strip()]
+    for s in args.pass_list:
+        if s not in ("fwd", "fwdbwd"):
+            p.error(f"--passes: expected fwd and/or fwdbwd, got {s!r}")
+    return args
+
+
+# ------------------------------------------------------------------------------------ candidates
+def _gemm_floor(variant: str, reset_after: bool, size: tuple[int, int, int, int], backward: bool):
+    """A callable doing the variant's matrix products alone (float32, same BLAS as the engine)."""
+    import numpy as np
+    import torch
+
+    from ._engines._kernels import blas, floor_nn, floor_nt
+    from ._specs import get_spec
+
+    spec = get_spec(variant)
+    batch, steps, inp, hid = size
+    ihw, hhw, ng = spec.ih_blocks() * hid, spec.hh_blocks() * hid, spec.num_gates * hid
+    ra = reset_after and spec.has_reset
+    fptr = blas()[0]
+    x2 = torch.randn(steps * batch, inp)
+    w_ih = torch.randn(ihw, inp)
+    h = np.random.randn(batch, hid).astype(np.float32)
+    whh = (np.random.randn(max(hhw, 1), hid) * 0.1).astype(np.float32)
+    wg, wn = whh[: max(ng, 1)], whh[hhw - hid :] if hhw else whh
+    out_f = np.zeros((batch, max(hhw, 1)), np.float32)
+    d = np.random.randn(batch, max(hhw, 1)).astype(np.float32)
+    out_b = np.zeros((batch, hid), np.float32)
+    dgx = torch.randn(steps * batch, ihw)
+    dgh = torch.randn(steps * batch, max(hhw, 1))
+    hs = torch.randn(steps * batch, hid)
+
+    def run() -> None:
+        torch.mm(x2, w_ih.t())
+        if spec.candidate_reads_h:
+            if ra:
+                floor_nt(fptr, h, whh, out_f, steps)
+            else:
+                if spec.gates_read_h:
+                    floor_nt(fptr, h, wg, out_f[:, :ng], steps)
+                floor_nt(fptr, h, wn, out_f[:, :hid], steps)
+        if not backward:
+            return
+        if spec.candidate_reads_h:
+            if ra:
+                floor_nn(fptr, d, whh, out_b, steps)
+            else:
+                floor_nn(fptr, d[:, :hid], wn, out_b, steps)
+                if spec.gates_read_h:
+                    floor_nn(fptr, np.ascontiguousarray(d[:, :ng]), wg, out_b, steps)
+            torch.mm(dgh.t(), hs)
+        torch.mm(dgx, w_ih)
+        torch.mm(dgx.t(), x2)
+
+    return run
+
+
+def _candidates(args: argparse.Namespace, size: tuple[int, int, int, int], backward: bool, dtype, device):
+    """``{name: callable}`` for one size and pass; every callable runs one full call."""
+    import torch
+
+    from . import GRU
+
+    batch, steps, inp, hid = size
+    x = torch.randn(steps, batch, inp, device=device, dtype=dtype, requires_grad=backward)
+    gy = torch.randn(steps, batch, hid, device=device, dtype=dtype)
+    gh = torch.randn(1, batch, hid, device=device, dtype=dtype)
+
+    def wrap(mod: torch.nn.Module, kind: str):
+        mod = mod.to(device=device, dtype=dtype)
+
+        def run() -> None:
+            if not backward:
+                with torch.no_grad():
+                    mod(x)
+                return
+            if kind == "lstm":
+                y, (hn, _) = mod(x)
+            else:
+                y, hn = mod(x)
+            torch.autograd.backward([y, hn], [gy, gh])
+
+        return run
+
+    def cell_loop(cell: torch.nn.Module):
+        cell = cell.to(device=device, dtype=dtype)
+
+        def run() -> None:
+            with torch.set_grad_enabled(backward):
+                h = x.new_zeros(batch, hid)
+                ys = []
+                for t in range(steps):
+                    h = cell(x[t], h)
+                    ys.append(h)
+                y = torch.stack(ys)
+                if backward:
+                    torch.autograd.backward([y, h], [gy, gh[0]])
+
+        return run
+
+    cands: dict[str, Any] = {"torch.nn.GRU": wrap(torch.nn.GRU(inp, hid), "gru")}
+    if not args.no_baselines:
+        cands["torch.nn.LSTM"] = wrap(torch.nn.LSTM(inp, hid), "lstm")
+        if device == "cpu":
+            cands["python cell"] = cell_loop(torch.nn.GRUCell(inp, hid))
+    engine = "fused" if device == "cpu" else "triton"
+    for v in args.variant_list:
+        gru = GRU(inp, hid, variant=v, reset_after=bool(args.reset_after), engine=engine)
+        cands[f"{engine}:{v}"] = wrap(gru, "gru")
+        if device == "cpu" and dtype == torch.float32:
+            cands[f"floor:{v}"] = _gemm_floor(v, bool(args.reset_after), size, backward)
+    return cands
+
+
+def _time(cands: dict[str, Any], repeats: int, warmup: int, sync) -> dict[str, dict[str, float]]:
+    """Interleaved timing: each round runs every candidate once (rotating the order)."""
+    names = list(cands)
+    for _ in range(warmup):
+        for n in names:
+            cands[n]()
+    sync()
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for n in order:
+            sync()
+            t0 = time.perf_counter()
+            cands[n]()
+            sync()
+            samples[n].append(time.perf_counter() - t0)
+    return {n: {"median_ms": statistics.median(s) * 1e3, "min_ms": min(s) * 1e3} for n, s in samples.items()}
+
+
+# ----------------------------------------------------------------------------- compile and memory
+_COMPILE_SNIPPET = """
+import time, torch
+torch.manual_seed(0)
+from gatedrnn import GRU
+variants = {variants!r}
+x = torch.randn(5, 2, 3, requires_grad=True)
+t0 = time.perf_counter()
+for v in variants:
+    for ra in (True, False):
+        for dt in (torch.float32, torch.float64):
+            m = GRU(3, 4, variant=v, reset_after=ra, engine="fused", dtype=dt)
+            xx = x.detach().to(dt).requires_grad_(True)
+            y, h = m(xx)
+            (y.sum() + h.sum()).backward()
+            with torch.no_grad():
+                m(xx)
+print(time.perf_counter() - t0)
+"""
+
+
+def _compile_times(variants: list[str]) -> dict[str, Any]:
+    """Compile time of the kernels: cold (empty numba cache) and cached, in fresh subprocesses."""
+    out: dict[str, Any] = {}
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p])
+    with tempfile.TemporaryDirectory() as cache:
+        env["NUMBA_CACHE_DIR"] = cache
+        for label, vs in (("gru0", ["gru0"]), ("all", variants)):
+            code = _COMPILE_SNIPPET.format(variants=vs)
+            for phase in ("cold", "cached"):
+                r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+                if r.returncode != 0:
+                    out[f"{label}_{phase}_error"] = r.stderr.strip().splitlines()[-1:]
+                    continue
+                out[f"{label}_{phase}_s"] = float(r.stdout.strip().splitlines()[-1])
+    out["note"] = (
+        "first forward+backward and no-grad forward of every listed variant x both reset forms x "
+        "float32/float64 on a tiny input, in a fresh process; cold = empty numba cache "
+        "('all' cold excludes gru0, compiled just before), cached = second process on the same cache"
+    )
+    return out
+
+
+def _saved_bytes(run) -> int:
+    import torch
+
+    total = 0
+    seen: set[int] = set()
+
+    def pack(t):
+        nonlocal total
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return total
+
+
+# ------------------------------------------------------------------------------------------ main
+def _machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    try:
+        import numba
+
+        info["numba"] = numba.__version__
+        from ._engines._kernels import blas
+
+        info["blas"] = blas()[2]
+    except Exception as e:  # pragma: no cover
+        info["numba_error"] = str(e)
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    try:
+        info["loadavg"] = os.getloadavg()
+    except OSError:
+        pass
+    return info
+
+
+def _fmt(v: float | None, nd: int = 2) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def _markdown(results: list[dict[str, Any]], device: str) -> str:
+    eng = "fused" if device == "cpu" else "triton"
+    lines = []
+    head = (
+        "| size (B,T,m,n) | dtype | threads | pass | variant | time ms "
+        "| ÷ nn.GRU | ÷ nn.LSTM | ÷ Python cell | ÷ GEMM floor |"
+    )
+    lines.append(head)
+    lines.append("|---" * 10 + "|")
+    base_lines = [
+        "| size (B,T,m,n) | dtype | threads | pass | nn.GRU ms | nn.LSTM ms | Python cell ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        t = r["times"]
+        gru = t["torch.nn.GRU"]["median_ms"]
+        lstm = t.get("torch.nn.LSTM", {}).get("median_ms")
+        cell = t.get("python cell", {}).get("median_ms")
+        sz = "(" + ",".join(str(s) for s in r["shape"]) + ")"
+        key = f"| {r['size']} {sz} | {r['dtype']} | {r['threads']} | {r['pass']} |"
+        base_lines.append(f"{key} {_fmt(gru)} | {_fmt(lstm)} | {_fmt(cell)} |")
+        for name, v in t.items():
+            if not name.startswith(eng + ":"):
+                continue
+            var = name.split(":", 1)[1]
+            ms = v["median_ms"]
+            floor = t.get(f"floor:{var}", {}).get("median_ms")
+            ratios = [ms / gru, ms / lstm if lstm else None, ms / cell if cell else None]
+            lines.append(
+                f"{key} {var} | {_fmt(ms)} | {_fmt(ratios[0], 3)} | {_fmt(ratios[1], 3)} | {_fmt(ratios[2], 4)} | "
+                f"{_fmt(ms / floor if floor else None, 2)} |"
+            )
+    return "\n".join(lines) + "\n\nBaselines (median ms):\n\n" + "\n".join(base_lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns a process exit code (0 on success, 2 when it cannot run)."""
+    args = _parse(argv)
+    import torch
+
+    device = args.device
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            print(
+                "gatedrnn bench --device cuda: CUDA is not available here (torch.cuda.is_available() is False); "
+                "run it on a machine with an NVIDIA GPU and a CUDA build of torch, or use --device cpu.",
+                file=sys.stderr,
+            )
+            return 2
+        from ._engines import get_engine
+        from ._specs import get_spec
+
+        why = get_engine("triton").unavailable(get_spec("gru0"), torch.empty(1, device="cuda"))
+        if why is not None:
+            print(f"gatedrnn bench --device cuda: the triton engine cannot run here: {why}", file=sys.stderr)
+            return 2
+        dtype_names = (args.dtypes or "float32,bfloat16").split(",")
+        thread_list = [torch.get_num_threads()]
+
+        def sync() -> None:
+            torch.cuda.synchronize()
+
+    else:
+        dtype_names = (args.dtypes or "float32").split(",")
+        thread_list = args.thread_list
+        from ._engines import get_engine
+        from ._specs import get_spec
+
+        why = get_engine("fused").unavailable(get_spec("gru0"), torch.empty(1))
+        if why is not None:
+            print(f"gatedrnn bench: the fused engine cannot run here: {why}", file=sys.stderr)
+            return 2
+
+        def sync() -> None:
+            return None
+
+    dtypes = []
+    for n in dtype_names:
+        dt = getattr(torch, n.strip(), None)
+        if not isinstance(dt, torch.dtype):
+            print(f"gatedrnn bench: --dtypes: expected torch dtype names, got {n!r}", file=sys.stderr)
+            return 2
+        dtypes.append(dt)
+
+    sizes = CPU_SIZES if device == "cpu" else CUDA_SIZES
+    torch.manual_seed(0)
+    results: list[dict[str, Any]] = []
+    saved_threads = torch.get_num_threads()
+    t_start = time.perf_counter()
+    try:
+        for name in args.size_names:
+            size = sizes[name]
+            for dt in dtypes:
+                for th in thread_list:
+                    torch.set_num_threads(th)
+                    for ps in args.pass_list:
+                        cands = _candidates(args, size, ps == "fwdbwd", dt, device)
+                        times = _time(cands, args.repeats, args.warmup, sync)
+                        results.append(
+                            {
+                                "size": name,
+                                "shape": list(size),
+                                "dtype": str(dt).replace("torch.", ""),
+                                "threads": th,
+                                "pass": ps,
+                                "times": times,
+                            }
+                        )
+                        print(f"# {name} {size} {dt} threads={th} {ps}: done", file=sys.stderr, flush=True)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+    memory: list[dict[str, Any]] = []
+    if not args.no_memory and device == "cpu":
+        for name in args.size_names:
+            size = sizes[name]
+            cands = _candidates(args, size, True, torch.float32, device)
+            row = {"size": name, "torch.nn.GRU_bytes": _saved_bytes(cands["torch.nn.GRU"])}
+            for v in args.variant_list:
+                row[f"fused:{v}_bytes"] = _saved_bytes(cands[f"fused:{v}"])
+            memory.append(row)
+    compile_times = None
+    if not args.no_compile and device == "cpu":
+        compile_times = _compile_times(args.variant_list)
+
+    table = _markdown(results, device)
+    print(table)
+    targets: list[dict[str, Any]] = []
+    for r in results:
+        if (
+            device == "cpu"
+            and r["pass"] == "fwdbwd"
+            and r["threads"] == 2
+            and r["size"] in TARGETS
+            and "fused:gru0" in r["times"]
+        ):
+            ratio = r["times"]["fused:gru0"]["median_ms"] / r["times"]["torch.nn.GRU"]["median_ms"]
+            targets.append(
+                {"size": r["size"], "ratio": ratio, "target": TARGETS[r["size"]], "met": ratio <= TARGETS[r["size"]]}
+            )
+    if targets:
+        print("\nTargets (gru0, forward+backward, 2 threads, time ÷ torch.nn.GRU):\n")
+        print("| size | ratio | target | met |\n|---|---|---|---|")
+        for tg in targets:
+            print(f"| {tg['size']} | {tg['ratio']:.3f} | ≤ {tg['target']} | {'yes' if tg['met'] else 'no'} |")
+    if memory:
+        print("\nMemory saved for the backward (MB, forward+backward, float32):\n")
+        cols = ["torch.nn.GRU", *[f"fused:{v}" for v in args.variant_list]]
+        print("| size | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
+        for m in memory:
+            print(f"| {m['size']} | " + " | ".join(f"{m[c + '_bytes'] / 2**20:.1f}" for c in cols) + " |")
+    if compile_times:
+        print("\nCompile time (s): " + ", ".join(f"{k}={v:.2f}" for k, v in compile_times.items() if k.endswith("_s")))
+    machine = _machine()
+    print(
+        f"\nMachine: {machine.get('cpu')}, {machine.get('logical_cpus')} logical CPUs, torch {machine.get('torch')}, "
+        f"numba {machine.get('numba')}, BLAS: {machine.get('blas')}; load average {machine.get('loadavg')}; "
+        f"median of {args.repeats} runs after {args.warmup} warm-up, candidates interleaved; "
+        f"wall {time.perf_counter() - t_start:.0f} s"
+    )
+    path = args.json or os.path.join("runs", "bench", f"speed-{device}.json")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(
+            {
+                "argv": argv if argv is not None else sys.argv[1:],
+                "device": device,
+                "machine": machine,
+                "repeats": args.repeats,
+                "warmup": args.warmup,
+                "reset_after": bool(args.reset_after),
+                "results": results,
+                "targets": targets,
+                "memory_saved_for_backward": memory,
+                "compile": compile_times,
+            },
+            f,
+            indent=1,
+        )
+    print(f"JSON: {path}")
+    return 0

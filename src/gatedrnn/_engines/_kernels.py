@@ -1,0 +1,598 @@
+"""The fused engine's compiled loops (numba, nopython, ``cache=True``): one kernel for the family.
+
+A variant's wiring enters as compile-time switches (closure constants of :func:`kernels`), never
+as branches in the inner loop:
+
+* ``gx``: the gates read ``x`` (their input-side pre-activation comes from the projection ``xp``);
+  otherwise they read a constant vector ``gb`` (their bias, or zeros).
+* ``gh``: the gates read ``h(t-1)`` (a block of the recurrent matrix product).
+* ``two``: two gates ``r, z`` (else one gate: MGU's ``f`` if ``coupled``, minGRU's ``z``).
+* ``cand_h``: the candidate reads ``h(t-1)`` (False for minGRU: no matrix product at all).
+* ``tanh``: the candidate goes through ``tanh``.
+* ``reset_after``: ``n = tanh(W_n x + b_in + r*(U_n h + b_hn))``; else ``tanh(W_n x + U_n (r*h) + b_n)``.
+* ``fast``: float32 activations as a rational ``tanh`` that vectorises (numba's ``np.tanh`` and
+  ``np.exp`` are scalar library calls without SVML); float64 uses ``np.tanh``/``np.exp``.
+
+Per time step the forward does one BLAS ``gemm`` on the recurrent weights (two dependent ones
+for the reset-before form) and one fused elementwise pass; the backward the same in reverse.
+BLAS is called from inside the compiled loop through a function address passed as an argument
+(torch's own MKL ``sgemm_``/``dgemm_`` when libtorch exports them, else SciPy's ``cython_blas``),
+so the compiled code holds no process-specific address and can be cached.
+
+Row-major arrays are handed to column-major BLAS as their transposes: ``C[B, N] = A[B, K] @ W[N, K]^T``
+is ``gemm('T', 'N', N, B, K, W, K, A, lda_A, C, ldc)`` and ``C[B, H] += D[B, N] @ W[N, H]`` is
+``gemm('N', 'N', H, B, N, W, H, D, ldd, C, H)``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from collections.abc import Callable
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+__all__ = ["blas", "floor_nn", "floor_nt", "kernels", "mkl_local_threads"]
+
+_JIT = {"cache": True, "error_model": "numpy", "nogil": True}
+
+
+# --------------------------------------------------------------------------------------------- BLAS
+@functools.lru_cache(maxsize=1)
+def blas() -> tuple[int, int, str]:
+    """``(sgemm address, dgemm address, description)`` of the Fortran BLAS the kernels call.
+
+    torch's own MKL when ``libtorch_cpu`` exports ``sgemm_``/``dgemm_`` (its threads follow
+    ``torch.set_num_threads``), else SciPy's ``scipy.linalg.cython_blas``. Raises if neither.
+    """
+    import torch
+
+    lib_path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    try:
+        lib = ctypes.CDLL(lib_path)
+        s = ctypes.cast(lib.sgemm_, ctypes.c_void_p).value
+        d = ctypes.cast(lib.dgemm_, ctypes.c_void_p).value
+        if s and d:
+            return int(s), int(d), "torch MKL (sgemm_/dgemm_ exported by libtorch_cpu)"
+    except (OSError, AttributeError):
+        pass
+    try:
+        from numba.extending import get_cython_function_address
+
+        s = get_cython_function_address("scipy.linalg.cython_blas", "sgemm")
+        d = get_cython_function_address("scipy.linalg.cython_blas", "dgemm")
+        return int(s), int(d), "scipy.linalg.cython_blas"
+    except Exception as e:  # pragma: no cover - depends on the install
+        raise RuntimeError(f"no BLAS found: libtorch_cpu exports no sgemm_ and scipy's cython_blas failed ({e})") from e
+
+
+@functools.lru_cache(maxsize=1)
+def mkl_local_threads() -> Callable[[int], int] | None:
+    """MKL's ``MKL_Set_Num_Threads_Local`` (thread-local, returns the previous value; 0 = global)
+    when the kernels call torch's MKL and libtorch exports it, else None."""
+    if not blas()[2].startswith("torch MKL"):
+        return None
+    import torch
+
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        fn = lib.MKL_Set_Num_Threads_Local
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+@intrinsic
+def _fcall13(typingctx, fptr, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12):
+    """Call the Fortran routine at address ``fptr`` with the data pointers of 13 arrays."""
+    arrays = (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12)
+    if not isinstance(fptr, types.Integer) or not all(isinstance(a, types.Array) for a in arrays):
+        return None
+    sig = types.void(fptr, *arrays)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        ptrs = []
+        for ty, val in zip(signature.args[1:], args[1:], strict=True):
+            ary = context.make_array(ty)(context, builder, val)
+            ptrs.append(builder.bitcast(ary.data, i8p))
+        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 13)
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        builder.call(fn, ptrs)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always", **_JIT)
+def _gemm(fptr, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, iw, sw, cw):
+    """Column-major ``C = alpha * op(A) @ op(B) + beta * C`` (Fortran ``?gemm``).
+
+    ``ta``/``tb``: 0 for 'N', 1 for 'T'. ``a``, ``b``, ``c``: arrays whose first element is the
+    matrix's first element. ``iw`` int32[6], ``sw`` [2] of the data type, ``cw`` uint8[2] = b"NT":
+    scratch for the by-reference scalars.
+    """
+    iw[0] = m
+    iw[1] = n
+    iw[2] = k
+    iw[3] = lda
+    iw[4] = ldb
+    iw[5] = ldc
+    sw[0] = alpha
+    sw[1] = beta
+    _fcall13(
+        fptr,
+        cw[ta : ta + 1],
+        cw[tb : tb + 1],
+        iw[0:1],
+        iw[1:2],
+        iw[2:3],
+        sw[0:1],
+        a,
+        iw[3:4],
+        b,
+        iw[4:5],
+        sw[1:2],
+        c,
+        iw[5:6],
+    )
+
+
+# ---------------------------------------------------------------------------------- activations
+_F = np.float32
+_C = _F(7.90531110763549805)
+_A1, _A3, _A5, _A7 = (
+    _F(4.89352455891786e-03),
+    _F(6.37261928875436e-04),
+    _F(1.48572235717979e-05),
+    _F(5.12229709037114e-08),
+)
+_A9, _A11, _A13 = _F(-8.60467152213735e-11), _F(2.00018790482477e-13), _F(-2.76076847742355e-16)
+_B0, _B2, _B4, _B6 = (
+    _F(4.89352518554385e-03),
+    _F(2.26843463243900e-03),
+    _F(1.18534705686654e-04),
+    _F(1.19825839466702e-06),
+)
+_HALF32, _ONE32 = _F(0.5), _F(1.0)
+
+
+@njit(inline="always", **_JIT)
+def _tanh32(x):
+    """float32 tanh as a [13/6] rational (Eigen's ``generic_fast_tanh_float``): vectorises."""
+    x = x if x < _C else _C
+    x = x if x > -_C else -_C
+    x2 = x * x
+    p = x2 * _A13 + _A11
+    p = x2 * p + _A9
+    p = x2 * p + _A7
+    p = x2 * p + _A5
+    p = x2 * p + _A3
+    p = x2 * p + _A1
+    p = x * p
+    q = x2 * _B6 + _B4
+    q = x2 * q + _B2
+    q = x2 * q + _B0
+    return p / q
+
+
+@njit(inline="always", **_JIT)
+def _sigmoid32(x):
+    return _HALF32 * _tanh32(_HALF32 * x) + _HALF32
+
+
+@njit(inline="always", **_JIT)
+def _tanh64(x):
+    return np.tanh(x)
+
+
+@njit(inline="always", **_JIT)
+def _sigmoid64(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@njit(inline="always", **_JIT)
+def _sigmoid(fast, x):
+    return _sigmoid32(x) if fast else _sigmoid64(x)
+
+
+@njit(inline="always", **_JIT)
+def _tanh(fast, x):
+    return _tanh32(x) if fast else _tanh64(x)
+
+
+# -------------------------------------------------------------------------------------- kernels
+@functools.cache
+def kernels(
+    gx: bool, gh: bool, two: bool, coupled: bool, cand_h: bool, tanh: bool, reset_after: bool, fast: bool
+) -> tuple[Callable[..., None], Callable[..., None]]:
+    """``(forward, backward)`` compiled loops for one wiring (see the module docstring).
+
+    Compiles lazily on first call (numba dispatchers), cached on disk next to this module.
+    """
+    # Only plain constants in the closure (numba keys its on-disk cache by their pickled bytes).
+    use_gemm = cand_h  # every variant whose gates read h also has a candidate that reads h
+    two_gemm = cand_h and not reset_after
+
+    @njit(**_JIT)
+    def forward(fptr, xp, gb, whh, bhn, lengths, hs, y, gs, ns, hn, work, copy_y):
+        """Forward in time over ``T`` steps.
+
+        Args:
+            fptr: address of the BLAS ``?gemm`` of this data type.
+            xp: ``[T, B, ihb*H]`` input projection with folded biases: ``[gate blocks (if gx) | n]``.
+            gb: ``[G*H]`` the gates' constant pre-activation when they do not read x (bias or 0).
+            whh: ``[hhb*H, H]`` recurrent weights ``[U_gates (if gh) ; U_n]`` (``[1, 1]`` if none).
+            bhn: ``[H]`` ``b_hn`` (reset-after; zeros without bias).
+            lengths: ``[B]`` int64; steps ``t >= lengths[b]`` keep the state and output 0.
+            hs: ``[T+1, B, H]`` states; ``hs[0]`` = h0 on entry. Saved for the backward.
+            y: ``[T, B, H]`` outputs (out) when ``copy_y``; else unused (the caller returns
+                ``hs[1:]`` as the outputs: without lengths they are the states).
+            gs: ``[T, B, G*H]`` gate activations (out). Saved for the backward.
+            ns: ``[T, B, H]`` candidates ``n`` (out). Saved for the backward.
+            hn: ``[T, B, H]`` reset-after: ``U_n h(t-1) + b_hn`` before the reset (out, saved);
+                reset-before: scratch, ``hn[0]`` holds ``r * h(t-1)`` of the current step.
+            work: ``[B, hhb*H]`` scratch for the recurrent matrix product of one step.
+            copy_y: write ``y`` (needed with lengths: outputs past a sequence's end are 0).
+        """
+        steps, batch, hid = xp.shape[0], hs.shape[1], hs.shape[2]
+        ng = gs.shape[2]  # G*H
+        hhw = work.shape[1]
+        xn = xp.shape[2] - hid  # column of the candidate in xp
+        wn = hhw - hid  # column of U_n h in work
+        dt = hs.dtype
+        one = dt.type(1.0)
+        iw = np.empty(6, np.int32)
+        sw = np.empty(2, dt)
+        cw = np.empty(2, np.uint8)
+        cw[0] = 78
+        cw[1] = 84
+        for t in range(steps):
+            if use_gemm:
+                if reset_after:
+                    # work[B, hhb*H] = h(t-1) @ whh^T
+                    _gemm(fptr, 1, 0, hhw, batch, hid, one, whh, hid, hs[t], hid, 0.0, work, hhw, iw, sw, cw)
+                elif gh:
+                    # work[:, :G*H] = h(t-1) @ U_gates^T
+                    _gemm(fptr, 1, 0, ng, batch, hid, one, whh, hid, hs[t], hid, 0.0, work, hhw, iw, sw, cw)
+            for b in range(batch):
+                live = t < lengths[b]
+                hp = hs[t, b]
+                hnew = hs[t + 1, b]
+                xr = xp[t, b]
+                gr = gs[t, b]
+                nr = ns[t, b]
+                wr = work[b]
+                if not live:
+                    for j in range(hid):
+                        hnew[j] = hp[j]
+                    if copy_y:
+                        yr = y[t, b]
+                        for j in range(hid):
+                            yr[j] = 0.0
+                    continue
+                if two_gemm:
+                    # reset-before, first pass: gates and q = r*h(t-1)
+                    qr = hn[0, b]
+                    gr1 = gr[:hid]
+                    gr2 = gr[hid:]
+                    for j in range(hid):
+                        a = xr[j] if gx else gb[j]
+                        if gh:
+                            a += wr[j]
+                        g1 = _sigmoid(fast, a)
+                        gr1[j] = g1
+                        if two:
+                            a2 = xr[hid + j] if gx else gb[hid + j]
+                            if gh:
+                                a2 += wr[hid + j]
+                            gr2[j] = _sigmoid(fast, a2)
+                        qr[j] = g1 * hp[j]
+                    continue
+                hr = hn[t, b] if cand_h else hn[0, b]
+                # separate views for writes at different offsets of one row: a store-store
+                # dependence of unknown distance would keep LLVM from vectorising the loop
+                gr1 = gr[:hid]
+                gr2 = gr[hid:]
+                for j in range(hid):
+                    a = xr[j] if gx else gb[j]
+                    if gh:
+                        a += wr[j]
+                    g1 = _sigmoid(fast, a)
+                    gr1[j] = g1
+                    if two:
+                        a2 = xr[hid + j] if gx else gb[hid + j]
+                        if gh:
+                            a2 += wr[hid + j]
+                        z = _sigmoid(fast, a2)
+                        gr2[j] = z
+                    elif coupled:
+                        z = one - g1
+                    else:
+                        z = g1
+                    npre = xr[xn + j]
+                    if cand_h:
+                        u = wr[wn + j] + bhn[j]
+                        hr[j] = u
+                        npre += g1 * u
+                    n = _tanh(fast, npre) if tanh else npre
+                    nr[j] = n
+                    hnew[j] = (one - z) * n + z * hp[j]
+                if copy_y:
+                    yr = y[t, b]
+                    for j in range(hid):
+                        yr[j] = hnew[j]
+            if two_gemm:
+                # work[:, G*H:] = (r*h(t-1)) @ U_n^T, then the candidate and the update
+                _gemm(
+                    fptr,
+                    1,
+                    0,
+                    hid,
+                    batch,
+                    hid,
+                    one,
+                    whh[hhw - hid :],
+                    hid,
+                    hn[0],
+                    hid,
+                    0.0,
+                    work[0, wn:],
+                    hhw,
+                    iw,
+                    sw,
+                    cw,
+                )
+                for b in range(batch):
+                    if t >= lengths[b]:
+                        continue
+                    hp = hs[t, b]
+                    hnew = hs[t + 1, b]
+                    xr = xp[t, b]
+                    gr = gs[t, b]
+                    nr = ns[t, b]
+                    wr = work[b]
+                    for j in range(hid):
+                        if two:
+                            z = gr[hid + j]
+                        else:
+                            z = one - gr[j]
+                        n = _tanh(fast, xr[xn + j] + wr[wn + j])
+                        nr[j] = n
+                        hnew[j] = (one - z) * n + z * hp[j]
+                    if copy_y:
+                        yr = y[t, b]
+                        for j in range(hid):
+                            yr[j] = hnew[j]
+
+    @njit(**_JIT)
+    def backward(fptr, gy, ghn, whh, lengths, hs, gs, ns, hn, dgx, dgh, dgb, qs, dh0, dh, dhp, dzs):
+        """Backward through time over ``T`` steps (reverse loop).
+
+        Args:
+            fptr: address of the BLAS ``?gemm`` of this data type.
+            gy: ``[T, B, H]`` upstream gradient of ``y``.
+            ghn: ``[B, H]`` upstream gradient of ``h_n``.
+            whh: ``[hhb*H, H]`` recurrent weights, as in the forward.
+            lengths: ``[B]`` int64.
+            hs, gs, ns, hn: the forward's saved buffers (``hn`` only read for reset-after).
+            dgx: ``[T, B, ihb*H]`` (out) gradient of the projection ``xp``: ``[gates (if gx) | n]``.
+                Zero at padded steps. Feeds ``dx``, ``dW_ih`` and ``db_ih`` (matrix products in torch).
+            dgh: ``[T, B, hhb*H]`` (out) gradient of the recurrent products: ``[gates (if gh) | c]``
+                with ``c = dL/d(U_n h + b_hn)`` (reset-after) or ``dL/d(U_n q)`` (reset-before).
+                Feeds ``dW_hh`` and ``db_hh``; also the right-hand side of the per-step gemm.
+            dgb: ``[G*H]`` (out, accumulated) gradient of ``gb`` when the gates read neither x nor h.
+            qs: ``[T, B, H]`` (out) reset-before: ``r * h(t-1)`` for ``dW_n = c^T q`` (else unused).
+            dh0: ``[B, H]`` (out) the gradient of ``h0``.
+            dh, dhp, dzs: ``[B, H]`` scratch.
+        """
+        steps, batch, hid = gy.shape
+        ng = gs.shape[2]
+        hhw = dgh.shape[2]
+        xn = dgx.shape[2] - hid
+        wn = hhw - hid
+        dt = gy.dtype
+        one = dt.type(1.0)
+        iw = np.empty(6, np.int32)
+        sw = np.empty(2, dt)
+        cw = np.empty(2, np.uint8)
+        cw[0] = 78
+        cw[1] = 84
+        dgb1 = dgb[:hid]
+        dgb2 = dgb[hid:]
+        for b in range(batch):
+            for j in range(hid):
+                dh[b, j] = ghn[b, j]
+        for t in range(steps - 1, -1, -1):
+            for b in range(batch):
+                dhr = dh[b]
+                dpr = dhp[b]
+                dxr = dgx[t, b]
+                dwr = dgh[t, b]
+                if t >= lengths[b]:
+                    for j in range(hid):
+                        dpr[j] = dhr[j]
+                    for j in range(dxr.shape[0]):
+                        dxr[j] = 0.0
+                    for j in range(hhw):
+                        dwr[j] = 0.0
+                    if two_gemm:
+                        qz = qs[t, b]
+                        for j in range(hid):
+                            qz[j] = 0.0
+                    continue
+                hp = hs[t, b]
+                gr = gs[t, b]
+                nr = ns[t, b]
+                gyr = gy[t, b]
+                dx1 = dxr[:hid]
+                dx2 = dxr[hid : 2 * hid]
+                dxn = dxr[xn:]
+                dw1 = dwr[:hid]
+                dw2 = dwr[hid : 2 * hid]
+                dwn = dwr[wn:]
+                if two_gemm:
+                    dzr = dzs[b]
+                    for j in range(hid):
+                        d = dhr[j] + gyr[j]
+                        if two:
+                            z = gr[hid + j]
+                        else:
+                            z = one - gr[j]
+                        n = nr[j]
+                        dzr[j] = d * (hp[j] - n)
+                        dpr[j] = d * z
+                        c = d * (one - z) * (one - n * n)
+                        dxn[j] = c
+                        dwn[j] = c
+                    continue
+                hr = hn[t, b] if cand_h else hn[0, b]
+                for j in range(hid):
+                    d = dhr[j] + gyr[j]
+                    g1 = gr[j]
+                    if two:
+                        z = gr[hid + j]
+                    elif coupled:
+                        z = one - g1
+                    else:
+                        z = g1
+                    n = nr[j]
+                    dz = d * (hp[j] - n)
+                    dpr[j] = d * z
+                    c = d * (one - z)
+                    if tanh:
+                        c = c * (one - n * n)
+                    dxn[j] = c
+                    if cand_h:
+                        dwn[j] = c * g1
+                        dr = c * hr[j]
+                        if two:
+                            a1 = dr * g1 * (one - g1)
+                            a2 = dz * z * (one - z)
+                        else:
+                            a1 = (dr - dz) * g1 * (one - g1)
+                            a2 = a1
+                    else:
+                        a1 = dz * g1 * (one - g1)
+                        a2 = a1
+                    if gx:
+                        dx1[j] = a1
+                        if two:
+                            dx2[j] = a2
+                    if gh:
+                        dw1[j] = a1
+                        if two:
+                            dw2[j] = a2
+                    if not (gx or gh):
+                        dgb1[j] += a1
+                        if two:
+                            dgb2[j] += a2
+            if two_gemm:
+                # dq[B, H] = c[B, H] @ U_n  (into dzs' partner: reuse dh as it is consumed)
+                _gemm(
+                    fptr,
+                    0,
+                    0,
+                    hid,
+                    batch,
+                    hid,
+                    one,
+                    whh[hhw - hid :],
+                    hid,
+                    dgh[t, 0, wn:],
+                    hhw,
+                    0.0,
+                    dh,
+                    hid,
+                    iw,
+                    sw,
+                    cw,
+                )
+                for b in range(batch):
+                    if t >= lengths[b]:
+                        continue
+                    dq = dh[b]
+                    dpr = dhp[b]
+                    dxr = dgx[t, b]
+                    dwr = dgh[t, b]
+                    dzr = dzs[b]
+                    hp = hs[t, b]
+                    gr = gs[t, b]
+                    qr = qs[t, b]
+                    dx1 = dxr[:hid]
+                    dx2 = dxr[hid : 2 * hid]
+                    dw1 = dwr[:hid]
+                    dw2 = dwr[hid : 2 * hid]
+                    for j in range(hid):
+                        g1 = gr[j]
+                        dr = dq[j] * hp[j]
+                        dpr[j] += dq[j] * g1
+                        qr[j] = g1 * hp[j]
+                        if two:
+                            z = gr[hid + j]
+                            a1 = dr * g1 * (one - g1)
+                            a2 = dzr[j] * z * (one - z)
+                        else:
+                            a1 = (dr - dzr[j]) * g1 * (one - g1)
+                            a2 = a1
+                        if gx:
+                            dx1[j] = a1
+                            if two:
+                                dx2[j] = a2
+                        if gh:
+                            dw1[j] = a1
+                            if two:
+                                dw2[j] = a2
+                        if not (gx or gh):
+                            dgb1[j] += a1
+                            if two:
+                                dgb2[j] += a2
+                if gh:
+                    # dh(t-1) += dgates[B, G*H] @ U_gates
+                    _gemm(fptr, 0, 0, hid, batch, ng, one, whh, hid, dgh[t], hhw, one, dhp, hid, iw, sw, cw)
+            elif use_gemm:
+                # dh(t-1) += dgh[t][B, hhb*H] @ whh
+                _gemm(fptr, 0, 0, hid, batch, hhw, one, whh, hid, dgh[t], hhw, one, dhp, hid, iw, sw, cw)
+            dh, dhp = dhp, dh
+        for b in range(batch):
+            for j in range(hid):
+                dh0[b, j] = dh[b, j]
+
+    return forward, backward
+
+
+# ------------------------------------------------------------------------- GEMM-only floor (bench)
+@njit(**_JIT)
+def floor_nt(fptr, a, w, c, steps):
+    """``steps`` times ``c[B, N] = a[B, K] @ w[N, K]^T``: the forward's per-step products alone."""
+    batch, k = a.shape
+    n = w.shape[0]
+    iw = np.empty(6, np.int32)
+    sw = np.empty(2, c.dtype)
+    cw = np.empty(2, np.uint8)
+    cw[0] = 78
+    cw[1] = 84
+    one = c.dtype.type(1.0)
+    for _ in range(steps):
+        _gemm(fptr, 1, 0, n, batch, k, one, w, k, a, k, 0.0, c, n, iw, sw, cw)
+
+
+@njit(**_JIT)
+def floor_nn(fptr, d, w, c, steps):
+    """``steps`` times ``c[B, H] += d[B, N] @ w[N, H]``: the backward's per-step products alone."""
+    batch, n = d.shape
+    hid = w.shape[1]
+    iw = np.empty(6, np.int32)
+    sw = np.empty(2, c.dtype)
+    cw = np.empty(2, np.uint8)
+    cw[0] = 78
+    cw[1] = 84
+    one = c.dtype.type(1.0)
+    for _ in range(steps):
+        _gemm(fptr, 0, 0, hid, batch, n, one, w, hid, d, n, one, c, hid, iw, sw, cw)

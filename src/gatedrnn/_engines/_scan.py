@@ -1,0 +1,113 @@
+"""minGRU's parallel scan over time in log space (Heinsen 2023; Feng et al. 2024, appendix).
+
+minGRU's recurrence is linear in ``h``: with ``a_t = z_t`` and ``b_t = (1 - z_t) * n_t``,
+
+.. math::
+
+    h_t = a_t h_{t-1} + b_t = A_t \\Big(h_0 + \\sum_{s \\le t} b_s / A_s\\Big), \\qquad A_t = \\prod_{s \\le t} a_s,
+
+so ``log A`` is a cumulative sum and the sum is a ``logcumsumexp``: both are parallel prefix
+operations over time. Our candidate ``n_t = W_n x_t + b_n`` is linear and can be negative, so the
+sum is split into its positive and negative parts, each scanned in log space
+(``h = exp(log A + P) - exp(log A + N)``). ``log a = logsigmoid(pre_z)`` comes straight from the
+pre-activation. The scan runs in float64 whatever the input type (``log A`` of a long sequence is
+large and float32 would lose its low digits) and the result is cast back.
+
+The gradient is the same kind of scan run backwards in time: the adjoint
+``λ_t = g_t + a_{t+1} λ_{t+1}``, then ``∂b_t = λ_t``, ``∂log a_t = λ_t a_t h_{t-1}``, ``∂h_0 = a_1 λ_1``.
+
+For streaming inference :func:`mingru_step` is the one-step form; tests check that both agree
+with the sequential recurrence (including ``T = 784``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ["linear_scan", "log_scan", "mingru_layer", "mingru_step"]
+
+
+def log_scan(log_a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+    """``h_t = a_t h_(t-1) + b_t`` for every ``t`` at once, in log space (no autograd).
+
+    Args:
+        log_a: ``[T, ...]`` ``log a_t`` (``a_t`` in ``(0, 1]``; 0 keeps the state).
+        b: ``[T, ...]`` ``b_t`` of either sign.
+        h0: ``[...]`` the initial state, of either sign.
+
+    Returns:
+        ``h`` ``[T, ...]`` in float64.
+    """
+    log_a = log_a.double()
+    cum = torch.cat([log_a.new_zeros((1, *log_a.shape[1:])), torch.cumsum(log_a, 0)])  # log A, A_(-1) = 1
+    vals = torch.cat([h0.double().unsqueeze(0), b.double()])  # h0 enters as b_(-1)
+    with torch.no_grad():
+        pos = torch.log(vals.clamp(min=0)) - cum
+        neg = torch.log((-vals).clamp(min=0)) - cum
+        h = torch.exp(cum + torch.logcumsumexp(pos, 0)) - torch.exp(cum + torch.logcumsumexp(neg, 0))
+    return h[1:]
+
+
+class _LinearScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, log_a: Tensor, b: Tensor, h0: Tensor) -> Tensor:  # type: ignore[override]
+        h = log_scan(log_a.detach(), b.detach(), h0.detach())
+        ctx.save_for_backward(log_a, h0, h)
+        return h.to(b.dtype, copy=True)  # its own tensor, never a view of a saved one
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        log_a, h0, h = ctx.saved_tensors
+        la = log_a.double()
+        # λ_t = g_t + a_(t+1) λ_(t+1): a forward scan on the time-reversed sequence.
+        shifted = torch.cat([la[1:], la.new_zeros((1, *la.shape[1:]))])
+        lam = log_scan(shifted.flip(0), g.double().flip(0), torch.zeros_like(h[0])).flip(0)
+        hprev = torch.cat([h0.double().unsqueeze(0), h[:-1]])
+        a = torch.exp(la)
+        d_log_a = lam * a * hprev
+        d_h0 = a[0] * lam[0]
+        return d_log_a.to(log_a.dtype), lam.to(g.dtype), d_h0.to(h0.dtype)
+
+
+def linear_scan(log_a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+    """Differentiable ``h_t = exp(log_a_t) h_(t-1) + b_t`` over the first axis (log-space scan)."""
+    return _LinearScan.apply(log_a, b, h0)
+
+
+def mingru_layer(
+    x: Tensor, h0: Tensor, w_ih: Tensor, b_ih: Tensor | None, lengths: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """One minGRU layer, one direction, by the parallel scan (the fused engine's training path).
+
+    Args:
+        x: ``[T, B, I]``; h0: ``[B, H]``; w_ih: ``[2H, I]`` (``z`` block then ``n``); b_ih: ``[2H]``
+        or None; lengths: ``[B]`` int64 or None (steps ``t >= lengths[b]`` keep the state, output 0).
+
+    Returns:
+        ``y`` ``[T, B, H]`` and ``h_n`` ``[B, H]``, differentiable by autograd.
+    """
+    hid = h0.shape[-1]
+    pre = F.linear(x, w_ih, b_ih)
+    zpre, n = pre[..., :hid], pre[..., hid:]
+    log_a = F.logsigmoid(zpre)
+    b = torch.sigmoid(-zpre) * n
+    alive = None
+    if lengths is not None:
+        alive = (torch.arange(x.shape[0], device=x.device).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)
+        log_a = torch.where(alive, log_a, torch.zeros_like(log_a))
+        b = torch.where(alive, b, torch.zeros_like(b))
+    h = linear_scan(log_a, b, h0)
+    y = h if alive is None else torch.where(alive, h, torch.zeros_like(h))
+    return y, h[-1].clone()  # h_n is not a view of y (y may be modified in place)
+
+
+def mingru_step(x_t: Tensor, h: Tensor, w_ih: Tensor, b_ih: Tensor | None) -> Tensor:
+    """One minGRU step for streaming inference: ``h_t = z*h_(t-1) + (1-z)*n`` (``x_t [B, I]``, ``h [B, H]``)."""
+    hid = h.shape[-1]
+    pre = F.linear(x_t, w_ih, b_ih)
+    z = torch.sigmoid(pre[..., :hid])
+    return z * h + (1 - z) * pre[..., hid:]

@@ -1,0 +1,312 @@
+"""The fused CPU engine against the reference engine, torch.nn.GRU and gradcheck.
+
+Every variant x reset form x dtype runs through the layer features (stacking, bidirectional,
+batch_first, packed sequences, lengths, h0, inter-layer dropout); outputs, h_n and every gradient
+(random upstream gradients) must match the reference engine (plain autograd over the equations).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import gatedrnn
+from gatedrnn import GRU
+from gatedrnn._engines import auto_choice, get_engine, resolve
+from gatedrnn._specs import SPECS
+
+VARIANTS = sorted(SPECS)
+DTYPES = [torch.float64, torch.float32]
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
+
+# (num_layers, bidirectional, batch_first, use_h0, packing): packing is None, "lengths" or "packed".
+CONFIGS = [
+    (1, False, False, False, None),
+    (2, True, True, True, "lengths"),
+    (3, False, False, True, "packed"),
+    (1, True, False, False, "packed"),
+]
+
+
+def _pair(variant: str, reset_after: bool, dtype: torch.dtype, layers: int, bidir: bool, batch_first: bool, **kw):
+    torch.manual_seed(7)
+    ref = GRU(
+        5,
+        6,
+        num_layers=layers,
+        bidirectional=bidir,
+        batch_first=batch_first,
+        variant=variant,
+        reset_after=reset_after,
+        engine="reference",
+        dtype=dtype,
+        **kw,
+    )
+    fused = GRU(
+        5,
+        6,
+        num_layers=layers,
+        bidirectional=bidir,
+        batch_first=batch_first,
+        variant=variant,
+        reset_after=reset_after,
+        engine="fused",
+        dtype=dtype,
+        **kw,
+    )
+    with torch.no_grad():
+        for p in ref.parameters():  # biases far from 0 so that every bias gradient matters
+            p.uniform_(-0.8, 0.8)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def _run(mod: GRU, x: torch.Tensor, h0, lengths, packing, gy: torch.Tensor, gh: torch.Tensor):
+    x = x.detach().clone().requires_grad_(True)
+    h0 = h0.detach().clone().requires_grad_(True) if h0 is not None else None
+    if packing == "packed":
+        inp = pack_padded_sequence(x, lengths, batch_first=mod.batch_first, enforce_sorted=False)
+        out, hn = mod(inp, h0)
+        y, _ = pad_packed_sequence(out, batch_first=mod.batch_first, total_length=x.shape[1 if mod.batch_first else 0])
+    elif packing == "lengths":
+        y, hn = mod(x, h0, lengths=lengths)
+    else:
+        y, hn = mod(x, h0)
+    loss = (y * gy).sum() + (hn * gh).sum()
+    inputs = [x] + ([h0] if h0 is not None else []) + list(mod.parameters())
+    grads = torch.autograd.grad(loss, inputs)
+    return y.detach(), hn.detach(), grads
+
+
+# minGRU has no reset gate (reset_after has no effect): one reset form for it.
+WIRINGS = [(v, ra) for v in VARIANTS for ra in (True, False) if not (v == "mingru" and not ra)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize(
+    ("variant", "reset_after"), WIRINGS, ids=[f"{v}-{'after' if r else 'before'}" for v, r in WIRINGS]
+)
+def test_fused_matches_reference(variant: str, reset_after: bool, dtype: torch.dtype) -> None:
+    for layers, bidir, batch_first, use_h0, packing in CONFIGS:
+        ref, fused = _pair(variant, reset_after, dtype, layers, bidir, batch_first)
+        steps, batch = 9, 4
+        g = torch.Generator().manual_seed(layers * 10 + bidir)
+        shape = (batch, steps, 5) if batch_first else (steps, batch, 5)
+        x = torch.randn(shape, generator=g, dtype=dtype)
+        dirs = 2 if bidir else 1
+        h0 = torch.randn(layers * dirs, batch, 6, generator=g, dtype=dtype) if use_h0 else None
+        lengths = torch.tensor([9, 4, 7, 1]) if packing else None
+        yshape = (batch, steps, 6 * dirs) if batch_first else (steps, batch, 6 * dirs)
+        gy = torch.randn(yshape, generator=g, dtype=dtype)
+        gh = torch.randn(layers * dirs, batch, 6, generator=g, dtype=dtype)
+        y0, h0_ref, g0 = _run(ref, x, h0, lengths, packing, gy, gh)
+        y1, h1, g1 = _run(fused, x, h0, lengths, packing, gy, gh)
+        assert fused.last_engine == "fused"
+        with torch.no_grad():  # the inference path (reused scratch, nothing saved) gives the same
+            if packing == "packed":
+                inp = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
+                y_ng = pad_packed_sequence(fused(inp, h0)[0], batch_first=batch_first, total_length=steps)[0]
+            else:
+                y_ng = fused(x, h0, lengths=lengths)[0] if packing else fused(x, h0)[0]
+        tol = TOL[dtype]
+        torch.testing.assert_close(y_ng, y0, atol=tol, rtol=tol)
+        where = f"{variant} reset_after={reset_after} {dtype} layers={layers} bidir={bidir} packing={packing}"
+        torch.testing.assert_close(y1, y0, atol=tol, rtol=tol, msg=lambda m, w=where: f"y {w}: {m}")
+        torch.testing.assert_close(h1, h0_ref, atol=tol, rtol=tol, msg=lambda m, w=where: f"h_n {w}: {m}")
+        names = ["x"] + (["h0"] if use_h0 else []) + [n for n, _ in ref.named_parameters()]
+        assert len(g0) == len(g1) == len(names)
+        for name, a, b in zip(names, g1, g0, strict=True):
+            torch.testing.assert_close(
+                a, b, atol=tol * 5, rtol=tol * 5, msg=lambda m, n=name, w=where: f"d{n} {w}: {m}"
+            )
+
+
+@pytest.mark.parametrize("variant", ["gru0", "mgu"])
+def test_fused_dropout_matches_reference(variant: str) -> None:
+    ref, fused = _pair(variant, True, torch.float64, 3, True, False, dropout=0.4)
+    x = torch.randn(6, 3, 5, dtype=torch.float64)
+    gy = torch.randn(6, 3, 12, dtype=torch.float64)
+    gh = torch.randn(6, 3, 6, dtype=torch.float64)
+    torch.manual_seed(3)
+    y0, h0, g0 = _run(ref.train(), x, None, None, None, gy, gh)
+    torch.manual_seed(3)
+    y1, h1, g1 = _run(fused.train(), x, None, None, None, gy, gh)
+    torch.testing.assert_close(y1, y0, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(h1, h0, atol=1e-10, rtol=1e-10)
+    for a, b in zip(g1, g0, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_fused_matches_torch_gru() -> None:
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(7, 8, num_layers=2, bidirectional=True, dtype=torch.float64)
+    ours = GRU(7, 8, num_layers=2, bidirectional=True, engine="fused", dtype=torch.float64)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(11, 3, 7, dtype=torch.float64)
+    h0 = torch.randn(4, 3, 8, dtype=torch.float64)
+    gy, gh = torch.randn(11, 3, 16, dtype=torch.float64), torch.randn(4, 3, 8, dtype=torch.float64)
+    outs = []
+    for mod in (ref, ours):
+        xx, hh = x.clone().requires_grad_(True), h0.clone().requires_grad_(True)
+        y, hn = mod(xx, hh)
+        grads = torch.autograd.grad((y * gy).sum() + (hn * gh).sum(), [xx, hh, *mod.parameters()])
+        outs.append((y, hn, grads))
+    (y0, hn0, g0), (y1, hn1, g1) = outs
+    torch.testing.assert_close(y1, y0)
+    torch.testing.assert_close(hn1, hn0)
+    for a, b in zip(g1, g0, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def _max_err(mod: torch.nn.Module, ref64: tuple, x: torch.Tensor, gy: torch.Tensor, gh: torch.Tensor) -> float:
+    xx = x.float().clone().requires_grad_(True)
+    y, hn = mod(xx)
+    grads = torch.autograd.grad((y * gy.float()).sum() + (hn * gh.float()).sum(), [xx, *mod.parameters()])
+    y64, hn64, g64 = ref64
+    y, hn = y.detach(), hn.detach()
+    errs = [float((y.double() - y64).abs().max()), float((hn.double() - hn64).abs().max())]
+    errs += [
+        float((a.double() - b).abs().max() / b.abs().max().clamp(min=1e-30)) for a, b in zip(grads, g64, strict=True)
+    ]
+    return max(errs)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_float32_error_within_twice_torch(variant: str) -> None:
+    """float32 error against a float64 reference: at most 2x that of torch's own float32 path.
+
+    gru0 (reset-after) is compared with ``torch.nn.GRU`` itself; the other variants, which torch
+    lacks, with the reference engine in float32 (plain ATen ops, the same arithmetic torch uses).
+    """
+    torch.manual_seed(1)
+    steps, batch, inp, hid = 50, 8, 16, 32
+    ref64 = GRU(inp, hid, variant=variant, engine="reference", dtype=torch.float64)
+    x = torch.randn(steps, batch, inp, dtype=torch.float64)
+    gy = torch.randn(steps, batch, hid, dtype=torch.float64)
+    gh = torch.randn(1, batch, hid, dtype=torch.float64)
+    xx = x.clone().requires_grad_(True)
+    y64, hn64 = ref64(xx)
+    g64 = torch.autograd.grad((y64 * gy).sum() + (hn64 * gh).sum(), [xx, *ref64.parameters()])
+    ref64_out = (y64.detach(), hn64.detach(), g64)
+    if variant == "gru0":
+        baseline: torch.nn.Module = torch.nn.GRU(inp, hid)
+    else:
+        baseline = GRU(inp, hid, variant=variant, engine="reference")
+    baseline.load_state_dict({k: v.float() for k, v in ref64.state_dict().items()})
+    fused = GRU(inp, hid, variant=variant, engine="fused")
+    fused.load_state_dict(baseline.state_dict())
+    err_base = _max_err(baseline, ref64_out, x, gy, gh)
+    err_fused = _max_err(fused, ref64_out, x, gy, gh)
+    assert err_fused <= 2 * err_base, f"{variant}: fused float32 error {err_fused:.3g} > 2 x baseline {err_base:.3g}"
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gradcheck_float64(variant: str, reset_after: bool) -> None:
+    spec = SPECS[variant]
+    engine = get_engine("fused")
+    torch.manual_seed(2)
+    gru = GRU(3, 4, variant=variant, reset_after=reset_after, dtype=torch.float64)
+    w = gru.layer_weights()[0][0]
+    params = [p for p in (w.w_ih, w.w_hh, w.b_ih, w.b_hh) if p is not None]
+    has = [p is not None for p in (w.w_ih, w.w_hh, w.b_ih, w.b_hh)]
+    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([5, 2, 4])
+
+    def fn(x, h0, *ps):
+        it = iter(ps)
+        args = [next(it) if h else None for h in has]
+        y, hn = engine.layer(spec, reset_after, x, h0, *args, lengths)
+        return y, hn
+
+    inputs = (x, h0, *[p.detach().clone().requires_grad_(True) for p in params])
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
+
+
+def test_fused_unavailable_raises_and_auto_reports() -> None:
+    spec = SPECS["gru0"]
+    engine = get_engine("fused")
+    assert engine.unavailable(spec, torch.empty(2)) is None
+    why = engine.unavailable(spec, torch.empty(2, dtype=torch.bfloat16))
+    assert why is not None and "bfloat16" in why
+    why = engine.unavailable(spec, torch.empty(2, device="meta"))
+    assert why is not None and "meta" in why
+    with pytest.raises(RuntimeError, match="engine='fused'"):
+        resolve("fused", spec, torch.empty(2, dtype=torch.bfloat16))
+    gru = GRU(3, 4, engine="fused", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="fused"):
+        gru(torch.randn(2, 1, 3, dtype=torch.bfloat16))
+    with pytest.raises(RuntimeError, match="fused"):
+        engine.layer(
+            spec, True, torch.randn(2, 1, 3, dtype=torch.float16), torch.zeros(1, 4), None, None, None, None, None
+        )
+    # auto picks fused on CPU float32/float64 and says so
+    assert auto_choice(torch.empty(1)) == "fused"
+    assert auto_choice(torch.empty(1, dtype=torch.float64)) == "fused"
+    assert auto_choice(torch.empty(1, dtype=torch.bfloat16)) == "reference"
+    gru = GRU(3, 4)
+    gru(torch.randn(2, 1, 3))
+    assert gru.last_engine == "fused"
+    info = gatedrnn.info()
+    assert info["auto"]["cpu float32"] == "fused"
+    assert info["engines"]["fused"]["available"] is True
+    assert info["engines"]["fused"]["blas"]
+
+
+def test_fused_rejects_mixed_dtypes() -> None:
+    spec = SPECS["gru0"]
+    engine = get_engine("fused")
+    x = torch.randn(2, 1, 3)
+    with pytest.raises(ValueError, match="w_ih"):
+        engine.layer(
+            spec,
+            True,
+            x,
+            torch.zeros(1, 4),
+            torch.zeros(12, 3, dtype=torch.float64),
+            torch.zeros(12, 4),
+            None,
+            None,
+            None,
+        )
+
+
+@pytest.mark.parametrize("variant", ["gru0", "mingru"])
+def test_fused_output_can_be_modified_in_place(variant: str) -> None:
+    """Like torch.nn.GRU's, the outputs are their own tensors: an in-place op on them (ReLU(inplace=True))
+    neither raises nor changes the gradients of what came before it."""
+    ref, fused = _pair(variant, True, torch.float64, 2, False, False)
+    x = torch.randn(5, 3, 5, dtype=torch.float64)
+    grads = []
+    for mod in (ref, fused):
+        y, hn = mod(x)
+        torch.relu_(y)
+        grads.append(torch.autograd.grad((y * y).sum() + hn.sum(), list(mod.parameters())))
+    for a, b in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_scipy_blas_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernels also run on SciPy's cython_blas (the fallback where libtorch exports no sgemm_)."""
+    from numba.extending import get_cython_function_address
+
+    from gatedrnn._engines import _fused
+
+    addr = {
+        torch.float32: get_cython_function_address("scipy.linalg.cython_blas", "sgemm"),
+        torch.float64: get_cython_function_address("scipy.linalg.cython_blas", "dgemm"),
+    }
+    monkeypatch.setattr(_fused, "_gemm_address", lambda dtype: addr[dtype])
+    for dtype in DTYPES:
+        ref, fused = _pair("gru0", False, dtype, 1, True, False)
+        x = torch.randn(7, 3, 5, dtype=dtype)
+        gy, gh = torch.randn(7, 3, 12, dtype=dtype), torch.randn(2, 3, 6, dtype=dtype)
+        y0, h0, g0 = _run(ref, x, None, None, None, gy, gh)
+        y1, h1, g1 = _run(fused, x, None, None, None, gy, gh)
+        tol = TOL[dtype]
+        torch.testing.assert_close(y1, y0, atol=tol, rtol=tol)
+        torch.testing.assert_close(h1, h0, atol=tol, rtol=tol)
+        for a, b in zip(g1, g0, strict=True):
+            torch.testing.assert_close(a, b, atol=tol * 5, rtol=tol * 5)
