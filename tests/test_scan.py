@@ -83,20 +83,40 @@ def test_mingru_step_is_the_convention() -> None:
     torch.testing.assert_close(mingru_step(x, h, w, b), z * h + (1 - z) * n)
 
 
-def test_mingru_scan_lengths_and_fused_paths_agree() -> None:
-    """With lengths the scan freezes the state; the fused engine's no-grad path (compiled step loop)
-    and grad path (scan) give the same outputs, T = 784."""
+def test_scan_engine_equals_fused_engine_with_lengths() -> None:
+    """The "scan" engine (log-space parallel scan) and the fused engine (compiled loop, hand-written
+    backward) agree on outputs, h_n and every gradient, with lengths, T = 784; and the fused engine's
+    no-grad path (the streaming step loop) gives the same outputs."""
     from gatedrnn import GRU
 
     torch.manual_seed(3)
-    gru = GRU(4, 6, variant="mingru", engine="fused", dtype=torch.float64)
+    scan = GRU(4, 6, variant="mingru", engine="scan", dtype=torch.float64)
+    fused = GRU(4, 6, variant="mingru", engine="fused", dtype=torch.float64)
+    fused.load_state_dict(scan.state_dict())
     x = torch.randn(784, 3, 4, dtype=torch.float64)
+    h0 = torch.randn(1, 3, 6, dtype=torch.float64)
     lengths = torch.tensor([784, 300, 1])
+    gy = torch.randn(784, 3, 6, dtype=torch.float64)
+    gh = torch.randn(1, 3, 6, dtype=torch.float64)
+    results = []
+    for layer in (scan, fused):
+        xx, hh = x.clone().requires_grad_(True), h0.clone().requires_grad_(True)
+        y, hn = layer(xx, hh, lengths=lengths)
+        ((y * gy).sum() + (hn * gh).sum()).backward()
+        assert layer.last_engine == layer.engine
+        results.append([y.detach(), hn.detach(), xx.grad, hh.grad, *[p.grad for p in layer.parameters()]])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
     with torch.no_grad():
-        y_step, h_step = gru(x, lengths=lengths)
-    y_scan, h_scan = gru(x, lengths=lengths)
-    assert y_scan.requires_grad
-    torch.testing.assert_close(y_scan.detach(), y_step, atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(h_scan.detach(), h_step, atol=1e-10, rtol=1e-10)
+        y_step, h_step = fused(x, h0, lengths=lengths)
+    torch.testing.assert_close(y_step, results[0][0], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(h_step, results[0][1], atol=1e-10, rtol=1e-10)
     assert bool((y_step[300:, 1] == 0).all()) and bool((y_step[1:, 2] == 0).all())
     torch.testing.assert_close(h_step[0, 1], y_step[299, 1])
+
+
+def test_scan_engine_refuses_other_variants() -> None:
+    from gatedrnn import GRU
+
+    with pytest.raises(RuntimeError, match="engine='scan' cannot run here: the parallel scan runs only minGRU"):
+        GRU(3, 4, variant="mgu", engine="scan")(torch.randn(5, 2, 3))

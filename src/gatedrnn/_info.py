@@ -15,16 +15,17 @@ __all__ = ["info"]
 
 def info() -> dict[str, Any]:
     """A dict describing this install: versions, each engine's availability, auto's choices."""
-    probe_spec = SPECS["gru0"]
     engines: dict[str, Any] = {}
     for name in ENGINES:
         try:
             engine = get_engine(name)
             device = "cuda" if name == "triton" and torch.cuda.is_available() else "cpu"
-            why = engine.unavailable(probe_spec, torch.empty(0, device=device))
-            entry: dict[str, Any] = {"available": why is None}
-            if why is not None:
-                entry["why_not"] = why
+            probe = torch.empty(0, device=device)
+            why = {v: engine.unavailable(spec, probe) for v, spec in SPECS.items()}
+            runs = [v for v, reason in why.items() if reason is None]
+            entry: dict[str, Any] = {"available": bool(runs), "variants": runs}
+            if not runs:
+                entry["why_not"] = why["gru0"]
             details = getattr(engine, "details", None)
             if callable(details):
                 entry.update(details())

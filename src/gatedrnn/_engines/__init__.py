@@ -8,7 +8,7 @@ dtype through :func:`resolve` (a fixed table, never a silent fallback after a fa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from typing import Protocol
 
 import torch
@@ -63,33 +63,22 @@ class ReferenceEngine:
     layer = staticmethod(_reference.run_layer)
 
 
-def _fused() -> Engine:
-    from ._fused import ENGINE
-
-    return ENGINE
-
-
-def _triton() -> Engine:
-    from ._triton import ENGINE
-
-    return ENGINE
-
-
 class _Lazy:
-    """An engine whose module (and its heavy imports) loads on first use, not at import."""
+    """An engine whose module (and its heavy imports: numba, triton) loads on first use."""
 
-    def __init__(self, name: str, load: Callable[[], Engine]) -> None:
+    def __init__(self, name: str, module: str) -> None:
         self.name = name
-        self._load = load
+        self._module = module
 
     def get(self) -> Engine:
-        return self._load()
+        return importlib.import_module(self._module, __name__).ENGINE
 
 
 ENGINES: dict[str, Engine | _Lazy] = {
     "reference": ReferenceEngine(),
-    "fused": _Lazy("fused", _fused),
-    "triton": _Lazy("triton", _triton),
+    "fused": _Lazy("fused", "._fused"),
+    "scan": _Lazy("scan", "._scan"),
+    "triton": _Lazy("triton", "._triton"),
 }
 
 

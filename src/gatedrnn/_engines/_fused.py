@@ -311,10 +311,6 @@ class FusedEngine:
         save = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)
         )
-        if not spec.candidate_reads_h and save:
-            from ._scan import mingru_layer
-
-            return mingru_layer(x, h0, w_ih, b_ih, lengths)
         return _Layer.apply(
             x.contiguous(),
             h0.contiguous(),

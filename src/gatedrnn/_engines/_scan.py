@@ -18,6 +18,12 @@ The gradient is the same kind of scan run backwards in time: the adjoint
 
 For streaming inference :func:`mingru_step` is the one-step form; tests check that both agree
 with the sequential recurrence (including ``T = 784``).
+
+The scan is the engine ``"scan"`` (minGRU only, any device: plain torch operations). It is not
+what ``"auto"`` picks on CPU: there the fused engine's compiled loop with its hand-written backward
+trains minGRU 6-145x faster than this scan (forward+backward, 1 thread, sizes A-E of
+``benchmarks/speed.py``), because a 2-core CPU has no parallelism for the scan to use and the four
+float64 ``logcumsumexp`` passes cost more than the whole sequential loop.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["linear_scan", "log_scan", "mingru_layer", "mingru_step"]
+from .._specs import Spec
+
+__all__ = ["ENGINE", "linear_scan", "log_scan", "mingru_layer", "mingru_step"]
 
 
 def log_scan(log_a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
@@ -81,7 +89,7 @@ def linear_scan(log_a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
 def mingru_layer(
     x: Tensor, h0: Tensor, w_ih: Tensor, b_ih: Tensor | None, lengths: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """One minGRU layer, one direction, by the parallel scan (the fused engine's training path).
+    """One minGRU layer, one direction, by the parallel scan (the ``"scan"`` engine).
 
     Args:
         x: ``[T, B, I]``; h0: ``[B, H]``; w_ih: ``[2H, I]`` (``z`` block then ``n``); b_ih: ``[2H]``
@@ -111,3 +119,36 @@ def mingru_step(x_t: Tensor, h: Tensor, w_ih: Tensor, b_ih: Tensor | None) -> Te
     pre = F.linear(x_t, w_ih, b_ih)
     z = torch.sigmoid(pre[..., :hid])
     return z * h + (1 - z) * pre[..., hid:]
+
+
+class ScanEngine:
+    """minGRU by the log-space parallel scan (autograd through :func:`linear_scan`)."""
+
+    name = "scan"
+
+    def unavailable(self, spec: Spec, x: Tensor) -> str | None:
+        if spec.candidate_reads_h:
+            return f"the parallel scan runs only minGRU (a recurrence linear in h), got variant {spec.name!r}"
+        if not x.dtype.is_floating_point:
+            return f"it runs floating-point tensors, got {x.dtype}"
+        return None
+
+    def layer(
+        self,
+        spec: Spec,
+        reset_after: bool,
+        x: Tensor,
+        h0: Tensor,
+        w_ih: Tensor,
+        w_hh: Tensor | None,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+        lengths: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        why = self.unavailable(spec, x)
+        if why is not None:
+            raise RuntimeError(f"engine='scan' cannot run here: {why}")
+        return mingru_layer(x, h0, w_ih, b_ih, lengths)
+
+
+ENGINE = ScanEngine()
