@@ -104,8 +104,10 @@ def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
 
 
 # Per-step products smaller than this (flops) run BLAS on one thread: waking a second OpenMP
-# thread for a tiny gemm costs more than it saves (and far more on a loaded machine).
-PARALLEL_MIN_FLOPS = int(os.environ.get("GATEDRNN_PARALLEL_MIN_FLOPS", 64_000_000))
+# thread for a tiny gemm costs more than it saves (and far more on a loaded machine). Measured on
+# 2 idle cores: size C's 25 MFLOP steps gain from 2 threads (gru0 fwd+bwd 176 -> 153 ms), sizes
+# A, B (6 and 3 MFLOP) are within noise either way, D and E (< 0.4 MFLOP) lose.
+PARALLEL_MIN_FLOPS = int(os.environ.get("GATEDRNN_PARALLEL_MIN_FLOPS", 16_000_000))
 
 
 @contextmanager
