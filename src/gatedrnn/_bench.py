@@ -352,6 +352,30 @@ def _markdown(results: list[dict[str, Any]], device: str) -> str:
     return "\n".join(lines) + "\n\nBaselines (median ms):\n\n" + "\n".join(base_lines)
 
 
+def _summary(results: list[dict[str, Any]], device: str) -> str:
+    """Forward+backward per thread count and dtype: time ÷ torch.nn.GRU (÷ GEMM floor) per variant."""
+    eng = "fused" if device == "cpu" else "triton"
+    out = []
+    groups = sorted({(r["threads"], r["dtype"]) for r in results if r["pass"] == "fwdbwd"})
+    for threads, dtype in groups:
+        rows = [r for r in results if r["pass"] == "fwdbwd" and r["threads"] == threads and r["dtype"] == dtype]
+        variants = [n.split(":", 1)[1] for n in rows[0]["times"] if n.startswith(eng + ":")]
+        out.append(f"\nForward+backward, {threads} thread(s), {dtype}: time ÷ torch.nn.GRU (÷ GEMM-only floor)\n")
+        out.append("| size (B,T,m,n) | nn.GRU ms | " + " | ".join(variants) + " |")
+        out.append("|---" * (len(variants) + 2) + "|")
+        for r in rows:
+            t = r["times"]
+            gru = t["torch.nn.GRU"]["median_ms"]
+            cells = []
+            for v in variants:
+                ms = t[f"{eng}:{v}"]["median_ms"]
+                floor = t.get(f"floor:{v}", {}).get("median_ms")
+                cells.append(f"{ms / gru:.3f}" + (f" ({ms / floor:.1f})" if floor else ""))
+            sz = "(" + ",".join(str(x) for x in r["shape"]) + ")"
+            out.append(f"| {r['size']} {sz} | {gru:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns a process exit code (0 on success, 2 when it cannot run)."""
     args = _parse(argv)
@@ -444,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
 
     table = _markdown(results, device)
     print(table)
+    print(_summary(results, device))
     targets: list[dict[str, Any]] = []
     for r in results:
         if (
