@@ -28,3 +28,11 @@ def test_readme_python_blocks_run_and_comments_hold(capsys):
     # "one step: h = cell(x_t, h)"
     h = ns["cell"](x[:, 0], torch.zeros(64, 128))
     assert tuple(h.shape) == (64, 128)
+    # the Interop example: every conversion computes the same function
+    io = spaces[1]
+    x = torch.randn(5, 3, 8)
+    torch.testing.assert_close(io["back"](x)[0], io["native"](x)[0])
+    torch.testing.assert_close(io["gru"](x)[0], io["native"](x)[0])
+    torch.testing.assert_close(io["same"](x)[0], io["mgu"](x)[0], rtol=0, atol=0)
+    xb = torch.randn(3, 5, 8)
+    torch.testing.assert_close(io["again"](xb)[0], io["one"](xb)[0])
