@@ -110,6 +110,13 @@ def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
 PARALLEL_MIN_FLOPS = int(os.environ.get("GATEDRNN_PARALLEL_MIN_FLOPS", 16_000_000))
 
 
+def _small(reset_after: bool, batch: int, hid: int, hhw: int) -> bool:
+    """Whether the per-step products run as the kernels' own loops instead of BLAS (tiny steps)."""
+    from ._kernels import SMALL_MAX_FLOPS
+
+    return reset_after and 2 * batch * hid * hhw <= SMALL_MAX_FLOPS
+
+
 @contextmanager
 def _blas_threads(step_flops: int) -> Iterator[None]:
     """Run the compiled loop's BLAS calls on one thread when the per-step products are small."""
@@ -161,6 +168,8 @@ class _Layer(torch.autograd.Function):
                 ns = _scratch("ns", (steps, batch, hid), x)
                 hn = _scratch("hn", (steps if ra else 1, batch, hid), x)
             work = x.new_zeros(batch, hhw)
+            small = _small(ra, batch, hid, hhw)
+            whh_t = whh.t().contiguous() if small else x.new_zeros(1, 1)
             fwd, _ = _kernel_for(spec, ra, x.dtype)
             with _blas_threads(2 * batch * hid * hhw):
                 fwd(
@@ -168,6 +177,7 @@ class _Layer(torch.autograd.Function):
                     _np(xp),
                     _np(gb.detach()),
                     _np(whh),
+                    _np(whh_t),
                     _np(bhn.detach()),
                     _np(lens),
                     _np(hs),
@@ -177,6 +187,7 @@ class _Layer(torch.autograd.Function):
                     _np(hn),
                     _np(work),
                     copy_y,
+                    small,
                 )
         ctx.spec, ctx.ra, ctx.has_bhh = spec, ra, b_hh is not None
         ctx.save_for_backward(x, w_ih, whh, lens, hs, gs, ns, hn)
