@@ -83,9 +83,9 @@ def _run(mod: GRU, x: torch.Tensor, h0, lengths, packing, gy: torch.Tensor, gh: 
 WIRINGS = [(v, ra) for v in VARIANTS for ra in (True, False) if not (v == "mingru" and not ra)]
 
 
-# The reset-after product of a step runs as the kernel's own loop below SMALL_MAX_FLOPS and as
-# BLAS above: every reset-after wiring runs both ways (the sizes here are tiny; "blas" sets the
-# threshold to 0). Reset-before always uses BLAS.
+# The forward's reset-after product of a step runs as the kernel's own loop for small batches
+# (SMALL_MAX_BATCH) and as BLAS otherwise: every reset-after wiring runs both ways (the limit is
+# forced to 10**6 or 0). Reset-before always uses BLAS.
 PATHS = [(v, ra, p) for v, ra in WIRINGS for p in (("loops", "blas") if ra else ("blas",))]
 
 
@@ -98,10 +98,7 @@ def test_fused_matches_reference(
 ) -> None:
     from gatedrnn._engines import _kernels
 
-    if path == "blas":
-        monkeypatch.setattr(_kernels, "SMALL_MAX_FLOPS", 0)
-    else:
-        assert 2 * 4 * 6 * 18 <= _kernels.SMALL_MAX_FLOPS  # batch 4, H 6, up to 3 blocks: the loops run
+    monkeypatch.setattr(_kernels, "SMALL_MAX_BATCH", 0 if path == "blas" else 10**6)
     for layers, bidir, batch_first, use_h0, packing in CONFIGS:
         ref, fused = _pair(variant, reset_after, dtype, layers, bidir, batch_first)
         steps, batch = 9, 4

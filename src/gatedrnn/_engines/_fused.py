@@ -111,10 +111,11 @@ PARALLEL_MIN_FLOPS = int(os.environ.get("GATEDRNN_PARALLEL_MIN_FLOPS", 16_000_00
 
 
 def _small(reset_after: bool, batch: int, hid: int, hhw: int) -> bool:
-    """Whether the per-step products run as the kernels' own loops instead of BLAS (tiny steps)."""
-    from ._kernels import SMALL_MAX_FLOPS
+    """Whether the forward's per-step product runs as the kernel's own loop instead of BLAS: a few
+    rows, and a product too small for multi-threaded BLAS (see ``_kernels.SMALL_MAX_BATCH``)."""
+    from ._kernels import SMALL_MAX_BATCH
 
-    return reset_after and 2 * batch * hid * hhw <= SMALL_MAX_FLOPS
+    return reset_after and batch <= SMALL_MAX_BATCH and 2 * batch * hid * hhw < PARALLEL_MIN_FLOPS
 
 
 @contextmanager

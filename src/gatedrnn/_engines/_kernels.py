@@ -36,7 +36,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["SMALL_MAX_FLOPS", "blas", "floor_nn", "floor_nt", "kernels", "mkl_local_threads"]
+__all__ = ["SMALL_MAX_BATCH", "blas", "floor_nn", "floor_nt", "kernels", "mkl_local_threads"]
 
 _JIT = {"cache": True, "error_model": "numpy", "nogil": True}
 
@@ -144,11 +144,13 @@ def _gemm(fptr, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, iw, sw, cw
     )
 
 
-# Below this many flops per step (2*B*H*hhb*H) the forward's reset-after product runs as the
-# compiled loop below: a BLAS call costs a few hundred ns of dispatch, more than the product itself
-# (size E, B=1, H=32: 6 kflop per step, 580 -> 350 us for the forward loop on one core). The
-# backward keeps BLAS: its axpy form (dh += d @ U, rows of U) measured slower than MKL there.
-SMALL_MAX_FLOPS = 65_536
+# Up to this batch size the forward's reset-after product runs as the compiled loop below, not
+# MKL: with 1-3 rows MKL's sgemm is a poor matrix-vector product (and a call costs a few hundred
+# ns of dispatch). Forward-only inference, one core, T=500, gru0, ms (BLAS -> loop): B=1 H=32
+# 0.47 -> 0.36, B=1 H=128 2.9 -> 2.1, B=1 H=512 42.8 -> 29.3, B=2 H=256 20.6 -> 15.8, B=3 H=64
+# 2.41 -> 1.78; but B=4 H=32 0.89 -> 1.01 and B=16 H=32 2.6 -> 3.6. The backward keeps MKL (its
+# axpy form measured slower than MKL at B=1, H=32).
+SMALL_MAX_BATCH = 3
 
 
 @njit(inline="always", **_JIT)
