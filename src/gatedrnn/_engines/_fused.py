@@ -110,6 +110,14 @@ def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
 PARALLEL_MIN_FLOPS = int(os.environ.get("GATEDRNN_PARALLEL_MIN_FLOPS", 16_000_000))
 
 
+def _small(reset_after: bool, batch: int, hid: int, hhw: int) -> bool:
+    """Whether the forward's per-step product runs as the kernel's own loop instead of BLAS: a few
+    rows, and a product too small for multi-threaded BLAS (see ``_kernels.SMALL_MAX_BATCH``)."""
+    from ._kernels import SMALL_MAX_BATCH
+
+    return reset_after and batch <= SMALL_MAX_BATCH and 2 * batch * hid * hhw < PARALLEL_MIN_FLOPS
+
+
 @contextmanager
 def _blas_threads(step_flops: int) -> Iterator[None]:
     """Run the compiled loop's BLAS calls on one thread when the per-step products are small."""
@@ -161,6 +169,8 @@ class _Layer(torch.autograd.Function):
                 ns = _scratch("ns", (steps, batch, hid), x)
                 hn = _scratch("hn", (steps if ra else 1, batch, hid), x)
             work = x.new_zeros(batch, hhw)
+            small = _small(ra, batch, hid, hhw)
+            whh_t = whh.t().contiguous() if small else x.new_zeros(1, 1)
             fwd, _ = _kernel_for(spec, ra, x.dtype)
             with _blas_threads(2 * batch * hid * hhw):
                 fwd(
@@ -168,6 +178,7 @@ class _Layer(torch.autograd.Function):
                     _np(xp),
                     _np(gb.detach()),
                     _np(whh),
+                    _np(whh_t),
                     _np(bhn.detach()),
                     _np(lens),
                     _np(hs),
@@ -177,6 +188,7 @@ class _Layer(torch.autograd.Function):
                     _np(hn),
                     _np(work),
                     copy_y,
+                    small,
                 )
         ctx.spec, ctx.ra, ctx.has_bhh = spec, ra, b_hh is not None
         ctx.save_for_backward(x, w_ih, whh, lens, hs, gs, ns, hn)
