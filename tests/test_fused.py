@@ -85,8 +85,9 @@ WIRINGS = [(v, ra) for v in VARIANTS for ra in (True, False) if not (v == "mingr
 
 # The forward's reset-after product of a step runs as the kernel's own loop for small batches
 # (SMALL_MAX_BATCH) and as BLAS otherwise: every reset-after wiring runs both ways (the limit is
-# forced to 10**6 or 0). Reset-before always uses BLAS.
-PATHS = [(v, ra, p) for v, ra in WIRINGS for p in (("loops", "blas") if ra else ("blas",))]
+# forced to 10**6 or 0). Reset-before always uses BLAS. "split": the batch rows split between
+# 3 threads (uneven ranges 1, 1, 2 rows) running the loop at once, each with one-thread BLAS.
+PATHS = [(v, ra, p) for v, ra in WIRINGS for p in (("loops", "blas", "split") if ra else ("blas", "split"))]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
@@ -96,9 +97,26 @@ PATHS = [(v, ra, p) for v, ra in WIRINGS for p in (("loops", "blas") if ra else 
 def test_fused_matches_reference(
     variant: str, reset_after: bool, path: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gatedrnn._engines import _kernels
+    from gatedrnn._engines import _fused, _kernels
 
-    monkeypatch.setattr(_kernels, "SMALL_MAX_BATCH", 0 if path == "blas" else 10**6)
+    monkeypatch.setattr(_kernels, "SMALL_MAX_BATCH", 10**6 if path == "loops" else 0)
+    threads = torch.get_num_threads()
+    if path == "split":
+        monkeypatch.setattr(_fused, "SPLIT_MIN_ROWS", 1)
+        monkeypatch.setattr(_fused, "SPLIT_MIN_FLOPS", 0)
+        assert _kernels.mkl_local_threads() is not None, "the split needs torch's MKL"
+        assert _fused.openmp() is not None, "the split needs torch's GNU OpenMP"
+        torch.set_num_threads(3)
+        assert _fused._row_ranges(4, False, 1) == [(0, 1), (1, 2), (2, 4)]
+    else:
+        monkeypatch.setattr(_fused, "SPLIT_MIN_ROWS", 10**6)
+    try:
+        _check_against_reference(variant, reset_after, dtype)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_against_reference(variant: str, reset_after: bool, dtype: torch.dtype) -> None:
     for layers, bidir, batch_first, use_h0, packing in CONFIGS:
         ref, fused = _pair(variant, reset_after, dtype, layers, bidir, batch_first)
         steps, batch = 9, 4
@@ -321,3 +339,47 @@ def test_scipy_blas_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
         torch.testing.assert_close(h1, h0, atol=tol, rtol=tol)
         for a, b in zip(g1, g0, strict=True):
             torch.testing.assert_close(a, b, atol=tol * 5, rtol=tol * 5)
+
+
+def test_split_with_a_smaller_team_runs_every_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside another OpenMP region the team has one thread: it runs every row range itself."""
+    from gatedrnn._engines import _fused
+
+    calls = []
+
+    def one_thread_team(body_address, data, threads, flags):
+        calls.append(threads)
+        _fused._BODY(body_address.value)(None)
+
+    real = _fused.openmp()
+    assert real is not None
+    monkeypatch.setattr(_fused, "openmp", lambda: (one_thread_team, lambda: 0, lambda: 1, "fake"))
+    monkeypatch.setattr(_fused, "SPLIT_MIN_ROWS", 1)
+    monkeypatch.setattr(_fused, "SPLIT_MIN_FLOPS", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        ref, fused = _pair("gru0", True, torch.float64, 1, False, False)
+        x = torch.randn(6, 5, 5, dtype=torch.float64)
+        gy, gh = torch.randn(6, 5, 6, dtype=torch.float64), torch.randn(1, 5, 6, dtype=torch.float64)
+        y0, h0, g0 = _run(ref, x, None, None, None, gy, gh)
+        y1, h1, g1 = _run(fused, x, None, None, None, gy, gh)
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == [3, 3]  # forward and backward each asked for 3 threads
+    torch.testing.assert_close(y1, y0, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(h1, h0, atol=1e-10, rtol=1e-10)
+    for a, b in zip(g1, g0, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_split_reraises_a_kernel_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error in one thread of the split reaches the caller (not a ctypes traceback on stderr)."""
+    from gatedrnn._engines import _fused
+
+    def boom(i: int, b0: int, b1: int) -> None:
+        if i == 1:
+            raise ValueError("boom in range 1")
+
+    with pytest.raises(ValueError, match="boom in range 1"):
+        _fused._run_rows(boom, [(0, 2), (2, 4)], 0)

@@ -250,7 +250,7 @@ def kernels(
     two_gemm = cand_h and not reset_after
 
     @njit(**_JIT)
-    def forward(fptr, xp, gb, whh, whh_t, bhn, lengths, hs, y, gs, ns, hn, work, copy_y, small):
+    def forward(fptr, xp, gb, whh, whh_t, bhn, lengths, hs, y, gs, ns, hn, work, copy_y, small, b0, b1):
         """Forward in time over ``T`` steps.
 
         Args:
@@ -271,8 +271,11 @@ def kernels(
             work: ``[B, hhb*H]`` scratch for the recurrent matrix product of one step.
             copy_y: write ``y`` (needed with lengths: outputs past a sequence's end are 0).
             small: the reset-after product runs as :func:`_small_nt` (compiled loops) instead of BLAS.
+            b0, b1: the batch rows ``[b0, b1)`` this call runs (the rows are independent: calls on
+                disjoint row ranges may run at once on different threads; they share no writes).
         """
-        steps, batch, hid = xp.shape[0], hs.shape[1], hs.shape[2]
+        steps, hid = xp.shape[0], hs.shape[2]
+        batch = b1 - b0
         ng = gs.shape[2]  # G*H
         hhw = work.shape[1]
         xn = xp.shape[2] - hid  # column of the candidate in xp
@@ -289,13 +292,15 @@ def kernels(
                 if reset_after:
                     # work[B, hhb*H] = h(t-1) @ whh^T
                     if small:
-                        _small_nt(hs[t], whh_t, work)
+                        _small_nt(hs[t, b0:b1], whh_t, work[b0:b1])
                     else:
-                        _gemm(fptr, 1, 0, hhw, batch, hid, one, whh, hid, hs[t], hid, 0.0, work, hhw, iw, sw, cw)
+                        _gemm(
+                            fptr, 1, 0, hhw, batch, hid, one, whh, hid, hs[t, b0:], hid, 0.0, work[b0:], hhw, iw, sw, cw
+                        )
                 elif gh:
                     # work[:, :G*H] = h(t-1) @ U_gates^T
-                    _gemm(fptr, 1, 0, ng, batch, hid, one, whh, hid, hs[t], hid, 0.0, work, hhw, iw, sw, cw)
-            for b in range(batch):
+                    _gemm(fptr, 1, 0, ng, batch, hid, one, whh, hid, hs[t, b0:], hid, 0.0, work[b0:], hhw, iw, sw, cw)
+            for b in range(b0, b1):
                 live = t < lengths[b]
                 hp = hs[t, b]
                 hnew = hs[t + 1, b]
@@ -374,16 +379,16 @@ def kernels(
                     one,
                     whh[hhw - hid :],
                     hid,
-                    hn[0],
+                    hn[0, b0:],
                     hid,
                     0.0,
-                    work[0, wn:],
+                    work[b0, wn:],
                     hhw,
                     iw,
                     sw,
                     cw,
                 )
-                for b in range(batch):
+                for b in range(b0, b1):
                     if t >= lengths[b]:
                         continue
                     hp = hs[t, b]
@@ -406,7 +411,7 @@ def kernels(
                             yr[j] = hnew[j]
 
     @njit(**_JIT)
-    def backward(fptr, gy, ghn, whh, lengths, hs, gs, ns, hn, dgx, dgh, dgb, qs, dh0, dh, dhp, dzs):
+    def backward(fptr, gy, ghn, whh, lengths, hs, gs, ns, hn, dgx, dgh, dgb, qs, dh0, dh, dhp, dzs, b0, b1):
         """Backward through time over ``T`` steps (reverse loop).
 
         Args:
@@ -425,8 +430,11 @@ def kernels(
             qs: ``[T, B, H]`` (out) reset-before: ``r * h(t-1)`` for ``dW_n = c^T q`` (else unused).
             dh0: ``[B, H]`` (out) the gradient of ``h0``.
             dh, dhp, dzs: ``[B, H]`` scratch.
+            b0, b1: the batch rows ``[b0, b1)`` this call runs (as in the forward; ``dgb`` is the
+                only output shared between rows: give each concurrent call its own).
         """
-        steps, batch, hid = gy.shape
+        steps, _, hid = gy.shape
+        batch = b1 - b0
         ng = gs.shape[2]
         hhw = dgh.shape[2]
         xn = dgx.shape[2] - hid
@@ -440,11 +448,11 @@ def kernels(
         cw[1] = 84
         dgb1 = dgb[:hid]
         dgb2 = dgb[hid:]
-        for b in range(batch):
+        for b in range(b0, b1):
             for j in range(hid):
                 dh[b, j] = ghn[b, j]
         for t in range(steps - 1, -1, -1):
-            for b in range(batch):
+            for b in range(b0, b1):
                 dhr = dh[b]
                 dpr = dhp[b]
                 dxr = dgx[t, b]
@@ -539,16 +547,16 @@ def kernels(
                     one,
                     whh[hhw - hid :],
                     hid,
-                    dgh[t, 0, wn:],
+                    dgh[t, b0, wn:],
                     hhw,
                     0.0,
-                    dh,
+                    dh[b0:],
                     hid,
                     iw,
                     sw,
                     cw,
                 )
-                for b in range(batch):
+                for b in range(b0, b1):
                     if t >= lengths[b]:
                         continue
                     dq = dh[b]
@@ -589,12 +597,12 @@ def kernels(
                                 dgb2[j] += a2
                 if gh:
                     # dh(t-1) += dgates[B, G*H] @ U_gates
-                    _gemm(fptr, 0, 0, hid, batch, ng, one, whh, hid, dgh[t], hhw, one, dhp, hid, iw, sw, cw)
+                    _gemm(fptr, 0, 0, hid, batch, ng, one, whh, hid, dgh[t, b0:], hhw, one, dhp[b0:], hid, iw, sw, cw)
             elif use_gemm:
                 # dh(t-1) += dgh[t][B, hhb*H] @ whh
-                _gemm(fptr, 0, 0, hid, batch, hhw, one, whh, hid, dgh[t], hhw, one, dhp, hid, iw, sw, cw)
+                _gemm(fptr, 0, 0, hid, batch, hhw, one, whh, hid, dgh[t, b0:], hhw, one, dhp[b0:], hid, iw, sw, cw)
             dh, dhp = dhp, dh
-        for b in range(batch):
+        for b in range(b0, b1):
             for j in range(hid):
                 dh0[b, j] = dh[b, j]
 
