@@ -299,7 +299,12 @@ class _Layer(torch.autograd.Function):
         dgx = _scratch("dgx", (steps, batch, ihw), x)
         dgh = _scratch("dgh", (steps, batch, hhw), x)
         ranges = _row_ranges(batch, False, 2 * steps * batch * hid * max(hhw, hid))
-        dgbs = x.new_zeros(len(ranges), ng)  # one row per concurrent call
+        # accumulated per concurrent call (a row each), summed below
+        dgbs = x.new_zeros(len(ranges), ng)
+        need = ctx.needs_input_grad
+        sums = bool(need[4] or need[5])
+        dbxs = x.new_zeros(len(ranges), ihw, dtype=torch.float64)  # float64 sums: T*B terms
+        dbhs = x.new_zeros(len(ranges), hhw, dtype=torch.float64)
         two_gemm = spec.candidate_reads_h and not ra
         qs = _scratch("qs", (steps, batch, hid), x) if two_gemm else x.new_zeros(1, 1, 1)
         dh0 = x.new_empty(batch, hid)
@@ -310,10 +315,14 @@ class _Layer(torch.autograd.Function):
         args = (_gemm_address(x.dtype), _np(gy), _np(ghn), _np(whh), _np(lens), _np(hs), _np(gs), _np(ns), _np(hn))
         outs = (_np(dgx), _np(dgh))
         rest = (_np(qs), _np(dh0), _np(dh), _np(dhp), _np(dzs))
-        dgbn = _np(dgbs)
-        _run_rows(lambda i, b0, b1: bwd(*args, *outs, dgbn[i], *rest, b0, b1), ranges, 2 * batch * hid * hhw)
+        dgbn, dbxn, dbhn = _np(dgbs), _np(dbxs), _np(dbhs)
+        _run_rows(
+            lambda i, b0, b1: bwd(*args, *outs, dgbn[i], *rest, dbxn[i], dbhn[i], sums, b0, b1),
+            ranges,
+            2 * batch * hid * hhw,
+        )
         dgb = dgbs.sum(0)
-        need = ctx.needs_input_grad
+        dbx, dbh = dbxs.sum(0).to(x.dtype), dbhs.sum(0).to(x.dtype)
         dgx2 = dgx.view(steps * batch, ihw)
         dx = (dgx2 @ w_ih).view(steps, batch, inp) if need[0] else None
         dh0 = dh0 if need[1] else None
@@ -330,19 +339,19 @@ class _Layer(torch.autograd.Function):
             else:
                 dw_hh = dgh2.t() @ hprev
         db_ih = db_hh = None
-        if need[4] or need[5]:
+        if sums:
             if spec.gates_read_x:
-                dgate = dgx2[:, :ng].sum(0)
+                dgate = dbx[:ng]
             elif spec.gates_read_h:
-                dgate = dgh.view(steps * batch, hhw)[:, :ng].sum(0)
+                dgate = dbh[:ng]
             else:
                 dgate = dgb
             if need[4]:
-                dn = dgx2[:, ihw - hid :].sum(0)
+                dn = dbx[ihw - hid :]
                 db_ih = torch.cat([dgate, dn]) if spec.gates_have_bias else dn
             if need[5]:
                 if ra:
-                    dbhn = dgh.view(steps * batch, hhw)[:, hhw - hid :].sum(0)
+                    dbhn = dbh[hhw - hid :]
                     db_hh = torch.cat([dgate, dbhn]) if spec.torch_hh_bias else dbhn
                 else:
                     db_hh = None

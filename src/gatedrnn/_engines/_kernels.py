@@ -173,6 +173,13 @@ def _small_nt(a, w_t, c):
                 cr[i] += aj * wr[i]
 
 
+@njit(inline="always", **_JIT)
+def _accumulate(acc, row):
+    """``acc += row`` (1-D, same length)."""
+    for j in range(acc.shape[0]):
+        acc[j] += row[j]
+
+
 # ---------------------------------------------------------------------------------- activations
 _F = np.float32
 _C = _F(7.90531110763549805)
@@ -411,7 +418,9 @@ def kernels(
                             yr[j] = hnew[j]
 
     @njit(**_JIT)
-    def backward(fptr, gy, ghn, whh, lengths, hs, gs, ns, hn, dgx, dgh, dgb, qs, dh0, dh, dhp, dzs, b0, b1):
+    def backward(
+        fptr, gy, ghn, whh, lengths, hs, gs, ns, hn, dgx, dgh, dgb, qs, dh0, dh, dhp, dzs, dbx, dbh, sums, b0, b1
+    ):
         """Backward through time over ``T`` steps (reverse loop).
 
         Args:
@@ -430,6 +439,9 @@ def kernels(
             qs: ``[T, B, H]`` (out) reset-before: ``r * h(t-1)`` for ``dW_n = c^T q`` (else unused).
             dh0: ``[B, H]`` (out) the gradient of ``h0``.
             dh, dhp, dzs: ``[B, H]`` scratch.
+            dbx, dbh: ``[ihb*H]``, ``[hhb*H]`` float64 (out, accumulated when ``sums``): ``dgx`` and
+                ``dgh`` summed over steps and rows (the bias gradients), while the rows are in cache.
+            sums: accumulate ``dbx`` and ``dbh``.
             b0, b1: the batch rows ``[b0, b1)`` this call runs (as in the forward; ``dgb`` is the
                 only output shared between rows: give each concurrent call its own).
         """
@@ -535,6 +547,9 @@ def kernels(
                         dgb1[j] += a1
                         if two:
                             dgb2[j] += a2
+                if sums:
+                    _accumulate(dbx, dxr)
+                    _accumulate(dbh, dwr)
             if two_gemm:
                 # dq[B, H] = c[B, H] @ U_n  (into dzs' partner: reuse dh as it is consumed)
                 _gemm(
@@ -595,6 +610,9 @@ def kernels(
                             dgb1[j] += a1
                             if two:
                                 dgb2[j] += a2
+                    if sums:
+                        _accumulate(dbx, dxr)
+                        _accumulate(dbh, dwr)
                 if gh:
                     # dh(t-1) += dgates[B, G*H] @ U_gates
                     _gemm(fptr, 0, 0, hid, batch, ng, one, whh, hid, dgh[t, b0:], hhw, one, dhp[b0:], hid, iw, sw, cw)
