@@ -88,10 +88,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------------ candidates
 def _gemm_floor(variant: str, reset_after: bool, size: tuple[int, int, int, int], backward: bool):
-    """A callable doing the variant's matrix products alone (float32, same BLAS as the engine)."""
+    """A callable doing the variant's matrix products alone (float32, same BLAS as the engine).
+
+    The per-step products run the way the engine runs them: with several torch threads, on the
+    same batch row ranges at once (one-thread BLAS each, in torch's OpenMP team).
+    """
     import numpy as np
     import torch
 
+    from ._engines._fused import _row_ranges, _run_rows
     from ._engines._kernels import blas, floor_nn, floor_nt
     from ._specs import get_spec
 
@@ -107,29 +112,38 @@ def _gemm_floor(variant: str, reset_after: bool, size: tuple[int, int, int, int]
     wg, wn = whh[: max(ng, 1)], whh[hhw - hid :] if hhw else whh
     out_f = np.zeros((batch, max(hhw, 1)), np.float32)
     d = np.random.randn(batch, max(hhw, 1)).astype(np.float32)
+    dn, dg = np.ascontiguousarray(d[:, :hid]), np.ascontiguousarray(d[:, : max(ng, 1)])
     out_b = np.zeros((batch, hid), np.float32)
     dgx = torch.randn(steps * batch, ihw)
     dgh = torch.randn(steps * batch, max(hhw, 1))
     hs = torch.randn(steps * batch, hid)
+    ranges = _row_ranges(batch, False, 2 * steps * batch * hid * max(hhw, hid))
+    step_flops = 2 * batch * hid * hhw
+
+    def forward_rows(_: int, b0: int, b1: int) -> None:
+        if ra:
+            floor_nt(fptr, h[b0:b1], whh, out_f[b0:b1], steps)
+        else:
+            if spec.gates_read_h:
+                floor_nt(fptr, h[b0:b1], wg, out_f[b0:b1, :ng], steps)
+            floor_nt(fptr, h[b0:b1], wn, out_f[b0:b1, :hid], steps)
+
+    def backward_rows(_: int, b0: int, b1: int) -> None:
+        if ra:
+            floor_nn(fptr, d[b0:b1], whh, out_b[b0:b1], steps)
+        else:
+            floor_nn(fptr, dn[b0:b1], wn, out_b[b0:b1], steps)
+            if spec.gates_read_h:
+                floor_nn(fptr, dg[b0:b1], wg, out_b[b0:b1], steps)
 
     def run() -> None:
         torch.mm(x2, w_ih.t())
         if spec.candidate_reads_h:
-            if ra:
-                floor_nt(fptr, h, whh, out_f, steps)
-            else:
-                if spec.gates_read_h:
-                    floor_nt(fptr, h, wg, out_f[:, :ng], steps)
-                floor_nt(fptr, h, wn, out_f[:, :hid], steps)
+            _run_rows(forward_rows, ranges, step_flops)
         if not backward:
             return
         if spec.candidate_reads_h:
-            if ra:
-                floor_nn(fptr, d, whh, out_b, steps)
-            else:
-                floor_nn(fptr, d[:, :hid], wn, out_b, steps)
-                if spec.gates_read_h:
-                    floor_nn(fptr, np.ascontiguousarray(d[:, :ng]), wg, out_b, steps)
+            _run_rows(backward_rows, ranges, step_flops)
             torch.mm(dgh.t(), hs)
         torch.mm(dgx, w_ih)
         torch.mm(dgx.t(), x2)
