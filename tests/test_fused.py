@@ -385,3 +385,46 @@ def test_split_reraises_a_kernel_error(monkeypatch: pytest.MonkeyPatch) -> None:
 
     with pytest.raises(ValueError, match="boom in range 1"):
         _fused._run_rows(boom, [(0, 2), (2, 4)], 0)
+
+
+def test_saved_buffers_are_reused_only_when_free() -> None:
+    """The pooled slabs behind the saved buffers: reused once nothing refers to them, never while
+    a tensor over them is alive."""
+    from gatedrnn._engines import _fused
+
+    like = torch.zeros(1)
+    shapes = [(5, 3, 4), (4, 3, 8)]
+    a = _fused._saved_buffers(shapes, like)
+    assert [t.shape for t in a] == [torch.Size(s) for s in shapes]
+    a[0].fill_(1.0)
+    a[1].fill_(2.0)
+    held = a[1][2]  # a view of a view keeps the slab in use
+    first = a[0].data_ptr()
+    del a
+    b = _fused._saved_buffers(shapes, like)
+    assert b[0].data_ptr() != first, "a slab still referred to was handed out again"
+    assert bool((held == 2.0).all())
+    del held, b
+    c = _fused._saved_buffers(shapes, like)
+    assert first in {t.data_ptr() for t in c}, "a free slab was not reused"
+
+
+def test_graphs_alive_together_keep_their_own_buffers() -> None:
+    """Two forward passes before either backward (and a retained graph run twice) give the
+    reference's gradients: a pooled buffer is not reused while its graph is alive."""
+    for reset_after in (True, False):
+        ref, fused = _pair("gru0", reset_after, torch.float64, 2, True, False)
+        g = torch.Generator().manual_seed(3)
+        x1, x2 = (torch.randn(6, 4, 5, generator=g, dtype=torch.float64) for _ in range(2))
+        grads = []
+        for mod in (ref, fused):
+            y1, _ = mod(x1)
+            y2, _ = mod(x2)
+            loss = (y1 * y1).sum() + (y2 * y2 * 0.5).sum()
+            first = torch.autograd.grad(loss, list(mod.parameters()), retain_graph=True)
+            second = torch.autograd.grad(loss, list(mod.parameters()))
+            for a, b in zip(first, second, strict=True):
+                torch.testing.assert_close(a, b, atol=0, rtol=0)
+            grads.append(first)
+        for a, b in zip(grads[1], grads[0], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)

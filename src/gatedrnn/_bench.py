@@ -316,6 +316,9 @@ def _machine() -> dict[str, Any]:
         from ._engines._kernels import blas
 
         info["blas"] = blas()[2]
+        from ._engines._fused import ENGINE
+
+        info["fused_threads"] = ENGINE.details()["threads"]
     except Exception as e:  # pragma: no cover
         info["numba_error"] = str(e)
     if torch.cuda.is_available():
@@ -512,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = _machine()
     print(
         f"\nMachine: {machine.get('cpu')}, {machine.get('logical_cpus')} logical CPUs, torch {machine.get('torch')}, "
-        f"numba {machine.get('numba')}, BLAS: {machine.get('blas')}; load average {machine.get('loadavg')}; "
+        f"numba {machine.get('numba')}, BLAS: {machine.get('blas')}; fused engine threads: "
+        f"{machine.get('fused_threads')}; load average {machine.get('loadavg')}; "
         f"median of {args.repeats} runs after {args.warmup} warm-up, candidates interleaved; "
         f"wall {time.perf_counter() - t_start:.0f} s"
     )

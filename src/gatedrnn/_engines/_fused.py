@@ -22,12 +22,15 @@ from __future__ import annotations
 import ctypes
 import functools
 import itertools
+import math
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -107,6 +110,39 @@ def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         buf = like.new_empty(shape)
         pool[name] = buf  # only the last shape per name is kept
     return buf
+
+
+# The buffers saved for the backward come from pooled slabs (numpy arrays seen as tensors): a
+# slab is reused once nothing refers to it (the graph that saved it is gone), so a training loop
+# touches the same pages every step. Fresh buffers of this size are fresh mmaps that page-fault
+# on first touch: gru0 at size B, 2 threads, about 19k faults (77 MB) and 10 ms per step when
+# glibc hands them back to the system between steps.
+SAVED_POOL = os.environ.get("GATEDRNN_SAVED_POOL", "1") != "0"
+# [slab, weak reference to the array view torch.from_numpy was given (dead once every tensor
+# over the slab is freed: torch holds that view until its storage goes)]
+_SLABS: list[list[Any]] = []
+_SLABS_LOCK = threading.Lock()
+_ALIGN = 64  # bytes: every buffer of a slab starts on a cache line
+
+
+def _saved_buffers(shapes: list[tuple[int, ...]], like: Tensor) -> list[Tensor]:
+    """Empty tensors of ``shapes`` (``like``'s dtype, CPU) carved from one pooled slab."""
+    if not SAVED_POOL:
+        return [like.new_empty(sh) for sh in shapes]
+    align = _ALIGN // like.element_size()
+    sizes = [math.prod(sh) for sh in shapes]
+    starts = list(itertools.accumulate((-(-n // align) * align for n in sizes), initial=0))
+    dtype = torch.empty(0, dtype=like.dtype).numpy().dtype
+    with _SLABS_LOCK:
+        entry = next((e for e in _SLABS if e[0].size == starts[-1] and e[0].dtype == dtype and e[1]() is None), None)
+        if entry is None:
+            _SLABS[:] = [e for e in _SLABS if e[1]() is not None]  # drop free slabs (other sizes)
+            entry = [np.empty(starts[-1], dtype), None]
+            _SLABS.append(entry)
+        view = entry[0].view()
+        entry[1] = weakref.ref(view)
+        base = torch.from_numpy(view)
+    return [base[a : a + n].view(sh) for a, n, sh in zip(starts, sizes, shapes, strict=False)]
 
 
 # Per-step products smaller than this (flops) run BLAS on one thread: waking a second OpenMP
@@ -241,21 +277,27 @@ class _Layer(torch.autograd.Function):
             xp = xp.view(steps, batch, -1)
             whh = w_hh.detach().contiguous() if w_hh is not None else x.new_zeros(1, 1)
             lens = lengths if lengths is not None else torch.full((batch,), steps, dtype=torch.int64)
-            hs = x.new_empty(steps + 1, batch, hid)
+            # saved for the backward (from a pooled slab), or (inference) reused scratch
+            if save:
+                shapes = [
+                    (steps + 1, batch, hid),
+                    (steps, batch, ng),
+                    (steps, batch, hid),
+                    (steps if ra else 1, batch, hid),
+                ]
+                hs, gs, ns, hn = _saved_buffers(shapes, x)
+                if not ra:
+                    hn.zero_()  # reset-before: one row of scratch
+            else:
+                hs = x.new_empty(steps + 1, batch, hid)
+                gs = _scratch("gs", (steps, batch, ng), x)
+                ns = _scratch("ns", (steps, batch, hid), x)
+                hn = _scratch("hn", (steps if ra else 1, batch, hid), x)
             hs[0] = h0
             # The outputs are their own tensor (not a view of the saved states): like torch.nn.GRU's,
             # they may be modified in place (e.g. ReLU(inplace=True)) without touching the saves.
             copy_y = True
             y = x.new_empty(steps, batch, hid)
-            # saved for the backward, or (inference) reused scratch
-            if save:
-                gs = x.new_empty(steps, batch, ng)
-                ns = x.new_empty(steps, batch, hid)
-                hn = x.new_empty(steps, batch, hid) if ra else x.new_zeros(1, batch, hid)
-            else:
-                gs = _scratch("gs", (steps, batch, ng), x)
-                ns = _scratch("ns", (steps, batch, hid), x)
-                hn = _scratch("hn", (steps if ra else 1, batch, hid), x)
             work = x.new_zeros(batch, hhw)
             small = _small(ra, batch, hid, hhw)
             whh_t = whh.t().contiguous() if small else x.new_zeros(1, 1)
