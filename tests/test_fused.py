@@ -7,6 +7,7 @@ batch_first, packed sequences, lengths, h0, inter-layer dropout); outputs, h_n a
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -351,7 +352,7 @@ def test_split_with_a_smaller_team_runs_every_range(monkeypatch: pytest.MonkeyPa
 
     def one_thread_team(body_address, data, threads, flags):
         calls.append(threads)
-        _fused._BODY(body_address.value)(None)
+        _fused._BODY(body_address.value)(data)
 
     real = _fused.openmp()
     assert real is not None
@@ -387,31 +388,9 @@ def test_split_reraises_a_kernel_error(monkeypatch: pytest.MonkeyPatch) -> None:
         _fused._run_rows(boom, [(0, 2), (2, 4)], 0)
 
 
-def test_saved_buffers_are_reused_only_when_free() -> None:
-    """The pooled slabs behind the saved buffers: reused once nothing refers to them, never while
-    a tensor over them is alive."""
-    from gatedrnn._engines import _fused
-
-    like = torch.zeros(1)
-    shapes = [(5, 3, 4), (4, 3, 8)]
-    a = _fused._saved_buffers(shapes, like)
-    assert [t.shape for t in a] == [torch.Size(s) for s in shapes]
-    a[0].fill_(1.0)
-    a[1].fill_(2.0)
-    held = a[1][2]  # a view of a view keeps the slab in use
-    first = a[0].data_ptr()
-    del a
-    b = _fused._saved_buffers(shapes, like)
-    assert b[0].data_ptr() != first, "a slab still referred to was handed out again"
-    assert bool((held == 2.0).all())
-    del held, b
-    c = _fused._saved_buffers(shapes, like)
-    assert first in {t.data_ptr() for t in c}, "a free slab was not reused"
-
-
 def test_graphs_alive_together_keep_their_own_buffers() -> None:
     """Two forward passes before either backward (and a retained graph run twice) give the
-    reference's gradients: a pooled buffer is not reused while its graph is alive."""
+    reference's gradients: no buffer of one graph is reused while it is alive."""
     for reset_after in (True, False):
         ref, fused = _pair("gru0", reset_after, torch.float64, 2, True, False)
         g = torch.Generator().manual_seed(3)
@@ -428,3 +407,35 @@ def test_graphs_alive_together_keep_their_own_buffers() -> None:
             grads.append(first)
         for a, b in zip(grads[1], grads[0], strict=True):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_split_leaves_no_reference_cycles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training step with the split leaves no garbage cycle behind: the buffers it saved are
+    freed with the graph, not when the garbage collector next runs (else every step allocates,
+    and page-faults, afresh)."""
+    import gc
+
+    from gatedrnn._engines import _fused
+
+    monkeypatch.setattr(_fused, "SPLIT_MIN_ROWS", 1)
+    monkeypatch.setattr(_fused, "SPLIT_MIN_FLOPS", 0)
+    gru = GRU(3, 5, engine="fused")
+    x = torch.randn(7, 4, 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            y, h = gru(x)
+            (y.sum() + h.sum()).backward()
+            del y, h
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        leaked = [type(o).__name__ for o in gc.garbage if isinstance(o, torch.Tensor | np.ndarray)]
+        assert not leaked, f"garbage cycles hold {leaked}"
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+        torch.set_num_threads(threads)

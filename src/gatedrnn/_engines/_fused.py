@@ -22,15 +22,12 @@ from __future__ import annotations
 import ctypes
 import functools
 import itertools
-import math
 import os
 import threading
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -112,39 +109,6 @@ def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
     return buf
 
 
-# The buffers saved for the backward come from pooled slabs (numpy arrays seen as tensors): a
-# slab is reused once nothing refers to it (the graph that saved it is gone), so a training loop
-# touches the same pages every step. Fresh buffers of this size are fresh mmaps that page-fault
-# on first touch: gru0 at size B, 2 threads, about 19k faults (77 MB) and 10 ms per step when
-# glibc hands them back to the system between steps.
-SAVED_POOL = os.environ.get("GATEDRNN_SAVED_POOL", "1") != "0"
-# [slab, weak reference to the array view torch.from_numpy was given (dead once every tensor
-# over the slab is freed: torch holds that view until its storage goes)]
-_SLABS: list[list[Any]] = []
-_SLABS_LOCK = threading.Lock()
-_ALIGN = 64  # bytes: every buffer of a slab starts on a cache line
-
-
-def _saved_buffers(shapes: list[tuple[int, ...]], like: Tensor) -> list[Tensor]:
-    """Empty tensors of ``shapes`` (``like``'s dtype, CPU) carved from one pooled slab."""
-    if not SAVED_POOL:
-        return [like.new_empty(sh) for sh in shapes]
-    align = _ALIGN // like.element_size()
-    sizes = [math.prod(sh) for sh in shapes]
-    starts = list(itertools.accumulate((-(-n // align) * align for n in sizes), initial=0))
-    dtype = torch.empty(0, dtype=like.dtype).numpy().dtype
-    with _SLABS_LOCK:
-        entry = next((e for e in _SLABS if e[0].size == starts[-1] and e[0].dtype == dtype and e[1]() is None), None)
-        if entry is None:
-            _SLABS[:] = [e for e in _SLABS if e[1]() is not None]  # drop free slabs (other sizes)
-            entry = [np.empty(starts[-1], dtype), None]
-            _SLABS.append(entry)
-        view = entry[0].view()
-        entry[1] = weakref.ref(view)
-        base = torch.from_numpy(view)
-    return [base[a : a + n].view(sh) for a, n, sh in zip(starts, sizes, shapes, strict=False)]
-
-
 # Per-step products smaller than this (flops) run BLAS on one thread: waking a second OpenMP
 # thread for a tiny gemm costs more than it saves (and far more on a loaded machine). Measured on
 # 2 idle cores: size C's 25 MFLOP steps gain from 2 threads (gru0 fwd+bwd 176 -> 153 ms), sizes
@@ -224,6 +188,33 @@ def _row_ranges(batch: int, small: bool, loop_flops: int) -> list[tuple[int, int
     return list(itertools.pairwise(cuts))
 
 
+# The regions in flight: GOMP_parallel hands each thread the key of its job. One ctypes callback
+# for all regions, made once: a callback made per call (a closure over the job) sits in a
+# reference cycle with its thunk, so every buffer the job refers to (the saved tensors among
+# them) would live until the garbage collector ran, and each step would allocate afresh.
+_JOBS: dict[int, tuple[Any, ...]] = {}
+_JOB_KEYS = itertools.count(1)
+
+
+def _region_body(key: int | None) -> None:
+    """One thread of a region: run its row ranges (``i`` = thread number, stepping by the team
+    size, so a smaller team than asked for, as inside another OpenMP region, still runs all)."""
+    run, ranges, errors, setter, thread_num, num_threads = _JOBS[int(key or 0)]
+    prev = setter(1)
+    try:
+        for i in range(thread_num(), len(ranges), max(num_threads(), 1)):
+            run(i, *ranges[i])
+    except BaseException as e:  # re-raised in the calling thread
+        errors.append(e)
+    finally:
+        setter(prev)
+
+
+@functools.lru_cache(maxsize=1)
+def _region_callback() -> Any:
+    return _BODY(_region_body)
+
+
 def _run_rows(run: Callable[[int, int, int], None], ranges: list[tuple[int, int]], step_flops: int) -> None:
     """``run(i, b0, b1)`` for every row range ``i``: one range in this thread (BLAS threads by the
     per-step product's size); several at once in an OpenMP region, one-thread BLAS each."""
@@ -238,20 +229,12 @@ def _run_rows(run: Callable[[int, int, int], None], ranges: list[tuple[int, int]
     assert omp is not None and setter is not None  # _row_ranges splits only with both
     parallel, thread_num, num_threads, _ = omp
     errors: list[BaseException] = []
-
-    def body(_: int | None) -> None:
-        prev = setter(1)
-        try:
-            # a smaller team than asked for (inside another OpenMP region) still runs every range
-            for i in range(thread_num(), len(ranges), max(num_threads(), 1)):
-                run(i, *ranges[i])
-        except BaseException as e:  # re-raised in the calling thread
-            errors.append(e)
-        finally:
-            setter(prev)
-
-    callback = _BODY(body)
-    parallel(ctypes.cast(callback, ctypes.c_void_p), None, len(ranges), 0)
+    key = next(_JOB_KEYS)
+    _JOBS[key] = (run, ranges, errors, setter, thread_num, num_threads)
+    try:
+        parallel(ctypes.cast(_region_callback(), ctypes.c_void_p), key, len(ranges), 0)
+    finally:
+        del _JOBS[key]
     if errors:
         raise errors[0]
 
@@ -277,17 +260,12 @@ class _Layer(torch.autograd.Function):
             xp = xp.view(steps, batch, -1)
             whh = w_hh.detach().contiguous() if w_hh is not None else x.new_zeros(1, 1)
             lens = lengths if lengths is not None else torch.full((batch,), steps, dtype=torch.int64)
-            # saved for the backward (from a pooled slab), or (inference) reused scratch
+            # saved for the backward, or (inference) reused scratch
             if save:
-                shapes = [
-                    (steps + 1, batch, hid),
-                    (steps, batch, ng),
-                    (steps, batch, hid),
-                    (steps if ra else 1, batch, hid),
-                ]
-                hs, gs, ns, hn = _saved_buffers(shapes, x)
-                if not ra:
-                    hn.zero_()  # reset-before: one row of scratch
+                hs = x.new_empty(steps + 1, batch, hid)
+                gs = x.new_empty(steps, batch, ng)
+                ns = x.new_empty(steps, batch, hid)
+                hn = x.new_empty(steps, batch, hid) if ra else x.new_zeros(1, batch, hid)
             else:
                 hs = x.new_empty(steps + 1, batch, hid)
                 gs = _scratch("gs", (steps, batch, ng), x)
