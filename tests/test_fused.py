@@ -88,7 +88,11 @@ WIRINGS = [(v, ra) for v in VARIANTS for ra in (True, False) if not (v == "mingr
 # (SMALL_MAX_BATCH) and as BLAS otherwise: every reset-after wiring runs both ways (the limit is
 # forced to 10**6 or 0). Reset-before always uses BLAS. "split": the batch rows split between
 # 3 threads (uneven ranges 1, 1, 2 rows) running the loop at once, each with one-thread BLAS.
-PATHS = [(v, ra, p) for v, ra in WIRINGS for p in (("loops", "blas", "split") if ra else ("blas", "split"))]
+# "fold": dx and dW_ih produced in the backward loop (FOLD_MAX_INPUT raised above the 5 inputs),
+# with the split. The other paths keep them as matrix products after the loop.
+PATHS = [
+    (v, ra, p) for v, ra in WIRINGS for p in (("loops", "blas", "split", "fold") if ra else ("blas", "split", "fold"))
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
@@ -102,7 +106,8 @@ def test_fused_matches_reference(
 
     monkeypatch.setattr(_kernels, "SMALL_MAX_BATCH", 10**6 if path == "loops" else 0)
     threads = torch.get_num_threads()
-    if path == "split":
+    monkeypatch.setattr(_fused, "FOLD_MAX_INPUT", 10**6 if path == "fold" else 0)
+    if path in ("split", "fold"):
         monkeypatch.setattr(_fused, "SPLIT_MIN_ROWS", 1)
         monkeypatch.setattr(_fused, "SPLIT_MIN_FLOPS", 0)
         assert _kernels.mkl_local_threads() is not None, "the split needs torch's MKL"
@@ -439,3 +444,23 @@ def test_split_leaves_no_reference_cycles(monkeypatch: pytest.MonkeyPatch) -> No
         gc.garbage.clear()
         gc.enable()
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("fold", [False, True], ids=["products", "fold"])
+def test_input_and_input_weights_without_gradients(fold: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """x without requires_grad and a frozen W_ih (dx and dW_ih not asked for): the other
+    gradients still match the reference, with dx/dW_ih folded into the loop or not."""
+    from gatedrnn._engines import _fused
+
+    monkeypatch.setattr(_fused, "FOLD_MAX_INPUT", 10**6 if fold else 0)
+    for variant in ("gru0", "gru2"):
+        ref, fused = _pair(variant, False, torch.float64, 2, True, False)
+        x = torch.randn(6, 4, 5, dtype=torch.float64)
+        grads = []
+        for mod in (ref, fused):
+            mod.weight_ih_l0.requires_grad_(False)
+            y, hn = mod(x)
+            params = [p for p in mod.parameters() if p.requires_grad]
+            grads.append(torch.autograd.grad((y * y).sum() + hn.sum(), params))
+        for a, b in zip(grads[1], grads[0], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)

@@ -10,11 +10,12 @@ With several torch threads the batch rows are split between torch's OpenMP threa
 the loop on its rows (see ``SPLIT_MIN_ROWS``).
 
 Backward: the compiled reverse loop (one BLAS call per step) produces the gradients of the
-projection and of the recurrent products for every step; the weight gradients are then single
-matrix products over all steps, in torch. No Python runs per time step.
+projection and of the recurrent products for every step, and sums them into the bias gradients
+as it goes; the weight gradients are then single matrix products over all steps, in torch. No
+Python runs per time step.
 
-minGRU has no recurrent weights: with gradients it runs the log-space parallel scan of
-:mod:`gatedrnn._engines._scan`; without (streaming inference) the compiled step loop.
+minGRU has no recurrent weights: the same loops with no per-step product, forward and backward.
+Its log-space parallel scan is the separate engine ``"scan"`` (:mod:`gatedrnn._engines._scan`).
 """
 
 from __future__ import annotations
@@ -107,6 +108,16 @@ def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         buf = like.new_empty(shape)
         pool[name] = buf  # only the last shape per name is kept
     return buf
+
+
+# Up to this many input features the backward loop also produces dx (a dot product per feature
+# and row) and dW_ih (a scaled add per feature and row, float64) while each row of the projection
+# gradient is in cache, and that gradient is never stored for all steps: with one feature
+# (pixel-by-pixel MNIST, the adding problem, sine) dx and dW_ih are otherwise two memory-bound
+# passes over a [T, B, 3H] buffer. Forward+backward, products after the loop -> folded, ms,
+# (B,T,m,H): gru0 2 threads (32,784,1,128) 100 -> 79, (64,200,2,64) 21.1 -> 19.1, (16,500,4,128)
+# 34.1 -> 31.9, but (32,100,8,128) 15.1 -> 15.7; 1 thread 143 -> 124, 27.6 -> 22.2, 50.4 -> 45.8.
+FOLD_MAX_INPUT = int(os.environ.get("GATEDRNN_FOLD_MAX_INPUT", 4))
 
 
 # Per-step products smaller than this (flops) run BLAS on one thread: waking a second OpenMP
@@ -316,12 +327,18 @@ class _Layer(torch.autograd.Function):
         hhw = spec.hh_blocks() * hid
         gy = gy.contiguous() if gy is not None else x.new_zeros(steps, batch, hid)
         ghn = ghn.contiguous() if ghn is not None else x.new_zeros(batch, hid)
-        dgx = _scratch("dgx", (steps, batch, ihw), x)
+        need = ctx.needs_input_grad
+        # A few input features: dx and dW_ih are folded into the loop, and dgx is one step's scratch.
+        fold = inp <= FOLD_MAX_INPUT
+        dgx = _scratch("dgx", (1 if fold else steps, batch, ihw), x)
         dgh = _scratch("dgh", (steps, batch, hhw), x)
         ranges = _row_ranges(batch, False, 2 * steps * batch * hid * max(hhw, hid))
         # accumulated per concurrent call (a row each), summed below
         dgbs = x.new_zeros(len(ranges), ng)
-        need = ctx.needs_input_grad
+        fold_dx, fold_dw = bool(fold and need[0]), bool(fold and need[2])
+        dxo = x.new_empty(steps, batch, inp) if fold_dx else x.new_zeros(1, 1, 1)
+        dwihs = x.new_zeros(len(ranges), inp if fold_dw else 1, ihw, dtype=torch.float64)
+        wih_t = w_ih.detach().t().contiguous() if fold_dx else x.new_zeros(1, 1)
         sums = bool(need[4] or need[5])
         dbxs = x.new_zeros(len(ranges), ihw, dtype=torch.float64)  # float64 sums: T*B terms
         dbhs = x.new_zeros(len(ranges), hhw, dtype=torch.float64)
@@ -335,18 +352,24 @@ class _Layer(torch.autograd.Function):
         args = (_gemm_address(x.dtype), _np(gy), _np(ghn), _np(whh), _np(lens), _np(hs), _np(gs), _np(ns), _np(hn))
         outs = (_np(dgx), _np(dgh))
         rest = (_np(qs), _np(dh0), _np(dh), _np(dhp), _np(dzs))
-        dgbn, dbxn, dbhn = _np(dgbs), _np(dbxs), _np(dbhs)
-        _run_rows(
-            lambda i, b0, b1: bwd(*args, *outs, dgbn[i], *rest, dbxn[i], dbhn[i], sums, b0, b1),
-            ranges,
-            2 * batch * hid * hhw,
-        )
+        dgbn, dbxn, dbhn, dwihn = _np(dgbs), _np(dbxs), _np(dbhs), _np(dwihs)
+        folded = (_np(x), _np(wih_t), _np(dxo))
+
+        def run(i: int, b0: int, b1: int) -> None:
+            sums_i = (dbxn[i], dbhn[i], sums)
+            bwd(*args, *outs, dgbn[i], *rest, *sums_i, *folded, dwihn[i], fold_dx, fold_dw, b0, b1)
+
+        _run_rows(run, ranges, 2 * batch * hid * hhw)
         dgb = dgbs.sum(0)
         dbx, dbh = dbxs.sum(0).to(x.dtype), dbhs.sum(0).to(x.dtype)
-        dgx2 = dgx.view(steps * batch, ihw)
-        dx = (dgx2 @ w_ih).view(steps, batch, inp) if need[0] else None
+        if fold:
+            dx = dxo if need[0] else None
+            dw_ih = dwihs.sum(0).t().to(x.dtype) if need[2] else None
+        else:
+            dgx2 = dgx.view(steps * batch, ihw)
+            dx = (dgx2 @ w_ih).view(steps, batch, inp) if need[0] else None
+            dw_ih = dgx2.t() @ x.reshape(steps * batch, inp) if need[2] else None
         dh0 = dh0 if need[1] else None
-        dw_ih = dgx2.t() @ x.reshape(steps * batch, inp) if need[2] else None
         dw_hh = None
         if need[3]:
             dgh2 = dgh.view(steps * batch, hhw)

@@ -180,6 +180,51 @@ def _accumulate(acc, row):
         acc[j] += row[j]
 
 
+@njit(inline="always", **_JIT)
+def _accumulate_scaled(acc, row, scale):
+    """``acc += scale * row`` (1-D, same length)."""
+    for j in range(acc.shape[0]):
+        acc[j] += scale * row[j]
+
+
+@njit(inline="always", **_JIT)
+def _dot(a, b):
+    """``sum(a * b)`` in float64 with 8 running sums (they vectorise; one would not)."""
+    n = a.shape[0]
+    n8 = n - n % 8
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    for i in range(0, n8, 8):
+        s0 += a[i] * b[i]
+        s1 += a[i + 1] * b[i + 1]
+        s2 += a[i + 2] * b[i + 2]
+        s3 += a[i + 3] * b[i + 3]
+        s4 += a[i + 4] * b[i + 4]
+        s5 += a[i + 5] * b[i + 5]
+        s6 += a[i + 6] * b[i + 6]
+        s7 += a[i + 7] * b[i + 7]
+    s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    for i in range(n8, n):
+        s += a[i] * b[i]
+    return s
+
+
+@njit(inline="always", **_JIT)
+def _row_done(dxr, dwr, dbx, dbh, sums, xin, wih_t, dxo, dwih, fold_dx, fold_dw, t, b):
+    """What the backward does with a finished row of ``dgx``/``dgh`` while it is in cache: the
+    bias sums, and (a few input features) ``dx`` and ``dW_ih``."""
+    if sums:
+        _accumulate(dbx, dxr)
+        _accumulate(dbh, dwr)
+    if fold_dw:
+        xr = xin[t, b]
+        for k in range(xr.shape[0]):
+            _accumulate_scaled(dwih[k], dxr, xr[k])
+    if fold_dx:
+        dxr_out = dxo[t, b]
+        for k in range(dxr_out.shape[0]):
+            dxr_out[k] = _dot(dxr, wih_t[k])
+
+
 # ---------------------------------------------------------------------------------- activations
 _F = np.float32
 _C = _F(7.90531110763549805)
@@ -419,7 +464,34 @@ def kernels(
 
     @njit(**_JIT)
     def backward(
-        fptr, gy, ghn, whh, lengths, hs, gs, ns, hn, dgx, dgh, dgb, qs, dh0, dh, dhp, dzs, dbx, dbh, sums, b0, b1
+        fptr,
+        gy,
+        ghn,
+        whh,
+        lengths,
+        hs,
+        gs,
+        ns,
+        hn,
+        dgx,
+        dgh,
+        dgb,
+        qs,
+        dh0,
+        dh,
+        dhp,
+        dzs,
+        dbx,
+        dbh,
+        sums,
+        xin,
+        wih_t,
+        dxo,
+        dwih,
+        fold_dx,
+        fold_dw,
+        b0,
+        b1,
     ):
         """Backward through time over ``T`` steps (reverse loop).
 
@@ -432,6 +504,7 @@ def kernels(
             hs, gs, ns, hn: the forward's saved buffers (``hn`` only read for reset-after).
             dgx: ``[T, B, ihb*H]`` (out) gradient of the projection ``xp``: ``[gates (if gx) | n]``.
                 Zero at padded steps. Feeds ``dx``, ``dW_ih`` and ``db_ih`` (matrix products in torch).
+                ``[1, B, ihb*H]``: scratch for one step's rows only (``dx`` and ``dW_ih`` folded).
             dgh: ``[T, B, hhb*H]`` (out) gradient of the recurrent products: ``[gates (if gh) | c]``
                 with ``c = dL/d(U_n h + b_hn)`` (reset-after) or ``dL/d(U_n q)`` (reset-before).
                 Feeds ``dW_hh`` and ``db_hh``; also the right-hand side of the per-step gemm.
@@ -442,6 +515,13 @@ def kernels(
             dbx, dbh: ``[ihb*H]``, ``[hhb*H]`` float64 (out, accumulated when ``sums``): ``dgx`` and
                 ``dgh`` summed over steps and rows (the bias gradients), while the rows are in cache.
             sums: accumulate ``dbx`` and ``dbh``.
+            xin: ``[T, B, m]`` the layer's input, read when ``fold_dw`` (else ``[1, 1, 1]``).
+            wih_t: ``[m, ihb*H]`` ``W_ih`` transposed, read when ``fold_dx``.
+            dxo: ``[T, B, m]`` (out when ``fold_dx``) ``dx``: each row of ``dgx`` times ``W_ih``.
+            dwih: ``[m, ihb*H]`` float64 (out, accumulated when ``fold_dw``) ``dW_ih`` transposed:
+                each row of ``dgx`` times the input row, summed. For a few input features these
+                are a few dot products and scaled adds per row, done while the row is in cache
+                instead of two more passes over ``dgx``.
             b0, b1: the batch rows ``[b0, b1)`` this call runs (as in the forward; ``dgb`` is the
                 only output shared between rows: give each concurrent call its own).
         """
@@ -464,16 +544,21 @@ def kernels(
             for j in range(hid):
                 dh[b, j] = ghn[b, j]
         for t in range(steps - 1, -1, -1):
+            tx = t if dgx.shape[0] == steps else 0
             for b in range(b0, b1):
                 dhr = dh[b]
                 dpr = dhp[b]
-                dxr = dgx[t, b]
+                dxr = dgx[tx, b]
                 dwr = dgh[t, b]
                 if t >= lengths[b]:
                     for j in range(hid):
                         dpr[j] = dhr[j]
                     for j in range(dxr.shape[0]):
                         dxr[j] = 0.0
+                    if fold_dx:
+                        dxz = dxo[t, b]
+                        for k in range(dxz.shape[0]):
+                            dxz[k] = 0.0
                     for j in range(hhw):
                         dwr[j] = 0.0
                     if two_gemm:
@@ -547,9 +632,7 @@ def kernels(
                         dgb1[j] += a1
                         if two:
                             dgb2[j] += a2
-                if sums:
-                    _accumulate(dbx, dxr)
-                    _accumulate(dbh, dwr)
+                _row_done(dxr, dwr, dbx, dbh, sums, xin, wih_t, dxo, dwih, fold_dx, fold_dw, t, b)
             if two_gemm:
                 # dq[B, H] = c[B, H] @ U_n  (into dzs' partner: reuse dh as it is consumed)
                 _gemm(
@@ -576,7 +659,7 @@ def kernels(
                         continue
                     dq = dh[b]
                     dpr = dhp[b]
-                    dxr = dgx[t, b]
+                    dxr = dgx[tx, b]
                     dwr = dgh[t, b]
                     dzr = dzs[b]
                     hp = hs[t, b]
@@ -610,9 +693,7 @@ def kernels(
                             dgb1[j] += a1
                             if two:
                                 dgb2[j] += a2
-                    if sums:
-                        _accumulate(dbx, dxr)
-                        _accumulate(dbh, dwr)
+                    _row_done(dxr, dwr, dbx, dbh, sums, xin, wih_t, dxo, dwih, fold_dx, fold_dw, t, b)
                 if gh:
                     # dh(t-1) += dgates[B, G*H] @ U_gates
                     _gemm(fptr, 0, 0, hid, batch, ng, one, whh, hid, dgh[t, b0:], hhw, one, dhp[b0:], hid, iw, sw, cw)
