@@ -95,6 +95,16 @@ def _biases(
 
 
 _POOL = threading.local()
+_UNUSED: dict[tuple[torch.dtype, int], Tensor] = {}
+
+
+def _unused(like: Tensor, ndim: int, dtype: torch.dtype | None = None) -> Tensor:
+    """A shared ``[1, ..., 1]`` stand-in for a kernel argument its flags say it never touches."""
+    key = (dtype or like.dtype, ndim)
+    t = _UNUSED.get(key)
+    if t is None:
+        t = _UNUSED[key] = torch.zeros((1,) * ndim, dtype=key[0])
+    return t
 
 
 def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
@@ -289,7 +299,7 @@ class _Layer(torch.autograd.Function):
             y = x.new_empty(steps, batch, hid)
             work = x.new_zeros(batch, hhw)
             small = _small(ra, batch, hid, hhw)
-            whh_t = whh.t().contiguous() if small else x.new_zeros(1, 1)
+            whh_t = whh.t().contiguous() if small else _unused(x, 2)
             fwd, _ = _kernel_for(spec, ra, x.dtype)
             args = (
                 _gemm_address(x.dtype),
@@ -336,14 +346,14 @@ class _Layer(torch.autograd.Function):
         # accumulated per concurrent call (a row each), summed below
         dgbs = x.new_zeros(len(ranges), ng)
         fold_dx, fold_dw = bool(fold and need[0]), bool(fold and need[2])
-        dxo = x.new_empty(steps, batch, inp) if fold_dx else x.new_zeros(1, 1, 1)
-        dwihs = x.new_zeros(len(ranges), inp if fold_dw else 1, ihw, dtype=torch.float64)
-        wih_t = w_ih.detach().t().contiguous() if fold_dx else x.new_zeros(1, 1)
+        dxo = x.new_empty(steps, batch, inp) if fold_dx else _unused(x, 3)
+        dwihs = x.new_zeros(len(ranges), inp, ihw, dtype=torch.float64) if fold_dw else _unused(x, 3, torch.float64)
+        wih_t = w_ih.detach().t().contiguous() if fold_dx else _unused(x, 2)
         sums = bool(need[4] or need[5])
         dbxs = x.new_zeros(len(ranges), ihw, dtype=torch.float64)  # float64 sums: T*B terms
         dbhs = x.new_zeros(len(ranges), hhw, dtype=torch.float64)
         two_gemm = spec.candidate_reads_h and not ra
-        qs = _scratch("qs", (steps, batch, hid), x) if two_gemm else x.new_zeros(1, 1, 1)
+        qs = _scratch("qs", (steps, batch, hid), x) if two_gemm else _unused(x, 3)
         dh0 = x.new_empty(batch, hid)
         dh = x.new_empty(batch, hid)
         dhp = x.new_empty(batch, hid)
@@ -357,7 +367,7 @@ class _Layer(torch.autograd.Function):
 
         def run(i: int, b0: int, b1: int) -> None:
             sums_i = (dbxn[i], dbhn[i], sums)
-            bwd(*args, *outs, dgbn[i], *rest, *sums_i, *folded, dwihn[i], fold_dx, fold_dw, b0, b1)
+            bwd(*args, *outs, dgbn[i], *rest, *sums_i, *folded, dwihn[i if fold_dw else 0], fold_dx, fold_dw, b0, b1)
 
         _run_rows(run, ranges, 2 * batch * hid * hhw)
         dgb = dgbs.sum(0)
