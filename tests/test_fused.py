@@ -464,3 +464,22 @@ def test_input_and_input_weights_without_gradients(fold: bool, monkeypatch: pyte
             grads.append(torch.autograd.grad((y * y).sum() + hn.sum(), params))
         for a, b in zip(grads[1], grads[0], strict=True):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_openmp_prefers_torchs_own_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a second libgomp loaded (numba's OpenMP layer loads the system one), the split uses
+    the copy torch loaded: the other is a separate thread pool that would fight torch's."""
+    import glob
+    import io
+    import os
+
+    from gatedrnn._engines import _fused
+
+    torch_gomp = glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp*.so*"))
+    system_gomp = glob.glob("/usr/lib/x86_64-linux-gnu/libgomp.so*") + glob.glob("/lib64/libgomp.so*")
+    if not torch_gomp or not system_gomp:
+        pytest.skip("needs torch's bundled libgomp and a system libgomp")
+    maps = "".join(f"7f00-7f01 r-xp 0 0:0 0 {p}\n" for p in (system_gomp[0], torch_gomp[0]))
+    monkeypatch.setattr(_fused, "open", lambda *a, **k: io.StringIO(maps), raising=False)
+    found = _fused.openmp.__wrapped__()
+    assert found is not None and found[3] == torch_gomp[0]

@@ -179,12 +179,15 @@ _BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 @functools.lru_cache(maxsize=1)
 def openmp() -> tuple[Any, Any, Any, str] | None:
     """``(GOMP_parallel, omp_get_thread_num, omp_get_num_threads, path)`` of the GNU OpenMP
-    runtime torch has loaded (found in ``/proc/self/maps``), or None where there is none."""
+    runtime torch has loaded (found in ``/proc/self/maps``; torch's own copy first where another
+    one is loaded too, e.g. by numba's OpenMP layer), or None where there is none."""
     try:
         with open("/proc/self/maps") as f:
-            paths = sorted({line.split()[-1] for line in f if "libgomp" in line and "/" in line})
+            found = {line.split()[-1] for line in f if "libgomp" in line and "/" in line}
     except OSError:
         return None
+    torch_dir = os.path.dirname(torch.__file__)
+    paths = sorted(found, key=lambda p: (not p.startswith(torch_dir), p))
     for path in paths:
         try:
             lib = ctypes.CDLL(path)
