@@ -84,15 +84,13 @@ def _run(mod: GRU, x: torch.Tensor, h0, lengths, packing, gy: torch.Tensor, gh: 
 WIRINGS = [(v, ra) for v in VARIANTS for ra in (True, False) if not (v == "mingru" and not ra)]
 
 
-# The forward's reset-after product of a step runs as the kernel's own loop for small batches
-# (SMALL_MAX_BATCH) and as BLAS otherwise: every reset-after wiring runs both ways (the limit is
-# forced to 10**6 or 0). Reset-before always uses BLAS. "split": the batch rows split between
+# The per-step products (forward and backward, both reset forms) run as the kernels' own loops
+# for small batches (SMALL_MAX_BATCH) and as BLAS otherwise: every wiring runs both ways (the
+# limit is forced to 10**6 or 0). "split": the batch rows split between
 # 3 threads (uneven ranges 1, 1, 2 rows) running the loop at once, each with one-thread BLAS.
 # "fold": dx and dW_ih produced in the backward loop (FOLD_MAX_INPUT raised above the 5 inputs),
 # with the split. The other paths keep them as matrix products after the loop.
-PATHS = [
-    (v, ra, p) for v, ra in WIRINGS for p in (("loops", "blas", "split", "fold") if ra else ("blas", "split", "fold"))
-]
+PATHS = [(v, ra, p) for v, ra in WIRINGS for p in ("loops", "blas", "split", "fold")]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])

@@ -96,7 +96,7 @@ def _gemm_floor(variant: str, reset_after: bool, size: tuple[int, int, int, int]
     import numpy as np
     import torch
 
-    from ._engines._fused import _row_ranges, _run_rows
+    from ._engines._fused import _row_ranges, _run_rows, _small
     from ._engines._kernels import blas, floor_nn, floor_nt
     from ._specs import get_spec
 
@@ -120,24 +120,26 @@ def _gemm_floor(variant: str, reset_after: bool, size: tuple[int, int, int, int]
     # outputs preallocated: the floor times the products, not first touches of fresh memory
     xp, dx = torch.empty(steps * batch, ihw), torch.empty(steps * batch, inp)
     dw_ih, dw_hh = torch.empty(ihw, inp), torch.empty(max(hhw, 1), hid)
-    ranges = _row_ranges(batch, False, 2 * steps * batch * hid * max(hhw, hid))
+    small = _small(spec.candidate_reads_h, batch, hid, hhw)
+    whh_t, wg_t, wn_t = (np.ascontiguousarray(m.T) for m in (whh, wg, wn))
+    ranges = _row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
     step_flops = 2 * batch * hid * hhw
 
     def forward_rows(_: int, b0: int, b1: int) -> None:
         if ra:
-            floor_nt(fptr, h[b0:b1], whh, out_f[b0:b1], steps)
+            floor_nt(fptr, h[b0:b1], whh, whh_t, out_f[b0:b1], steps, small)
         else:
             if spec.gates_read_h:
-                floor_nt(fptr, h[b0:b1], wg, out_f[b0:b1, :ng], steps)
-            floor_nt(fptr, h[b0:b1], wn, out_f[b0:b1, :hid], steps)
+                floor_nt(fptr, h[b0:b1], wg, wg_t, out_f[b0:b1, :ng], steps, small)
+            floor_nt(fptr, h[b0:b1], wn, wn_t, out_f[b0:b1, :hid], steps, small)
 
     def backward_rows(_: int, b0: int, b1: int) -> None:
         if ra:
-            floor_nn(fptr, d[b0:b1], whh, out_b[b0:b1], steps)
+            floor_nn(fptr, d[b0:b1], whh, out_b[b0:b1], steps, small)
         else:
-            floor_nn(fptr, dn[b0:b1], wn, out_b[b0:b1], steps)
+            floor_nn(fptr, dn[b0:b1], wn, out_b[b0:b1], steps, small)
             if spec.gates_read_h:
-                floor_nn(fptr, dg[b0:b1], wg, out_b[b0:b1], steps)
+                floor_nn(fptr, dg[b0:b1], wg, out_b[b0:b1], steps, small)
 
     def run() -> None:
         torch.mm(x2, w_ih.t(), out=xp)

@@ -86,4 +86,4 @@ def rnn(
             outs.append(y if d == 0 else _reverse(y, lengths, idx))
             finals.append(hn)
         layer_in = outs[0] if num_dirs == 1 else torch.cat(outs, dim=-1)
-    return layer_in, torch.stack(finals), eng.name
+    return layer_in, finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals), eng.name

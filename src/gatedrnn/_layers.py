@@ -287,7 +287,7 @@ class GRU(_Family):
             y = x.new_zeros((steps, 0, self.num_directions * self.hidden_size))
             h_n = h0 + 0
         else:
-            y, h_n, self.last_engine = rnn(
+            y, h_n, ran = rnn(
                 x,
                 h0,
                 self.layer_weights(),
@@ -298,6 +298,8 @@ class GRU(_Family):
                 engine=self.engine,
                 lengths=seq_lengths,
             )
+            # a plain attribute: set past nn.Module.__setattr__'s parameter/buffer/module checks
+            object.__setattr__(self, "last_engine", ran)
         if packed_index is not None:
             assert isinstance(input, PackedSequence)
             out = PackedSequence(y[packed_index], input.batch_sizes, input.sorted_indices, input.unsorted_indices)

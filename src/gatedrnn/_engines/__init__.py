@@ -69,9 +69,12 @@ class _Lazy:
     def __init__(self, name: str, module: str) -> None:
         self.name = name
         self._module = module
+        self._engine: Engine | None = None
 
     def get(self) -> Engine:
-        return importlib.import_module(self._module, __name__).ENGINE
+        if self._engine is None:
+            self._engine = importlib.import_module(self._module, __name__).ENGINE
+        return self._engine
 
 
 ENGINES: dict[str, Engine | _Lazy] = {

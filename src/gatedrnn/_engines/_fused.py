@@ -23,12 +23,14 @@ from __future__ import annotations
 import ctypes
 import functools
 import itertools
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -38,14 +40,27 @@ from .._specs import Spec
 __all__ = ["ENGINE", "FusedEngine"]
 
 
-def _np(t: Tensor) -> Any:
+def _np(t: Tensor) -> np.ndarray:
+    """A NumPy view of a tensor the caller handed in (it may require grad)."""
     return t.detach().numpy()
 
 
-def _kernel_for(spec: Spec, reset_after: bool, dtype: torch.dtype):
-    from ._kernels import kernels
+def _k() -> Any:
+    """:mod:`gatedrnn._engines._kernels`, imported on first use (it imports numba)."""
+    global _KERNELS
+    if _KERNELS is None:
+        from . import _kernels
 
-    return kernels(
+        _KERNELS = _kernels
+    return _KERNELS
+
+
+_KERNELS: Any = None
+
+
+@functools.cache
+def _kernel_for(spec: Spec, reset_after: bool, dtype: torch.dtype):
+    return _k().kernels(
         spec.gates_read_x,
         spec.gates_read_h,
         spec.num_gates == 2,
@@ -58,66 +73,76 @@ def _kernel_for(spec: Spec, reset_after: bool, dtype: torch.dtype):
 
 
 def _gemm_address(dtype: torch.dtype) -> int:
-    from ._kernels import blas
-
-    s, d, _ = blas()
+    s, d, _ = _k().blas()
     return s if dtype == torch.float32 else d
 
 
 def _biases(
-    spec: Spec, reset_after: bool, b_ih: Tensor | None, b_hh: Tensor | None, hid: int, like: Tensor
-) -> tuple[Tensor | None, Tensor, Tensor]:
-    """``(projection bias [ihb*H] or None, gates' constant pre-activation [G*H], b_hn [H])``."""
+    spec: Spec, reset_after: bool, b_ih: np.ndarray | None, b_hh: np.ndarray | None, hid: int, dt: type
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """``(projection bias [ihb*H] or None, gates' constant pre-activation [G*H], b_hn [H])``.
+
+    NumPy views of the parameters in, NumPy out: this glue runs on every call, and NumPy's
+    small-array operations cost a tenth of torch's.
+    """
     gh = spec.num_gates * hid
     gbias = b_ih[:gh] if (b_ih is not None and spec.gates_have_bias) else None
     if b_hh is not None and spec.torch_hh_bias and reset_after:
         gbias = b_hh[:gh] if gbias is None else gbias + b_hh[:gh]
     nbias = b_ih[-hid:] if b_ih is not None else None
-    if reset_after and spec.has_reset and b_hh is not None:
-        bhn = b_hh[-hid:].contiguous()
-    else:
-        bhn = like.new_zeros(hid)
-    if spec.gates_read_x:
-        if gbias is None and nbias is None:
-            pbias = None
-        else:
-            pbias = torch.cat(
-                [
-                    gbias if gbias is not None else like.new_zeros(gh),
-                    nbias if nbias is not None else like.new_zeros(hid),
-                ]
-            )
-        gb = like.new_zeros(gh)
-    else:
-        pbias = nbias
-        gb = gbias.contiguous() if gbias is not None else like.new_zeros(gh)
-    return pbias, gb, bhn
+    bhn = b_hh[-hid:] if (reset_after and spec.has_reset and b_hh is not None) else np.zeros(hid, dt)
+    if not spec.gates_read_x:
+        return nbias, (gbias if gbias is not None else np.zeros(gh, dt)), bhn
+    if gbias is None and nbias is None:
+        return None, np.zeros(gh, dt), bhn
+    pbias = np.empty(gh + hid, dt)
+    pbias[:gh] = gbias if gbias is not None else 0.0
+    pbias[gh:] = nbias if nbias is not None else 0.0
+    return pbias, np.zeros(gh, dt), bhn
 
 
 _POOL = threading.local()
-_UNUSED: dict[tuple[torch.dtype, int], Tensor] = {}
+_UNUSED: dict[tuple[type, int], np.ndarray] = {}
+_NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
 
 
-def _unused(like: Tensor, ndim: int, dtype: torch.dtype | None = None) -> Tensor:
+def _unused(dt: type, ndim: int) -> np.ndarray:
     """A shared ``[1, ..., 1]`` stand-in for a kernel argument its flags say it never touches."""
-    key = (dtype or like.dtype, ndim)
-    t = _UNUSED.get(key)
-    if t is None:
-        t = _UNUSED[key] = torch.zeros((1,) * ndim, dtype=key[0])
-    return t
+    a = _UNUSED.get((dt, ndim))
+    if a is None:
+        a = _UNUSED[(dt, ndim)] = np.zeros((1,) * ndim, dt)
+    return a
 
 
-def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """A reused (per thread) buffer for temporaries that do not outlive one call: large fresh
-    allocations page-fault on first touch, which costs as much as the loop itself."""
+def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[Tensor, np.ndarray]:
+    """A reused (per thread) buffer for temporaries that do not outlive one call, as a tensor and
+    its NumPy view: large fresh allocations page-fault on first touch, which costs as much as the
+    loop itself."""
     pool = getattr(_POOL, "bufs", None)
     if pool is None:
         pool = _POOL.bufs = {}
-    buf = pool.get(name)
-    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
-        buf = like.new_empty(shape)
-        pool[name] = buf  # only the last shape per name is kept
-    return buf
+    got = pool.get(name)
+    if got is None or got[0].shape != shape or got[0].dtype != dtype:
+        t = torch.empty(shape, dtype=dtype)
+        got = pool[name] = (t, t.numpy())  # only the last shape per name is kept
+    return got
+
+
+_ALIGN = 16  # elements: each carved buffer starts on a 64-byte boundary (float32)
+
+
+def _carve(flat: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """Consecutive C-contiguous views of ``flat`` with these shapes (see :func:`_carved_size`)."""
+    out, at = [], 0
+    for shape in shapes:
+        n = math.prod(shape)
+        out.append(flat[at : at + n].reshape(shape))
+        at += -(-n // _ALIGN) * _ALIGN
+    return out
+
+
+def _carved_size(shapes: list[tuple[int, ...]]) -> int:
+    return sum(-(-math.prod(s) // _ALIGN) * _ALIGN for s in shapes)
 
 
 # Up to this many input features the backward loop also produces dx (a dot product per feature
@@ -137,20 +162,16 @@ FOLD_MAX_INPUT = int(os.environ.get("GATEDRNN_FOLD_MAX_INPUT", 4))
 PARALLEL_MIN_FLOPS = int(os.environ.get("GATEDRNN_PARALLEL_MIN_FLOPS", 16_000_000))
 
 
-def _small(reset_after: bool, batch: int, hid: int, hhw: int) -> bool:
-    """Whether the forward's per-step product runs as the kernel's own loop instead of BLAS: a few
-    rows, and a product too small for multi-threaded BLAS (see ``_kernels.SMALL_MAX_BATCH``)."""
-    from ._kernels import SMALL_MAX_BATCH
-
-    return reset_after and batch <= SMALL_MAX_BATCH and 2 * batch * hid * hhw < PARALLEL_MIN_FLOPS
+def _small(products: bool, batch: int, hid: int, hhw: int) -> bool:
+    """Whether the per-step products run as the kernels' own loops instead of BLAS: a few rows,
+    and products too small for multi-threaded BLAS (see ``_kernels.SMALL_MAX_BATCH``)."""
+    return products and batch <= _k().SMALL_MAX_BATCH and 2 * batch * hid * hhw < PARALLEL_MIN_FLOPS
 
 
 @contextmanager
 def _blas_threads(step_flops: int) -> Iterator[None]:
     """Run the compiled loop's BLAS calls on one thread when the per-step products are small."""
-    from ._kernels import mkl_local_threads
-
-    setter = mkl_local_threads() if step_flops < PARALLEL_MIN_FLOPS and torch.get_num_threads() > 1 else None
+    setter = _k().mkl_local_threads() if step_flops < PARALLEL_MIN_FLOPS and torch.get_num_threads() > 1 else None
     prev = setter(1) if setter is not None else None
     try:
         yield
@@ -203,10 +224,8 @@ def openmp() -> tuple[Any, Any, Any, str] | None:
 
 def _row_ranges(batch: int, small: bool, loop_flops: int) -> list[tuple[int, int]]:
     """The batch row ranges ``[(b0, b1), ...]`` the compiled loop runs on, one per thread."""
-    from ._kernels import mkl_local_threads
-
     k = min(torch.get_num_threads(), batch // max(SPLIT_MIN_ROWS, 1))
-    if k <= 1 or small or loop_flops < SPLIT_MIN_FLOPS or mkl_local_threads() is None or openmp() is None:
+    if k <= 1 or small or loop_flops < SPLIT_MIN_FLOPS or _k().mkl_local_threads() is None or openmp() is None:
         return [(0, batch)]
     cuts = [(i * batch) // k for i in range(k + 1)]
     return list(itertools.pairwise(cuts))
@@ -246,10 +265,8 @@ def _run_rows(run: Callable[[int, int, int], None], ranges: list[tuple[int, int]
         with _blas_threads(step_flops):
             run(0, *ranges[0])
         return
-    from ._kernels import mkl_local_threads
-
     omp = openmp()
-    setter = mkl_local_threads()
+    setter = _k().mkl_local_threads()
     assert omp is not None and setter is not None  # _row_ranges splits only with both
     parallel, thread_num, num_threads, _ = omp
     errors: list[BaseException] = []
@@ -264,7 +281,12 @@ def _run_rows(run: Callable[[int, int, int], None], ranges: list[tuple[int, int]
 
 
 class _Layer(torch.autograd.Function):
-    """One layer, one direction, forward in time (see the module docstring)."""
+    """One layer, one direction, forward in time (see the module docstring).
+
+    The per-call glue works on NumPy views (a NumPy slice or allocation costs a tenth of torch's,
+    and the kernels take NumPy arrays): what is saved for the backward is one flat tensor holding
+    the states, gates, candidates and pre-reset terms, carved into views on both sides.
+    """
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, save):  # type: ignore[override]
@@ -273,145 +295,170 @@ class _Layer(torch.autograd.Function):
         ra = bool(reset_after and spec.has_reset)
         ng = spec.num_gates * hid
         hhw = spec.hh_blocks() * hid
+        dt = _NP_DTYPE[x.dtype]
         with torch.no_grad():
-            x2 = x.detach().reshape(steps * batch, -1)
-            pbias, gb, bhn = _biases(spec, ra, b_ih, b_hh, hid, x)
-            xp = _scratch("xp", (steps * batch, w_ih.shape[0]), x)
+            pbias, gb, bhn = _biases(
+                spec, ra, _np(b_ih) if b_ih is not None else None, _np(b_hh) if b_hh is not None else None, hid, dt
+            )
+            xp_t, xp = _scratch("xp", (steps * batch, w_ih.shape[0]), x.dtype)
+            x2, w_t = x.detach().view(steps * batch, -1), w_ih.detach().t()
             if pbias is None:
-                torch.mm(x2, w_ih.detach().t(), out=xp)
+                torch.mm(x2, w_t, out=xp_t)
             else:
-                torch.addmm(pbias.detach(), x2, w_ih.detach().t(), out=xp)
-            xp = xp.view(steps, batch, -1)
-            whh = w_hh.detach().contiguous() if w_hh is not None else x.new_zeros(1, 1)
-            lens = lengths if lengths is not None else torch.full((batch,), steps, dtype=torch.int64)
-            # saved for the backward, or (inference) reused scratch
+                torch.addmm(torch.from_numpy(pbias), x2, w_t, out=xp_t)
+            xp = xp.reshape(steps, batch, -1)
+            whh = _np(w_hh) if w_hh is not None else _unused(dt, 2)
+            if lengths is not None:
+                lens = lengths.numpy()
+            else:
+                lens = np.empty(batch, np.int64)
+                lens.fill(steps)
+            # saved for the backward (one flat tensor), or (inference) reused scratch
+            shapes = [
+                (steps + 1, batch, hid),
+                (steps, batch, ng),
+                (steps, batch, hid),
+                (steps if ra else 1, batch, hid),
+            ]
             if save:
-                hs = x.new_empty(steps + 1, batch, hid)
-                gs = x.new_empty(steps, batch, ng)
-                ns = x.new_empty(steps, batch, hid)
-                hn = x.new_empty(steps, batch, hid) if ra else x.new_zeros(1, batch, hid)
+                flat_t = torch.empty(_carved_size(shapes), dtype=x.dtype)
+                hs, gs, ns, hn = _carve(flat_t.numpy(), shapes)
             else:
-                hs = x.new_empty(steps + 1, batch, hid)
-                gs = _scratch("gs", (steps, batch, ng), x)
-                ns = _scratch("ns", (steps, batch, hid), x)
-                hn = _scratch("hn", (steps if ra else 1, batch, hid), x)
-            hs[0] = h0
+                hs, gs, ns, hn = (
+                    _scratch(n, s, x.dtype)[1] for n, s in zip(("hs", "gs", "ns", "hn"), shapes, strict=True)
+                )
+            hs[0] = _np(h0)
             # The outputs are their own tensor (not a view of the saved states): like torch.nn.GRU's,
             # they may be modified in place (e.g. ReLU(inplace=True)) without touching the saves.
-            copy_y = True
-            y = x.new_empty(steps, batch, hid)
-            work = x.new_zeros(batch, hhw)
-            small = _small(ra, batch, hid, hhw)
-            whh_t = whh.t().contiguous() if small else _unused(x, 2)
+            y_t = torch.empty((steps, batch, hid), dtype=x.dtype)
+            work = _scratch("work", (batch, hhw), x.dtype)[1]
+            small = _small(spec.candidate_reads_h, batch, hid, hhw)
+            whh_t = np.ascontiguousarray(whh.T) if small else _unused(dt, 2)
             fwd, _ = _kernel_for(spec, ra, x.dtype)
             args = (
                 _gemm_address(x.dtype),
-                _np(xp),
-                _np(gb.detach()),
-                _np(whh),
-                _np(whh_t),
-                _np(bhn.detach()),
-                _np(lens),
-                _np(hs),
-                _np(y),
-                _np(gs),
-                _np(ns),
-                _np(hn),
-                _np(work),
-                copy_y,
+                xp,
+                gb,
+                whh,
+                whh_t,
+                bhn,
+                lens,
+                hs,
+                y_t.numpy(),
+                gs,
+                ns,
+                hn,
+                work,
+                True,
                 small,
             )
             ranges = _row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
             _run_rows(lambda _, b0, b1: fwd(*args, b0, b1), ranges, 2 * batch * hid * hhw)
-        ctx.spec, ctx.ra, ctx.has_bhh = spec, ra, b_hh is not None
-        ctx.save_for_backward(x, w_ih, whh, lens, hs, gs, ns, hn)
-        return y, hs[steps].clone()
+            h_n = torch.from_numpy(hs[steps].copy())
+        if save:
+            ctx.spec, ctx.ra, ctx.shapes, ctx.lens, ctx.small = spec, ra, shapes, lens, small
+            ctx.save_for_backward(x, w_ih, w_hh, flat_t)
+        return y_t, h_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy, ghn):  # type: ignore[override]
-        x, w_ih, whh, lens, hs, gs, ns, hn = ctx.saved_tensors
+        x, w_ih, w_hh, flat_t = ctx.saved_tensors
         spec: Spec = ctx.spec
         ra: bool = ctx.ra
+        lens = ctx.lens
+        hs, gs, ns, hn = _carve(flat_t.numpy(), ctx.shapes)
         steps, batch, inp = x.shape
         hid = hs.shape[-1]
         ng = spec.num_gates * hid
         ihw = spec.ih_blocks() * hid
         hhw = spec.hh_blocks() * hid
-        gy = gy.contiguous() if gy is not None else x.new_zeros(steps, batch, hid)
-        ghn = ghn.contiguous() if ghn is not None else x.new_zeros(batch, hid)
+        dtype, dt = x.dtype, _NP_DTYPE[x.dtype]
+        gy_n = _np(gy.contiguous()) if gy is not None else np.zeros((steps, batch, hid), dt)
+        ghn_n = _np(ghn.contiguous()) if ghn is not None else np.zeros((batch, hid), dt)
+        whh = _np(w_hh) if w_hh is not None else _unused(dt, 2)
         need = ctx.needs_input_grad
         # A few input features: dx and dW_ih are folded into the loop, and dgx is one step's scratch.
         fold = inp <= FOLD_MAX_INPUT
-        dgx = _scratch("dgx", (1 if fold else steps, batch, ihw), x)
-        dgh = _scratch("dgh", (steps, batch, hhw), x)
-        ranges = _row_ranges(batch, False, 2 * steps * batch * hid * max(hhw, hid))
+        dgx_t, dgx = _scratch("dgx", (1 if fold else steps, batch, ihw), dtype)
+        dgh_t, dgh = _scratch("dgh", (steps, batch, hhw), dtype)
+        small: bool = ctx.small
+        ranges = _row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
         # accumulated per concurrent call (a row each), summed below
-        dgbs = x.new_zeros(len(ranges), ng)
+        nr = len(ranges)
+        dgbs = np.zeros((nr, ng), dt)
         fold_dx, fold_dw = bool(fold and need[0]), bool(fold and need[2])
-        dxo = x.new_empty(steps, batch, inp) if fold_dx else _unused(x, 3)
-        dwihs = x.new_zeros(len(ranges), inp, ihw, dtype=torch.float64) if fold_dw else _unused(x, 3, torch.float64)
-        wih_t = w_ih.detach().t().contiguous() if fold_dx else _unused(x, 2)
+        dx_t = torch.empty((steps, batch, inp), dtype=dtype) if fold_dx else None
+        dxo = dx_t.numpy() if dx_t is not None else _unused(dt, 3)
+        dwihs = np.zeros((nr, inp, ihw)) if fold_dw else _unused(np.float64, 3)
+        wih_t = np.ascontiguousarray(_np(w_ih).T) if fold_dx else _unused(dt, 2)
+        xin = _np(x) if fold_dw else _unused(dt, 3)
         sums = bool(need[4] or need[5])
-        dbxs = x.new_zeros(len(ranges), ihw, dtype=torch.float64)  # float64 sums: T*B terms
-        dbhs = x.new_zeros(len(ranges), hhw, dtype=torch.float64)
+        dbxs = np.zeros((nr, ihw))  # float64 sums: T*B terms
+        dbhs = np.zeros((nr, hhw))
         two_gemm = spec.candidate_reads_h and not ra
-        qs = _scratch("qs", (steps, batch, hid), x) if two_gemm else _unused(x, 3)
-        dh0 = x.new_empty(batch, hid)
-        dh = x.new_empty(batch, hid)
-        dhp = x.new_empty(batch, hid)
-        dzs = x.new_empty(batch, hid)
-        _, bwd = _kernel_for(spec, ra, x.dtype)
-        args = (_gemm_address(x.dtype), _np(gy), _np(ghn), _np(whh), _np(lens), _np(hs), _np(gs), _np(ns), _np(hn))
-        outs = (_np(dgx), _np(dgh))
-        rest = (_np(qs), _np(dh0), _np(dh), _np(dhp), _np(dzs))
-        dgbn, dbxn, dbhn, dwihn = _np(dgbs), _np(dbxs), _np(dbhs), _np(dwihs)
-        folded = (_np(x), _np(wih_t), _np(dxo))
+        qs_t, qs = _scratch("qs", (steps, batch, hid), dtype) if two_gemm else (None, _unused(dt, 3))
+        dh0_t = torch.empty((batch, hid), dtype=dtype)
+        dh, dhp, dzs = (_scratch(n, (batch, hid), dtype)[1] for n in ("dh", "dhp", "dzs"))
+        _, bwd = _kernel_for(spec, ra, dtype)
+        args = (_gemm_address(dtype), gy_n, ghn_n, whh, lens, hs, gs, ns, hn, dgx, dgh)
+        rest = (qs, dh0_t.numpy(), dh, dhp, dzs)
 
         def run(i: int, b0: int, b1: int) -> None:
-            sums_i = (dbxn[i], dbhn[i], sums)
-            bwd(*args, *outs, dgbn[i], *rest, *sums_i, *folded, dwihn[i if fold_dw else 0], fold_dx, fold_dw, b0, b1)
+            sums_i = (dbxs[i], dbhs[i], sums, xin, wih_t, dxo, dwihs[i if fold_dw else 0], fold_dx, fold_dw, small)
+            bwd(*args, dgbs[i], *rest, *sums_i, b0, b1)
 
         _run_rows(run, ranges, 2 * batch * hid * hhw)
-        dgb = dgbs.sum(0)
-        dbx, dbh = dbxs.sum(0).to(x.dtype), dbhs.sum(0).to(x.dtype)
         if fold:
-            dx = dxo if need[0] else None
-            dw_ih = dwihs.sum(0).t().to(x.dtype) if need[2] else None
+            dx = dx_t if need[0] else None
+            dw_ih = torch.from_numpy(dwihs.sum(0).T.astype(dt)) if need[2] else None
         else:
-            dgx2 = dgx.view(steps * batch, ihw)
-            dx = (dgx2 @ w_ih).view(steps, batch, inp) if need[0] else None
-            dw_ih = dgx2.t() @ x.reshape(steps * batch, inp) if need[2] else None
-        dh0 = dh0 if need[1] else None
+            dgx2 = dgx_t.view(steps * batch, ihw)
+            dx = (dgx2 @ w_ih.detach()).view(steps, batch, inp) if need[0] else None
+            dw_ih = dgx2.t() @ x.detach().reshape(steps * batch, inp) if need[2] else None
+        dh0 = dh0_t if need[1] else None
         dw_hh = None
         if need[3]:
-            dgh2 = dgh.view(steps * batch, hhw)
-            hprev = hs[:-1].reshape(steps * batch, hid)
+            dgh2 = dgh_t.view(steps * batch, hhw)
+            hprev = torch.from_numpy(hs[:-1].reshape(steps * batch, hid))
             if two_gemm:
-                dw_hh = x.new_empty(hhw, hid)
+                assert qs_t is not None
+                dw_hh = torch.empty((hhw, hid), dtype=dtype)
                 if spec.gates_read_h:
                     torch.mm(dgh2[:, :ng].t(), hprev, out=dw_hh[:ng])
-                torch.mm(dgh2[:, hhw - hid :].t(), qs.view(steps * batch, hid), out=dw_hh[hhw - hid :])
+                torch.mm(dgh2[:, hhw - hid :].t(), qs_t.view(steps * batch, hid), out=dw_hh[hhw - hid :])
             else:
                 dw_hh = dgh2.t() @ hprev
         db_ih = db_hh = None
         if sums:
+            dbx, dbh = dbxs.sum(0), dbhs.sum(0)
             if spec.gates_read_x:
                 dgate = dbx[:ng]
             elif spec.gates_read_h:
                 dgate = dbh[:ng]
             else:
-                dgate = dgb
+                dgate = dgbs.sum(0)
             if need[4]:
                 dn = dbx[ihw - hid :]
-                db_ih = torch.cat([dgate, dn]) if spec.gates_have_bias else dn
-            if need[5]:
-                if ra:
-                    dbhn = dbh[hhw - hid :]
-                    db_hh = torch.cat([dgate, dbhn]) if spec.torch_hh_bias else dbhn
-                else:
-                    db_hh = None
+                db_ih = torch.from_numpy((np.concatenate([dgate, dn]) if spec.gates_have_bias else dn).astype(dt))
+            if need[5] and ra:
+                dbhn = dbh[hhw - hid :]
+                db_hh = torch.from_numpy((np.concatenate([dgate, dbhn]) if spec.torch_hh_bias else dbhn).astype(dt))
         return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
+
+
+@functools.lru_cache(maxsize=1)
+def _runtime_problem() -> str | None:
+    """Why the kernels cannot run in this process (numba or BLAS missing), or None."""
+    try:
+        import numba  # noqa: F401
+    except ImportError as e:  # pragma: no cover - numba is a dependency
+        return f"numba cannot be imported ({e})"
+    try:
+        _k().blas()
+    except RuntimeError as e:  # pragma: no cover - depends on the install
+        return str(e)
+    return None
 
 
 class FusedEngine:
@@ -424,31 +471,19 @@ class FusedEngine:
             return f"it runs on CPU tensors, got a tensor on {x.device}"
         if x.dtype not in (torch.float32, torch.float64):
             return f"it runs float32 and float64, got {x.dtype}"
-        try:
-            import numba  # noqa: F401
-        except ImportError as e:  # pragma: no cover - numba is a dependency
-            return f"numba cannot be imported ({e})"
-        try:
-            from ._kernels import blas
-
-            blas()
-        except RuntimeError as e:  # pragma: no cover - depends on the install
-            return str(e)
-        return None
+        return _runtime_problem()
 
     def details(self) -> dict[str, Any]:
         import numba
-
-        from ._kernels import blas, mkl_local_threads
 
         omp = openmp()
         split = (
             f"batch rows split across torch's threads (>= {SPLIT_MIN_ROWS} rows each, loops of >= "
             f"{SPLIT_MIN_FLOPS / 1e6:g} MFLOP; OpenMP {omp[3]})"
-            if omp is not None and mkl_local_threads() is not None
+            if omp is not None and _k().mkl_local_threads() is not None
             else "off (needs torch's MKL and GNU OpenMP): the loop runs on one thread"
         )
-        return {"blas": blas()[2], "numba": numba.__version__, "threads": split}
+        return {"blas": _k().blas()[2], "numba": numba.__version__, "threads": split}
 
     def layer(
         self,
@@ -478,8 +513,8 @@ class FusedEngine:
             h0.contiguous(),
             w_ih.contiguous(),
             w_hh.contiguous() if w_hh is not None else None,
-            b_ih,
-            b_hh,
+            b_ih.contiguous() if b_ih is not None else None,
+            b_hh.contiguous() if b_hh is not None else None,
             lengths,
             spec,
             reset_after,

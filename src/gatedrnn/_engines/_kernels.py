@@ -144,33 +144,66 @@ def _gemm(fptr, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, iw, sw, cw
     )
 
 
-# Up to this batch size the forward's reset-after product runs as the compiled loop below, not
-# MKL: with 1-3 rows MKL's sgemm is a poor matrix-vector product (and a call costs a few hundred
-# ns of dispatch). Forward-only inference, one core, T=500, gru0, ms (BLAS -> loop): B=1 H=32
-# 0.47 -> 0.36, B=1 H=128 2.9 -> 2.1, B=1 H=512 42.8 -> 29.3, B=2 H=256 20.6 -> 15.8, B=3 H=64
-# 2.41 -> 1.78; but B=4 H=32 0.89 -> 1.01 and B=16 H=32 2.6 -> 3.6. The backward keeps MKL (its
-# axpy form measured slower than MKL at B=1, H=32).
+# Up to this batch size the per-step products run as the compiled loops below, not MKL: with 1-3
+# rows MKL's sgemm is a poor matrix-vector product (and a call costs a few hundred ns of dispatch).
+# One core, float32, ns per step (MKL -> loop), [B, H] @ [H, 3H] forward and [B, 3H] @ [3H, H]
+# backward: B=1 H=32 794 -> 174 and 407 -> 170, B=3 H=64 3559 -> 1867 and 3224 -> 1603, B=1 H=128
+# 5440 -> 2074 and 5911 -> 3301, B=3 H=256 60699 -> 35696 and 60171 -> 38482; B=4 is even
+# (H=128: 13311 -> 12102, 13479 -> 11109) and from B=6 MKL wins (B=8 H=128: 14166 -> 16335).
 SMALL_MAX_BATCH = 3
 
 
 @njit(inline="always", **_JIT)
-def _small_nt(a, w_t, c):
-    """``c[B, N] = a[B, K] @ w_t[K, N]`` as rows of axpys (vectorise without reassociation).
+def _row_nt(ar, w_t, c0, n, cr):
+    """``cr[:n] = ar @ w_t[:, c0:c0+n]``: one row of a forward product, as axpys over rows of the
+    transposed weights, four at a time (vectorises without reassociation; a quarter of the
+    load/store traffic on ``cr``).
 
-    ``a``, ``w_t``, ``c`` contiguous 2-D; ``N = w_t.shape[1]`` columns of ``c`` are written.
+    ``ar`` ``[K]``; ``w_t`` ``[K, N_all]`` C-contiguous; ``cr`` ``[>= n]``.
     """
-    batch, k = a.shape
-    n = w_t.shape[1]
-    for b in range(batch):
-        ar = a[b]
-        cr = c[b, :n]
+    k = ar.shape[0]
+    k4 = k - k % 4
+    for i in range(n):
+        cr[i] = 0.0
+    for j in range(0, k4, 4):
+        a0, a1, a2, a3 = ar[j], ar[j + 1], ar[j + 2], ar[j + 3]
+        w0 = w_t[j, c0 : c0 + n]
+        w1 = w_t[j + 1, c0 : c0 + n]
+        w2 = w_t[j + 2, c0 : c0 + n]
+        w3 = w_t[j + 3, c0 : c0 + n]
         for i in range(n):
+            cr[i] += (a0 * w0[i] + a1 * w1[i]) + (a2 * w2[i] + a3 * w3[i])
+    for j in range(k4, k):
+        aj = ar[j]
+        wj = w_t[j, c0 : c0 + n]
+        for i in range(n):
+            cr[i] += aj * wj[i]
+
+
+@njit(inline="always", **_JIT)
+def _row_nn(dr, w, r0, cr, accumulate):
+    """``cr (+)= dr @ w[r0:r0+N]``: one row of a backward product, as axpys over rows of the
+    weights, four at a time. ``dr`` ``[N]``; ``w`` ``[>= r0+N, H]`` C-contiguous; ``cr`` ``[H]``;
+    ``accumulate``: add to ``cr`` (else overwrite it)."""
+    n = dr.shape[0]
+    hid = cr.shape[0]
+    n4 = n - n % 4
+    if not accumulate:
+        for i in range(hid):
             cr[i] = 0.0
-        for j in range(k):
-            aj = ar[j]
-            wr = w_t[j]
-            for i in range(n):
-                cr[i] += aj * wr[i]
+    for j in range(0, n4, 4):
+        a0, a1, a2, a3 = dr[j], dr[j + 1], dr[j + 2], dr[j + 3]
+        w0 = w[r0 + j]
+        w1 = w[r0 + j + 1]
+        w2 = w[r0 + j + 2]
+        w3 = w[r0 + j + 3]
+        for i in range(hid):
+            cr[i] += (a0 * w0[i] + a1 * w1[i]) + (a2 * w2[i] + a3 * w3[i])
+    for j in range(n4, n):
+        aj = dr[j]
+        wj = w[r0 + j]
+        for i in range(hid):
+            cr[i] += aj * wj[i]
 
 
 @njit(inline="always", **_JIT)
@@ -322,7 +355,7 @@ def kernels(
                 reset-before: scratch, ``hn[0]`` holds ``r * h(t-1)`` of the current step.
             work: ``[B, hhb*H]`` scratch for the recurrent matrix product of one step.
             copy_y: write ``y`` (needed with lengths: outputs past a sequence's end are 0).
-            small: the reset-after product runs as :func:`_small_nt` (compiled loops) instead of BLAS.
+            small: the per-step products run as :func:`_row_nt` (compiled loops) instead of BLAS.
             b0, b1: the batch rows ``[b0, b1)`` this call runs (the rows are independent: calls on
                 disjoint row ranges may run at once on different threads; they share no writes).
         """
@@ -341,17 +374,32 @@ def kernels(
         cw[1] = 84
         for t in range(steps):
             if use_gemm:
-                if reset_after:
-                    # work[B, hhb*H] = h(t-1) @ whh^T
+                # reset-after: work[B, hhb*H] = h(t-1) @ whh^T; reset-before: work[:, :G*H] = h(t-1) @ U_gates^T
+                cols = hhw if reset_after else ng
+                if reset_after or gh:
                     if small:
-                        _small_nt(hs[t, b0:b1], whh_t, work[b0:b1])
+                        for b in range(b0, b1):
+                            _row_nt(hs[t, b], whh_t, 0, cols, work[b])
                     else:
                         _gemm(
-                            fptr, 1, 0, hhw, batch, hid, one, whh, hid, hs[t, b0:], hid, 0.0, work[b0:], hhw, iw, sw, cw
+                            fptr,
+                            1,
+                            0,
+                            cols,
+                            batch,
+                            hid,
+                            one,
+                            whh,
+                            hid,
+                            hs[t, b0:],
+                            hid,
+                            0.0,
+                            work[b0:],
+                            hhw,
+                            iw,
+                            sw,
+                            cw,
                         )
-                elif gh:
-                    # work[:, :G*H] = h(t-1) @ U_gates^T
-                    _gemm(fptr, 1, 0, ng, batch, hid, one, whh, hid, hs[t, b0:], hid, 0.0, work[b0:], hhw, iw, sw, cw)
             for b in range(b0, b1):
                 live = t < lengths[b]
                 hp = hs[t, b]
@@ -421,25 +469,29 @@ def kernels(
                         yr[j] = hnew[j]
             if two_gemm:
                 # work[:, G*H:] = (r*h(t-1)) @ U_n^T, then the candidate and the update
-                _gemm(
-                    fptr,
-                    1,
-                    0,
-                    hid,
-                    batch,
-                    hid,
-                    one,
-                    whh[hhw - hid :],
-                    hid,
-                    hn[0, b0:],
-                    hid,
-                    0.0,
-                    work[b0, wn:],
-                    hhw,
-                    iw,
-                    sw,
-                    cw,
-                )
+                if small:
+                    for b in range(b0, b1):
+                        _row_nt(hn[0, b], whh_t, wn, hid, work[b, wn:])
+                else:
+                    _gemm(
+                        fptr,
+                        1,
+                        0,
+                        hid,
+                        batch,
+                        hid,
+                        one,
+                        whh[hhw - hid :],
+                        hid,
+                        hn[0, b0:],
+                        hid,
+                        0.0,
+                        work[b0, wn:],
+                        hhw,
+                        iw,
+                        sw,
+                        cw,
+                    )
                 for b in range(b0, b1):
                     if t >= lengths[b]:
                         continue
@@ -490,6 +542,7 @@ def kernels(
         dwih,
         fold_dx,
         fold_dw,
+        small,
         b0,
         b1,
     ):
@@ -522,6 +575,8 @@ def kernels(
                 each row of ``dgx`` times the input row, summed. For a few input features these
                 are a few dot products and scaled adds per row, done while the row is in cache
                 instead of two more passes over ``dgx``.
+            small: the per-step products run as :func:`_row_nn` (compiled loops, row by row as
+                each row's gradients are done) instead of BLAS.
             b0, b1: the batch rows ``[b0, b1)`` this call runs (as in the forward; ``dgb`` is the
                 only output shared between rows: give each concurrent call its own).
         """
@@ -633,7 +688,10 @@ def kernels(
                         if two:
                             dgb2[j] += a2
                 _row_done(dxr, dwr, dbx, dbh, sums, xin, wih_t, dxo, dwih, fold_dx, fold_dw, t, b)
-            if two_gemm:
+                if use_gemm and small:
+                    # dh(t-1) += dgh[t, b] @ whh
+                    _row_nn(dwr, whh, 0, dpr, True)
+            if two_gemm and not small:
                 # dq[B, H] = c[B, H] @ U_n  (into dzs' partner: reuse dh as it is consumed)
                 _gemm(
                     fptr,
@@ -654,6 +712,7 @@ def kernels(
                     sw,
                     cw,
                 )
+            if two_gemm:
                 for b in range(b0, b1):
                     if t >= lengths[b]:
                         continue
@@ -661,6 +720,8 @@ def kernels(
                     dpr = dhp[b]
                     dxr = dgx[tx, b]
                     dwr = dgh[t, b]
+                    if small:
+                        _row_nn(dwr[wn:], whh, wn, dq, False)
                     dzr = dzs[b]
                     hp = hs[t, b]
                     gr = gs[t, b]
@@ -694,10 +755,12 @@ def kernels(
                             if two:
                                 dgb2[j] += a2
                     _row_done(dxr, dwr, dbx, dbh, sums, xin, wih_t, dxo, dwih, fold_dx, fold_dw, t, b)
-                if gh:
+                    if small and gh:
+                        _row_nn(dwr[:ng], whh, 0, dpr, True)
+                if gh and not small:
                     # dh(t-1) += dgates[B, G*H] @ U_gates
                     _gemm(fptr, 0, 0, hid, batch, ng, one, whh, hid, dgh[t, b0:], hhw, one, dhp[b0:], hid, iw, sw, cw)
-            elif use_gemm:
+            elif use_gemm and not small:
                 # dh(t-1) += dgh[t][B, hhb*H] @ whh
                 _gemm(fptr, 0, 0, hid, batch, hhw, one, whh, hid, dgh[t, b0:], hhw, one, dhp[b0:], hid, iw, sw, cw)
             dh, dhp = dhp, dh
@@ -710,8 +773,9 @@ def kernels(
 
 # ------------------------------------------------------------------------- GEMM-only floor (bench)
 @njit(**_JIT)
-def floor_nt(fptr, a, w, c, steps):
-    """``steps`` times ``c[B, N] = a[B, K] @ w[N, K]^T``: the forward's per-step products alone."""
+def floor_nt(fptr, a, w, w_t, c, steps, small):
+    """``steps`` times ``c[B, N] = a[B, K] @ w[N, K]^T``: the forward's per-step products alone
+    (``small``: as the kernels run them for a few rows, :func:`_row_nt` on ``w_t = w^T``)."""
     batch, k = a.shape
     n = w.shape[0]
     iw = np.empty(6, np.int32)
@@ -721,12 +785,17 @@ def floor_nt(fptr, a, w, c, steps):
     cw[1] = 84
     one = c.dtype.type(1.0)
     for _ in range(steps):
-        _gemm(fptr, 1, 0, n, batch, k, one, w, k, a, k, 0.0, c, n, iw, sw, cw)
+        if small:
+            for b in range(batch):
+                _row_nt(a[b], w_t, 0, n, c[b])
+        else:
+            _gemm(fptr, 1, 0, n, batch, k, one, w, k, a, k, 0.0, c, n, iw, sw, cw)
 
 
 @njit(**_JIT)
-def floor_nn(fptr, d, w, c, steps):
-    """``steps`` times ``c[B, H] += d[B, N] @ w[N, H]``: the backward's per-step products alone."""
+def floor_nn(fptr, d, w, c, steps, small):
+    """``steps`` times ``c[B, H] += d[B, N] @ w[N, H]``: the backward's per-step products alone
+    (``small``: as :func:`_row_nn`)."""
     batch, n = d.shape
     hid = w.shape[1]
     iw = np.empty(6, np.int32)
@@ -736,4 +805,8 @@ def floor_nn(fptr, d, w, c, steps):
     cw[1] = 84
     one = c.dtype.type(1.0)
     for _ in range(steps):
-        _gemm(fptr, 0, 0, hid, batch, n, one, w, hid, d, n, one, c, hid, iw, sw, cw)
+        if small:
+            for b in range(batch):
+                _row_nn(d[b], w, 0, c[b], True)
+        else:
+            _gemm(fptr, 0, 0, hid, batch, n, one, w, hid, d, n, one, c, hid, iw, sw, cw)
