@@ -38,7 +38,7 @@ from numba.extending import intrinsic
 
 __all__ = ["SMALL_MAX_BATCH", "blas", "floor_nn", "floor_nt", "kernels", "mkl_local_threads"]
 
-_JIT = {"cache": True, "error_model": "numpy", "nogil": True}
+_JIT = {"cache": True, "error_model": "numpy", "nogil": True, "fastmath": {"contract"}}
 
 
 # --------------------------------------------------------------------------------------------- BLAS
