@@ -411,7 +411,7 @@ class _Layer(torch.autograd.Function):
         _run_rows(run, ranges, 2 * batch * hid * hhw)
         if fold:
             dx = dx_t if need[0] else None
-            dw_ih = torch.from_numpy(dwihs.sum(0).T.astype(dt)) if need[2] else None
+            dw_ih = torch.from_numpy(np.ascontiguousarray(dwihs.sum(0).T, dtype=dt)) if need[2] else None
         else:
             dgx2 = dgx_t.view(steps * batch, ihw)
             dx = (dgx2 @ w_ih.detach()).view(steps, batch, inp) if need[0] else None
