@@ -412,6 +412,26 @@ def test_graphs_alive_together_keep_their_own_buffers() -> None:
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
+def test_inference_mode_then_training() -> None:
+    """A forward under torch.inference_mode, then training steps of the same shapes: the reused
+    buffers are never inference tensors (torch refuses writes into those outside inference mode)
+    and both give the reference's numbers."""
+    for reset_after in (True, False):
+        ref, fused = _pair("gru0", reset_after, torch.float64, 2, True, False)
+        x = torch.randn(6, 4, 5, dtype=torch.float64)
+        with torch.inference_mode():
+            y0, h0 = ref(x)
+            y1, h1 = fused(x)
+        torch.testing.assert_close(y1, y0, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(h1, h0, atol=1e-10, rtol=1e-10)
+        grads = []
+        for mod in (ref, fused):
+            y, hn = mod(x)
+            grads.append(torch.autograd.grad((y * y).sum() + hn.sum(), list(mod.parameters())))
+        for a, b in zip(grads[1], grads[0], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
 def test_split_leaves_no_reference_cycles(monkeypatch: pytest.MonkeyPatch) -> None:
     """A training step with the split leaves no garbage cycle behind: the buffers it saved are
     freed with the graph, not when the garbage collector next runs (else every step allocates,

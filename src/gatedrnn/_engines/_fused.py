@@ -123,7 +123,10 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[Ten
         pool = _POOL.bufs = {}
     got = pool.get(name)
     if got is None or got[0].shape != shape or got[0].dtype != dtype:
-        t = torch.empty(shape, dtype=dtype)
+        # never an inference tensor (made under torch.inference_mode): torch refuses writes into
+        # those outside inference mode, and the buffer outlives the call that made it
+        with torch.inference_mode(False):
+            t = torch.empty(shape, dtype=dtype)
         got = pool[name] = (t, t.numpy())  # only the last shape per name is kept
     return got
 
