@@ -86,11 +86,13 @@ WIRINGS = [(v, ra) for v in VARIANTS for ra in (True, False) if not (v == "mingr
 
 # The per-step products (forward and backward, both reset forms) run as the kernels' own loops
 # for small batches (SMALL_MAX_BATCH) and as BLAS otherwise: every wiring runs both ways (the
-# limit is forced to 10**6 or 0). "split": the batch rows split between
+# limit is forced to 10**6 or 0); "bwd-loops": the forward on BLAS and the backward on loops, as
+# for sequences shorter than SMALL_MIN_STEPS (the forward's loops need a transposed copy of W_hh).
+# "split": the batch rows split between
 # 3 threads (uneven ranges 1, 1, 2 rows) running the loop at once, each with one-thread BLAS.
 # "fold": dx and dW_ih produced in the backward loop (FOLD_MAX_INPUT raised above the 5 inputs),
 # with the split. The other paths keep them as matrix products after the loop.
-PATHS = [(v, ra, p) for v, ra in WIRINGS for p in ("loops", "blas", "split", "fold")]
+PATHS = [(v, ra, p) for v, ra in WIRINGS for p in ("loops", "bwd-loops", "blas", "split", "fold")]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
@@ -102,7 +104,8 @@ def test_fused_matches_reference(
 ) -> None:
     from gatedrnn._engines import _fused, _kernels
 
-    monkeypatch.setattr(_kernels, "SMALL_MAX_BATCH", 10**6 if path == "loops" else 0)
+    monkeypatch.setattr(_kernels, "SMALL_MAX_BATCH", 10**6 if path in ("loops", "bwd-loops") else 0)
+    monkeypatch.setattr(_fused, "SMALL_MIN_STEPS", 10**6 if path == "bwd-loops" else 0)
     threads = torch.get_num_threads()
     monkeypatch.setattr(_fused, "FOLD_MAX_INPUT", 10**6 if path == "fold" else 0)
     if path in ("split", "fold"):

@@ -96,7 +96,7 @@ def _gemm_floor(variant: str, reset_after: bool, size: tuple[int, int, int, int]
     import numpy as np
     import torch
 
-    from ._engines._fused import _row_ranges, _run_rows, _small
+    from ._engines._fused import SMALL_MIN_STEPS, _row_ranges, _run_rows, _small
     from ._engines._kernels import blas, floor_nn, floor_nt
     from ._specs import get_spec
 
@@ -121,17 +121,18 @@ def _gemm_floor(variant: str, reset_after: bool, size: tuple[int, int, int, int]
     xp, dx = torch.empty(steps * batch, ihw), torch.empty(steps * batch, inp)
     dw_ih, dw_hh = torch.empty(ihw, inp), torch.empty(max(hhw, 1), hid)
     small = _small(spec.candidate_reads_h, batch, hid, hhw)
+    small_f = small and steps >= SMALL_MIN_STEPS
     whh_t, wg_t, wn_t = (np.ascontiguousarray(m.T) for m in (whh, wg, wn))
     ranges = _row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
     step_flops = 2 * batch * hid * hhw
 
     def forward_rows(_: int, b0: int, b1: int) -> None:
         if ra:
-            floor_nt(fptr, h[b0:b1], whh, whh_t, out_f[b0:b1], steps, small)
+            floor_nt(fptr, h[b0:b1], whh, whh_t, out_f[b0:b1], steps, small_f)
         else:
             if spec.gates_read_h:
-                floor_nt(fptr, h[b0:b1], wg, wg_t, out_f[b0:b1, :ng], steps, small)
-            floor_nt(fptr, h[b0:b1], wn, wn_t, out_f[b0:b1, :hid], steps, small)
+                floor_nt(fptr, h[b0:b1], wg, wg_t, out_f[b0:b1, :ng], steps, small_f)
+            floor_nt(fptr, h[b0:b1], wn, wn_t, out_f[b0:b1, :hid], steps, small_f)
 
     def backward_rows(_: int, b0: int, b1: int) -> None:
         if ra:
