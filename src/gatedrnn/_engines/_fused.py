@@ -134,18 +134,23 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[Ten
 _ALIGN = 16  # elements: each carved buffer starts on a 64-byte boundary (float32)
 
 
+def _padded(shape: tuple[int, ...]) -> int:
+    """Elements a carved buffer of this shape takes, rounded up to the alignment."""
+    return -(-math.prod(shape) // _ALIGN) * _ALIGN
+
+
 def _carve(flat: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
-    """Consecutive C-contiguous views of ``flat`` with these shapes (see :func:`_carved_size`)."""
+    """Consecutive C-contiguous views of ``flat`` with these shapes (``flat`` holds
+    ``_carved_size(shapes)`` elements)."""
     out, at = [], 0
     for shape in shapes:
-        n = math.prod(shape)
-        out.append(flat[at : at + n].reshape(shape))
-        at += -(-n // _ALIGN) * _ALIGN
+        out.append(flat[at : at + math.prod(shape)].reshape(shape))
+        at += _padded(shape)
     return out
 
 
 def _carved_size(shapes: list[tuple[int, ...]]) -> int:
-    return sum(-(-math.prod(s) // _ALIGN) * _ALIGN for s in shapes)
+    return sum(_padded(s) for s in shapes)
 
 
 # Up to this many input features the backward loop also produces dx (a dot product per feature
