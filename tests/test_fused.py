@@ -108,6 +108,9 @@ def test_fused_matches_reference(
     monkeypatch.setattr(_fused, "SMALL_MIN_STEPS", 10**6 if path == "bwd-loops" else 0)
     threads = torch.get_num_threads()
     monkeypatch.setattr(_fused, "FOLD_MAX_INPUT", 10**6 if path == "fold" else 0)
+    # "blas" and "split" take what they save from the pool (reused buffers hold stale numbers:
+    # the backward must not read what the forward skipped, e.g. steps past a sequence's end)
+    monkeypatch.setattr(_fused, "SAVED_POOL_MIN_BYTES", 0 if path in ("blas", "split") else 1 << 62)
     if path in ("split", "fold"):
         monkeypatch.setattr(_fused, "SPLIT_MIN_ROWS", 1)
         monkeypatch.setattr(_fused, "SPLIT_MIN_FLOPS", 0)
@@ -394,9 +397,13 @@ def test_split_reraises_a_kernel_error(monkeypatch: pytest.MonkeyPatch) -> None:
         _fused._run_rows(boom, [(0, 2), (2, 4)], 0)
 
 
-def test_graphs_alive_together_keep_their_own_buffers() -> None:
+@pytest.mark.parametrize("pooled", [False, True], ids=["fresh", "pooled"])
+def test_graphs_alive_together_keep_their_own_buffers(pooled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two forward passes before either backward (and a retained graph run twice) give the
     reference's gradients: no buffer of one graph is reused while it is alive."""
+    from gatedrnn._engines import _fused
+
+    monkeypatch.setattr(_fused, "SAVED_POOL_MIN_BYTES", 0 if pooled else 1 << 62)
     for reset_after in (True, False):
         ref, fused = _pair("gru0", reset_after, torch.float64, 2, True, False)
         g = torch.Generator().manual_seed(3)
@@ -413,6 +420,46 @@ def test_graphs_alive_together_keep_their_own_buffers() -> None:
             grads.append(first)
         for a, b in zip(grads[1], grads[0], strict=True):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def _saved_size(steps: int, batch: int, hid: int) -> int:
+    """Bytes gru0 (reset-after, float64) saves: states [T+1, B, H], gates [T, B, 2H], candidates
+    and pre-reset terms [T, B, H] each, every buffer padded to 16 elements."""
+    counts = ((steps + 1) * batch * hid, steps * batch * 2 * hid, steps * batch * hid, steps * batch * hid)
+    return sum(-(-n // 16) * 16 for n in counts) * 8
+
+
+def test_saved_pool_lends_and_takes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a forward saves comes from the pool: lent until autograd releases it (after the
+    backward, or with the dropped graph), then reused by the next forward of the same size; the
+    free arrays are capped by SAVED_POOL_MAX_BYTES."""
+    from gatedrnn._engines import _fused
+
+    monkeypatch.setattr(_fused, "SAVED_POOL_MIN_BYTES", 0)
+    _fused.clear_saved_pool()
+    gru = GRU(3, 5, engine="fused", dtype=torch.float64)
+    x = torch.randn(7, 2, 3, dtype=torch.float64)
+    size = _saved_size(7, 2, 5)
+    y, h = gru(x)
+    assert _fused.saved_pool_bytes() == (0, size)
+    (y.sum() + h.sum()).backward()
+    assert _fused.saved_pool_bytes() == (size, 0)  # released by the backward, y still alive
+    ptr = _fused._SAVED[0].ctypes.data
+    y2, h2 = gru(x)  # reused
+    assert _fused.saved_pool_bytes() == (0, size) and _fused._SAVED[0].ctypes.data == ptr
+    y3, h3 = gru(x)  # the first is lent: a second array
+    assert _fused.saved_pool_bytes() == (0, 2 * size)
+    del y2, h2, y3, h3  # graphs dropped without a backward
+    assert _fused.saved_pool_bytes() == (2 * size, 0)
+    monkeypatch.setattr(_fused, "SAVED_POOL_MAX_BYTES", size)
+    y4, h4 = gru(x)  # takes one; the other one, free, fits under the cap
+    assert _fused.saved_pool_bytes() == (size, size)
+    monkeypatch.setattr(_fused, "SAVED_POOL_MAX_BYTES", 0)
+    y5, h5 = gru(x.repeat(1, 2, 1))  # another size: a fresh array, and the free one is dropped
+    assert _fused.saved_pool_bytes() == (0, size + _saved_size(7, 4, 5))
+    del y4, h4, y5, h5
+    _fused.clear_saved_pool()
+    assert _fused.saved_pool_bytes() == (0, 0)
 
 
 def test_inference_mode_then_training() -> None:

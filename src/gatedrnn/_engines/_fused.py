@@ -25,6 +25,7 @@ import functools
 import itertools
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -104,6 +105,7 @@ def _biases(
 _POOL = threading.local()
 _UNUSED: dict[tuple[type, int], np.ndarray] = {}
 _NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
+_ITEMSIZE = {torch.float32: 4, torch.float64: 8}
 
 
 def _unused(dt: type, ndim: int) -> np.ndarray:
@@ -151,6 +153,73 @@ def _carve(flat: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
 
 def _carved_size(shapes: list[tuple[int, ...]]) -> int:
     return sum(_padded(s) for s in shapes)
+
+
+# What a forward saves for its backward (states, gates, candidates: [T, B, ~6H]) is one flat buffer
+# per layer and direction, and it outlives the call, so it cannot be per-thread scratch. Fresh,
+# a large one page-faults on first touch: glibc serves allocations above 32 MiB with a new mmap,
+# and a fresh 39 MiB float32 buffer (size C, H=256) costs 17.4 ms to fill against 1.7 ms reused.
+# So buffers from SAVED_POOL_MIN_BYTES up come from a pool of NumPy arrays, wrapped for each call
+# by torch.from_numpy: the tensor's storage holds a reference to its array, so an array that only
+# the pool refers to is free (autograd has released what it saved: after the backward, or when
+# the graph is dropped). The pool keeps at most SAVED_POOL_MAX_BYTES of free arrays, oldest
+# dropped first.
+SAVED_POOL_MIN_BYTES = int(os.environ.get("GATEDRNN_SAVED_POOL_MIN_BYTES", 8 << 20))
+SAVED_POOL_MAX_BYTES = int(os.environ.get("GATEDRNN_SAVED_POOL_MAX_BYTES", 512 << 20))
+
+_SAVED: list[np.ndarray] = []  # lent and free arrays, oldest first
+_SAVED_LOCK = threading.Lock()
+
+
+def _is_free(i: int) -> bool:
+    # two references: the pool's and getrefcount's argument (a lent array also has its tensor's
+    # storage, or views carved from it, referring to it)
+    return sys.getrefcount(_SAVED[i]) == 2
+
+
+def _saved_buffer(numel: int, dtype: torch.dtype) -> tuple[np.ndarray, Tensor]:
+    """A flat buffer of ``numel`` elements for what a forward saves, as ``(array, tensor)`` over
+    the same memory (save the tensor). Pooled from ``SAVED_POOL_MIN_BYTES`` up; below, fresh
+    (small ones come from malloc's heap, which does not page-fault)."""
+    if numel * _ITEMSIZE[dtype] < SAVED_POOL_MIN_BYTES:
+        t = torch.empty(numel, dtype=dtype)
+        return t.numpy(), t
+    dt = _NP_DTYPE[dtype]
+    with _SAVED_LOCK:
+        found = None
+        for i in range(len(_SAVED)):
+            if _SAVED[i].size == numel and _SAVED[i].dtype == dt and _is_free(i):
+                found = _SAVED.pop(i)
+                break
+        if found is None:
+            with torch.inference_mode(False):  # never an inference tensor (see _scratch)
+                found = torch.empty(numel, dtype=dtype).numpy()  # 64-byte aligned
+        _SAVED.append(found)
+        free = [i for i in range(len(_SAVED)) if _is_free(i)]
+        total = sum(_SAVED[i].nbytes for i in free)
+        drop: set[int] = set()
+        for i in free:  # oldest first
+            if total <= SAVED_POOL_MAX_BYTES:
+                break
+            drop.add(i)
+            total -= _SAVED[i].nbytes
+        if drop:
+            _SAVED[:] = [a for i, a in enumerate(_SAVED) if i not in drop]
+    with torch.inference_mode(False):
+        return found, torch.from_numpy(found)
+
+
+def saved_pool_bytes() -> tuple[int, int]:
+    """``(free, lent)`` bytes of the saved-state pool."""
+    with _SAVED_LOCK:
+        free = sum(_SAVED[i].nbytes for i in range(len(_SAVED)) if _is_free(i))
+        return free, sum(a.nbytes for a in _SAVED) - free
+
+
+def clear_saved_pool() -> None:
+    """Let go of the saved-state pool's arrays (lent ones are freed when autograd releases them)."""
+    with _SAVED_LOCK:
+        _SAVED.clear()
 
 
 # Up to this many input features the backward loop also produces dx (a dot product per feature
@@ -338,8 +407,8 @@ class _Layer(torch.autograd.Function):
                 (steps if ra else 1, batch, hid),
             ]
             if save:
-                flat_t = torch.empty(_carved_size(shapes), dtype=x.dtype)
-                hs, gs, ns, hn = _carve(flat_t.numpy(), shapes)
+                flat, flat_t = _saved_buffer(_carved_size(shapes), x.dtype)
+                hs, gs, ns, hn = _carve(flat, shapes)
             else:
                 hs, gs, ns, hn = (
                     _scratch(n, s, x.dtype)[1] for n, s in zip(("hs", "gs", "ns", "hn"), shapes, strict=True)
