@@ -366,6 +366,79 @@ def _run_rows(run: Callable[[int, int, int], None], ranges: list[tuple[int, int]
         raise errors[0]
 
 
+def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, save):  # type: ignore[no-untyped-def]
+    """The forward of :class:`_Layer`; ``ctx`` is None (and ``save`` False) when it is called
+    directly, with nothing to differentiate: no autograd node then (about 20 µs less a call)."""
+    steps, batch, _ = x.shape
+    hid = h0.shape[-1]
+    ra = bool(reset_after and spec.has_reset)
+    ng = spec.num_gates * hid
+    hhw = spec.hh_blocks() * hid
+    dt = _NP_DTYPE[x.dtype]
+    with torch.no_grad():
+        pbias, gb, bhn = _biases(
+            spec, ra, _np(b_ih) if b_ih is not None else None, _np(b_hh) if b_hh is not None else None, hid, dt
+        )
+        xp_t, xp = _scratch("xp", (steps * batch, w_ih.shape[0]), x.dtype)
+        x2, w_t = x.detach().view(steps * batch, -1), w_ih.detach().t()
+        if pbias is None:
+            torch.mm(x2, w_t, out=xp_t)
+        else:
+            torch.addmm(torch.from_numpy(pbias), x2, w_t, out=xp_t)
+        xp = xp.reshape(steps, batch, -1)
+        whh = _np(w_hh) if w_hh is not None else _unused(dt, 2)
+        if lengths is not None:
+            lens = lengths.numpy()
+        else:
+            lens = np.empty(batch, np.int64)
+            lens.fill(steps)
+        # saved for the backward (one flat tensor), or (inference) reused scratch
+        shapes = [
+            (steps + 1, batch, hid),
+            (steps, batch, ng),
+            (steps, batch, hid),
+            (steps if ra else 1, batch, hid),
+        ]
+        if save:
+            flat, flat_t = _saved_buffer(_carved_size(shapes), x.dtype)
+            hs, gs, ns, hn = _carve(flat, shapes)
+        else:
+            hs, gs, ns, hn = (_scratch(n, s, x.dtype)[1] for n, s in zip(("hs", "gs", "ns", "hn"), shapes, strict=True))
+        hs[0] = _np(h0)
+        # The outputs are their own tensor (not a view of the saved states): like torch.nn.GRU's,
+        # they may be modified in place (e.g. ReLU(inplace=True)) without touching the saves.
+        y_t = torch.empty((steps, batch, hid), dtype=x.dtype)
+        work = _scratch("work", (batch, hhw), x.dtype)[1]
+        small = _small(spec.candidate_reads_h, batch, hid, hhw)  # the backward's
+        small_f = small and steps >= SMALL_MIN_STEPS
+        whh_t = w_hh.detach().t().contiguous().numpy() if small_f else _unused(dt, 2)
+        fwd, _ = _kernel_for(spec, ra, x.dtype)
+        args = (
+            _gemm_address(x.dtype),
+            xp,
+            gb,
+            whh,
+            whh_t,
+            bhn,
+            lens,
+            hs,
+            y_t.numpy(),
+            gs,
+            ns,
+            hn,
+            work,
+            True,
+            small_f,
+        )
+        ranges = _row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
+        _run_rows(lambda _, b0, b1: fwd(*args, b0, b1), ranges, 2 * batch * hid * hhw)
+        h_n = torch.from_numpy(hs[steps].copy())
+    if save:
+        ctx.spec, ctx.ra, ctx.shapes, ctx.lens, ctx.small = spec, ra, shapes, lens, small
+        ctx.save_for_backward(x, w_ih, w_hh, flat_t)
+    return y_t, h_n
+
+
 class _Layer(torch.autograd.Function):
     """One layer, one direction, forward in time (see the module docstring).
 
@@ -376,76 +449,7 @@ class _Layer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, save):  # type: ignore[override]
-        steps, batch, _ = x.shape
-        hid = h0.shape[-1]
-        ra = bool(reset_after and spec.has_reset)
-        ng = spec.num_gates * hid
-        hhw = spec.hh_blocks() * hid
-        dt = _NP_DTYPE[x.dtype]
-        with torch.no_grad():
-            pbias, gb, bhn = _biases(
-                spec, ra, _np(b_ih) if b_ih is not None else None, _np(b_hh) if b_hh is not None else None, hid, dt
-            )
-            xp_t, xp = _scratch("xp", (steps * batch, w_ih.shape[0]), x.dtype)
-            x2, w_t = x.detach().view(steps * batch, -1), w_ih.detach().t()
-            if pbias is None:
-                torch.mm(x2, w_t, out=xp_t)
-            else:
-                torch.addmm(torch.from_numpy(pbias), x2, w_t, out=xp_t)
-            xp = xp.reshape(steps, batch, -1)
-            whh = _np(w_hh) if w_hh is not None else _unused(dt, 2)
-            if lengths is not None:
-                lens = lengths.numpy()
-            else:
-                lens = np.empty(batch, np.int64)
-                lens.fill(steps)
-            # saved for the backward (one flat tensor), or (inference) reused scratch
-            shapes = [
-                (steps + 1, batch, hid),
-                (steps, batch, ng),
-                (steps, batch, hid),
-                (steps if ra else 1, batch, hid),
-            ]
-            if save:
-                flat, flat_t = _saved_buffer(_carved_size(shapes), x.dtype)
-                hs, gs, ns, hn = _carve(flat, shapes)
-            else:
-                hs, gs, ns, hn = (
-                    _scratch(n, s, x.dtype)[1] for n, s in zip(("hs", "gs", "ns", "hn"), shapes, strict=True)
-                )
-            hs[0] = _np(h0)
-            # The outputs are their own tensor (not a view of the saved states): like torch.nn.GRU's,
-            # they may be modified in place (e.g. ReLU(inplace=True)) without touching the saves.
-            y_t = torch.empty((steps, batch, hid), dtype=x.dtype)
-            work = _scratch("work", (batch, hhw), x.dtype)[1]
-            small = _small(spec.candidate_reads_h, batch, hid, hhw)  # the backward's
-            small_f = small and steps >= SMALL_MIN_STEPS
-            whh_t = w_hh.detach().t().contiguous().numpy() if small_f else _unused(dt, 2)
-            fwd, _ = _kernel_for(spec, ra, x.dtype)
-            args = (
-                _gemm_address(x.dtype),
-                xp,
-                gb,
-                whh,
-                whh_t,
-                bhn,
-                lens,
-                hs,
-                y_t.numpy(),
-                gs,
-                ns,
-                hn,
-                work,
-                True,
-                small_f,
-            )
-            ranges = _row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
-            _run_rows(lambda _, b0, b1: fwd(*args, b0, b1), ranges, 2 * batch * hid * hhw)
-            h_n = torch.from_numpy(hs[steps].copy())
-        if save:
-            ctx.spec, ctx.ra, ctx.shapes, ctx.lens, ctx.small = spec, ra, shapes, lens, small
-            ctx.save_for_backward(x, w_ih, w_hh, flat_t)
-        return y_t, h_n
+        return _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, save)
 
     @staticmethod
     @once_differentiable
@@ -595,7 +599,8 @@ class FusedEngine:
         save = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)
         )
-        return _Layer.apply(
+        run = _Layer.apply if save else functools.partial(_forward, None)
+        return run(
             x.contiguous(),
             h0.contiguous(),
             w_ih.contiguous(),
