@@ -462,6 +462,50 @@ def test_saved_pool_lends_and_takes_back(monkeypatch: pytest.MonkeyPatch) -> Non
     assert _fused.saved_pool_bytes() == (0, 0)
 
 
+def test_empty_cache_frees_what_no_call_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gatedrnn.empty_cache() frees the pool's free arrays and every thread's scratch (a worker
+    thread's too); an array a live graph still holds survives it, and that graph's backward still
+    gives the reference's gradients."""
+    import threading
+
+    from gatedrnn._engines import _fused
+
+    monkeypatch.setattr(_fused, "SAVED_POOL_MIN_BYTES", 0)
+    ref, fused = _pair("gru0", True, torch.float64, 1, False, False)
+    x = torch.randn(7, 2, 5, dtype=torch.float64)
+    y, h = fused(x)
+    (y.sum() + h.sum()).backward()  # its saved array is now free, its scratch kept
+    here = _fused.cached_bytes()
+    assert here > _fused.saved_pool_bytes()[0] > 0
+    ran, release = threading.Event(), threading.Event()
+
+    def work() -> None:  # a forward in another thread, which then stays alive
+        with torch.no_grad():
+            fused(x.repeat(1, 3, 1))
+        ran.set()
+        release.wait(30)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        assert ran.wait(30)
+        assert _fused.cached_bytes() > here  # the worker's scratch
+        assert gatedrnn.info()["engines"]["fused"]["cached_bytes"] == _fused.cached_bytes()
+        y, h = fused(x)  # lent: survives empty_cache
+        gatedrnn.empty_cache()
+        assert _fused.cached_bytes() == 0  # the worker's scratch too
+    finally:
+        release.set()
+        worker.join()
+    got = torch.autograd.grad((y * y).sum() + h.sum(), list(fused.parameters()))
+    y0, h0 = ref(x)
+    want = torch.autograd.grad((y0 * y0).sum() + h0.sum(), list(ref.parameters()))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    fused(x)  # and the next call allocates afresh
+    assert _fused.cached_bytes() > 0
+
+
 def test_inference_mode_then_training() -> None:
     """A forward under torch.inference_mode, then training steps of the same shapes: the reused
     buffers are never inference tensors (torch refuses writes into those outside inference mode)

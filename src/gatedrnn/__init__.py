@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._engines import empty_cache
 from ._info import info
 from ._layers import GRU, GRUCell, InputError
 from ._specs import SPECS, Spec, count_parameters, get_spec
@@ -27,6 +28,7 @@ __all__ = [
     "ModelFileError",
     "Spec",
     "count_parameters",
+    "empty_cache",
     "export_onnx",
     "from_keras",
     "from_torch",

@@ -9,6 +9,7 @@ dtype through :func:`resolve` (a fixed table, never a silent fallback after a fa
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Protocol
 
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor
 from .. import _reference
 from .._specs import Spec
 
-__all__ = ["ENGINES", "Engine", "check_engine_name", "resolve"]
+__all__ = ["ENGINES", "Engine", "check_engine_name", "empty_cache", "resolve"]
 
 
 class Engine(Protocol):
@@ -123,3 +124,12 @@ def resolve(name: str, spec: Spec, x: Tensor) -> Engine:
         origin = f"engine='auto' chose {chosen!r}, but it" if name == "auto" else f"engine={chosen!r}"
         raise RuntimeError(f"{origin} cannot run here: {why}")
     return engine
+
+
+def empty_cache() -> None:
+    """Free the buffers the engines keep between calls for reuse (the fused engine's pool of saved
+    states and its per-thread scratch); buffers a live autograd graph uses stay. Like
+    ``torch.cuda.empty_cache``: only needed to hand memory back, e.g. after training."""
+    fused = sys.modules.get(f"{__name__}._fused")
+    if fused is not None:  # never loaded: nothing cached
+        fused.empty_cache()

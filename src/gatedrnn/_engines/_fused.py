@@ -27,6 +27,7 @@ import math
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -102,7 +103,16 @@ def _biases(
     return pbias, np.zeros(gh, dt), bhn
 
 
+class _Scratch(dict):  # type: ignore[type-arg]
+    """One thread's scratch buffers by name: a dict that can be weakly referenced, and is hashed
+    and compared by identity (for the WeakSet of every thread's)."""
+
+    __hash__ = object.__hash__  # type: ignore[assignment]
+    __eq__ = object.__eq__  # type: ignore[assignment]
+
+
 _POOL = threading.local()
+_SCRATCH_POOLS: weakref.WeakSet[_Scratch] = weakref.WeakSet()  # every live thread's, for empty_cache
 _UNUSED: dict[tuple[type, int], np.ndarray] = {}
 _NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
 _ITEMSIZE = {torch.float32: 4, torch.float64: 8}
@@ -122,7 +132,8 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[Ten
     loop itself."""
     pool = getattr(_POOL, "bufs", None)
     if pool is None:
-        pool = _POOL.bufs = {}
+        pool = _POOL.bufs = _Scratch()
+        _SCRATCH_POOLS.add(pool)
     got = pool.get(name)
     if got is None or got[0].shape != shape or got[0].dtype != dtype:
         # never an inference tensor (made under torch.inference_mode): torch refuses writes into
@@ -220,6 +231,20 @@ def clear_saved_pool() -> None:
     """Let go of the saved-state pool's arrays (lent ones are freed when autograd releases them)."""
     with _SAVED_LOCK:
         _SAVED.clear()
+
+
+def cached_bytes() -> int:
+    """Bytes the engine holds for reuse and no call is using: free arrays of the saved-state pool
+    and every thread's scratch buffers."""
+    scratch = sum(t.nbytes for pool in list(_SCRATCH_POOLS) for t, _ in list(pool.values()))
+    return saved_pool_bytes()[0] + scratch
+
+
+def empty_cache() -> None:
+    """Free what :func:`cached_bytes` counts (the next calls allocate afresh)."""
+    clear_saved_pool()
+    for pool in list(_SCRATCH_POOLS):
+        pool.clear()
 
 
 # Up to this many input features the backward loop also produces dx (a dot product per feature
@@ -574,7 +599,12 @@ class FusedEngine:
             if omp is not None and _k().mkl_local_threads() is not None
             else "off (needs torch's MKL and GNU OpenMP): the loop runs on one thread"
         )
-        return {"blas": _k().blas()[2], "numba": numba.__version__, "threads": split}
+        return {
+            "blas": _k().blas()[2],
+            "numba": numba.__version__,
+            "threads": split,
+            "cached_bytes": cached_bytes(),  # gatedrnn.empty_cache() frees them
+        }
 
     def layer(
         self,
