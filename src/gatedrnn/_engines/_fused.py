@@ -4,7 +4,8 @@ Forward: the input projection of every step as one matrix product (the biases th
 are folded into it; gates that do not read ``x`` skip it), then the compiled loop of
 :mod:`gatedrnn._engines._kernels` (one BLAS call per step on the recurrent weights, two dependent
 ones for the reset-before form, and one fused elementwise pass). It saves the states, the gate
-activations, the candidates and, for the reset-after form, the pre-reset recurrent term.
+activations, the candidates and, for the reset-after form, the pre-reset recurrent term (one flat
+buffer; large ones are reused from a pool once autograd lets go of them, see ``SAVED_POOL_MIN_BYTES``).
 
 With several torch threads the batch rows are split between torch's OpenMP threads, each running
 the loop on its rows (see ``SPLIT_MIN_ROWS``).
@@ -115,7 +116,6 @@ _POOL = threading.local()
 _SCRATCH_POOLS: weakref.WeakSet[_Scratch] = weakref.WeakSet()  # every live thread's, for empty_cache
 _UNUSED: dict[tuple[type, int], np.ndarray] = {}
 _NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
-_ITEMSIZE = {torch.float32: 4, torch.float64: 8}
 
 
 def _unused(dt: type, ndim: int) -> np.ndarray:
@@ -192,7 +192,7 @@ def _saved_buffer(numel: int, dtype: torch.dtype) -> tuple[np.ndarray, Tensor]:
     """A flat buffer of ``numel`` elements for what a forward saves, as ``(array, tensor)`` over
     the same memory (save the tensor). Pooled from ``SAVED_POOL_MIN_BYTES`` up; below, fresh
     (small ones come from malloc's heap, which does not page-fault)."""
-    if numel * _ITEMSIZE[dtype] < SAVED_POOL_MIN_BYTES:
+    if numel * dtype.itemsize < SAVED_POOL_MIN_BYTES:
         t = torch.empty(numel, dtype=dtype)
         return t.numpy(), t
     dt = _NP_DTYPE[dtype]
