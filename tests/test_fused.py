@@ -506,6 +506,50 @@ def test_empty_cache_frees_what_no_call_uses(monkeypatch: pytest.MonkeyPatch) ->
     assert _fused.cached_bytes() > 0
 
 
+def test_pool_shared_by_threads_training_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads train their own models at once, every saved buffer from the one pool (same
+    sizes, so arrays pass between the threads): each ends with the parameters the reference engine
+    reaches training alone, and the pool lends nothing once the graphs are gone."""
+    import threading
+
+    from gatedrnn._engines import _fused
+
+    monkeypatch.setattr(_fused, "SAVED_POOL_MIN_BYTES", 0)
+    _fused.clear_saved_pool()
+
+    def train(mod: GRU, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        opt = torch.optim.SGD(mod.parameters(), lr=0.05)
+        for _ in range(15):
+            x = torch.randn(6, 4, 5, generator=g, dtype=torch.float64)
+            y, h = mod(x)
+            opt.zero_grad()
+            ((y * y).sum() + h.sum()).backward()
+            opt.step()
+
+    pairs = [_pair("gru0", ra, torch.float64, 2, True, False) for ra in (True, False)]
+    for i, (ref, _) in enumerate(pairs):
+        train(ref, i)
+    errors: list[BaseException] = []
+
+    def run(mod: GRU, seed: int) -> None:
+        try:
+            train(mod, seed)
+        except BaseException as e:  # re-raised below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(fused, i)) for i, (_, fused) in enumerate(pairs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for ref, fused in pairs:
+        for (name, a), b in zip(fused.named_parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9, msg=lambda m, n=name: f"{n}: {m}")
+    assert _fused.saved_pool_bytes()[1] == 0
+
+
 def test_inference_mode_then_training() -> None:
     """A forward under torch.inference_mode, then training steps of the same shapes: the reused
     buffers are never inference tensors (torch refuses writes into those outside inference mode)
