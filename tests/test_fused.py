@@ -431,8 +431,8 @@ def _saved_size(steps: int, batch: int, hid: int) -> int:
 
 def test_saved_pool_lends_and_takes_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """What a forward saves comes from the pool: lent until autograd releases it (after the
-    backward, or with the dropped graph), then reused by the next forward of the same size; the
-    free arrays are capped by SAVED_POOL_MAX_BYTES."""
+    backward, or with the dropped graph), then reused by the next forward that fits it (up to
+    twice what it needs); the free arrays are capped by SAVED_POOL_MAX_BYTES."""
     from gatedrnn._engines import _fused
 
     monkeypatch.setattr(_fused, "SAVED_POOL_MIN_BYTES", 0)
@@ -450,6 +450,27 @@ def test_saved_pool_lends_and_takes_back(monkeypatch: pytest.MonkeyPatch) -> Non
     y3, h3 = gru(x)  # the first is lent: a second array
     assert _fused.saved_pool_bytes() == (0, 2 * size)
     del y2, h2, y3, h3  # graphs dropped without a backward
+    assert _fused.saved_pool_bytes() == (2 * size, 0)
+    # shorter sequences take a free array up to twice what they need (and their gradients are
+    # the reference's); much shorter ones a fresh array
+    assert _saved_size(5, 2, 5) < size <= 2 * _saved_size(5, 2, 5) and 2 * _saved_size(1, 2, 5) < size
+    ref = GRU(3, 5, engine="reference", dtype=torch.float64)
+    ref.load_state_dict(gru.state_dict())
+    grads = []
+    for mod in (gru, ref):
+        ys, hs = mod(x[:5])
+        if mod is gru:
+            assert len(_fused._SAVED) == 2 and _fused.saved_pool_bytes() == (size, size)
+        grads.append(torch.autograd.grad((ys * ys).sum() + hs.sum(), list(mod.parameters())))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    y1, h1 = gru(x[:1])
+    assert len(_fused._SAVED) == 3 and _fused.saved_pool_bytes() == (2 * size, _saved_size(1, 2, 5))
+    del y1, h1, ys, hs
+    _fused.clear_saved_pool()
+    y2, h2 = gru(x)
+    y3, h3 = gru(x)
+    del y2, h2, y3, h3
     assert _fused.saved_pool_bytes() == (2 * size, 0)
     monkeypatch.setattr(_fused, "SAVED_POOL_MAX_BYTES", size)
     y4, h4 = gru(x)  # takes one; the other one, free, fits under the cap

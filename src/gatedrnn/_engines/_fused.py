@@ -173,8 +173,9 @@ def _carved_size(shapes: list[tuple[int, ...]]) -> int:
 # So buffers from SAVED_POOL_MIN_BYTES up come from a pool of NumPy arrays, wrapped for each call
 # by torch.from_numpy: the tensor's storage holds a reference to its array, so an array that only
 # the pool refers to is free (autograd has released what it saved: after the backward, or when
-# the graph is dropped). The pool keeps at most SAVED_POOL_MAX_BYTES of free arrays, oldest
-# dropped first.
+# the graph is dropped). A call takes the smallest free array that fits, up to twice its size
+# (sequence lengths change from batch to batch with packed input). The pool keeps at most
+# SAVED_POOL_MAX_BYTES of free arrays, oldest dropped first.
 SAVED_POOL_MIN_BYTES = int(os.environ.get("GATEDRNN_SAVED_POOL_MIN_BYTES", 8 << 20))
 SAVED_POOL_MAX_BYTES = int(os.environ.get("GATEDRNN_SAVED_POOL_MAX_BYTES", 512 << 20))
 
@@ -197,11 +198,15 @@ def _saved_buffer(numel: int, dtype: torch.dtype) -> tuple[np.ndarray, Tensor]:
         return t.numpy(), t
     dt = _NP_DTYPE[dtype]
     with _SAVED_LOCK:
-        found = None
+        # the smallest free array that holds numel elements and is at most twice that: sequence
+        # lengths that change from batch to batch (packed batches) still reuse arrays
+        best = None
         for i in range(len(_SAVED)):
-            if _SAVED[i].size == numel and _SAVED[i].dtype == dt and _is_free(i):
-                found = _SAVED.pop(i)
-                break
+            size = _SAVED[i].size
+            if numel <= size <= 2 * numel and _SAVED[i].dtype == dt and (best is None or size < _SAVED[best].size):
+                if _is_free(i):
+                    best = i
+        found = _SAVED.pop(best) if best is not None else None
         if found is None:
             with torch.inference_mode(False):  # never an inference tensor (see _scratch)
                 found = torch.empty(numel, dtype=dtype).numpy()  # 64-byte aligned
@@ -216,8 +221,9 @@ def _saved_buffer(numel: int, dtype: torch.dtype) -> tuple[np.ndarray, Tensor]:
             total -= _SAVED[i].nbytes
         if drop:
             _SAVED[:] = [a for i, a in enumerate(_SAVED) if i not in drop]
+    flat = found[:numel]
     with torch.inference_mode(False):
-        return found, torch.from_numpy(found)
+        return flat, torch.from_numpy(flat)
 
 
 def saved_pool_bytes() -> tuple[int, int]:
