@@ -571,6 +571,33 @@ def test_pool_shared_by_threads_training_at_once(monkeypatch: pytest.MonkeyPatch
     assert _fused.saved_pool_bytes()[1] == 0
 
 
+def test_scratch_grows_and_serves_shorter_batches() -> None:
+    """Per-thread scratch only grows: packed batches whose longest sequence changes (9, 4, 9, 2
+    steps) run on views of the same buffers, and every batch, trained and without gradients, gives
+    the reference's outputs and gradients (a reused buffer holds the longer batch's numbers)."""
+    from gatedrnn._engines import _fused
+
+    for reset_after in (True, False):
+        ref, fused = _pair("gru0", reset_after, torch.float64, 2, True, False)
+        g = torch.Generator().manual_seed(5)
+        ptrs = []
+        for steps in (9, 4, 9, 2):
+            x = torch.randn(steps, 3, 5, dtype=torch.float64, generator=g)
+            lengths = torch.tensor([steps, max(steps - 2, 1), 1])
+            gy = torch.randn(steps, 3, 12, dtype=torch.float64, generator=g)
+            gh = torch.randn(4, 3, 6, dtype=torch.float64, generator=g)
+            y0, h0, g0 = _run(ref, x, None, lengths, "packed", gy, gh)
+            y1, h1, g1 = _run(fused, x, None, lengths, "packed", gy, gh)
+            ptrs.append(_fused._POOL.bufs["dgh"][0].data_ptr())
+            torch.testing.assert_close(y1, y0, atol=1e-10, rtol=1e-10)
+            torch.testing.assert_close(h1, h0, atol=1e-10, rtol=1e-10)
+            for a, b in zip(g1, g0, strict=True):
+                torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+            with torch.no_grad():
+                torch.testing.assert_close(fused(x, lengths=lengths)[0], y0, atol=1e-10, rtol=1e-10)
+        assert len(set(ptrs)) == 1  # the first batch is the longest: no buffer after it
+
+
 def test_inference_mode_then_training() -> None:
     """A forward under torch.inference_mode, then training steps of the same shapes: the reused
     buffers are never inference tensors (torch refuses writes into those outside inference mode)

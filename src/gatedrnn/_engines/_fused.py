@@ -129,19 +129,26 @@ def _unused(dt: type, ndim: int) -> np.ndarray:
 def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[Tensor, np.ndarray]:
     """A reused (per thread) buffer for temporaries that do not outlive one call, as a tensor and
     its NumPy view: large fresh allocations page-fault on first touch, which costs as much as the
-    loop itself."""
+    loop itself. One flat buffer per name that only grows: a smaller call (a shorter packed
+    batch) takes views of its start, so batches whose longest sequence changes do not allocate."""
     pool = getattr(_POOL, "bufs", None)
     if pool is None:
         pool = _POOL.bufs = _Scratch()
         _SCRATCH_POOLS.add(pool)
-    got = pool.get(name)
-    if got is None or got[0].shape != shape or got[0].dtype != dtype:
+    got = pool.get(name)  # (flat tensor, last shape, its tensor view, its array view)
+    if got is not None and got[1] == shape and got[0].dtype == dtype:
+        return got[2], got[3]
+    n = math.prod(shape)
+    flat = got[0] if got is not None and got[0].dtype == dtype and got[0].numel() >= n else None
+    if flat is None:
         # never an inference tensor (made under torch.inference_mode): torch refuses writes into
         # those outside inference mode, and the buffer outlives the call that made it
         with torch.inference_mode(False):
-            t = torch.empty(shape, dtype=dtype)
-        got = pool[name] = (t, t.numpy())  # only the last shape per name is kept
-    return got
+            flat = torch.empty(n, dtype=dtype)
+    with torch.inference_mode(False):
+        view = flat[:n].view(shape)
+    got = pool[name] = (flat, shape, view, view.numpy())
+    return got[2], got[3]
 
 
 _ALIGN = 16  # elements: each carved buffer starts on a 64-byte boundary (float32)
@@ -242,7 +249,7 @@ def clear_saved_pool() -> None:
 def cached_bytes() -> int:
     """Bytes the engine holds for reuse and no call is using: free arrays of the saved-state pool
     and every thread's scratch buffers."""
-    scratch = sum(t.nbytes for pool in list(_SCRATCH_POOLS) for t, _ in list(pool.values()))
+    scratch = sum(got[0].nbytes for pool in list(_SCRATCH_POOLS) for got in list(pool.values()))
     return saved_pool_bytes()[0] + scratch
 
 
