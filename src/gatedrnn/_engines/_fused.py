@@ -139,13 +139,13 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[Ten
     if got is not None and got[1] == shape and got[0].dtype == dtype:
         return got[2], got[3]
     n = math.prod(shape)
-    flat = got[0] if got is not None and got[0].dtype == dtype and got[0].numel() >= n else None
-    if flat is None:
-        # never an inference tensor (made under torch.inference_mode): torch refuses writes into
-        # those outside inference mode, and the buffer outlives the call that made it
-        with torch.inference_mode(False):
-            flat = torch.empty(n, dtype=dtype)
+    # never an inference tensor (made under torch.inference_mode), nor a view made there: torch
+    # refuses writes into those outside inference mode, and the buffer outlives the call
     with torch.inference_mode(False):
+        if got is not None and got[0].dtype == dtype and got[0].numel() >= n:
+            flat = got[0]
+        else:
+            flat = torch.empty(n, dtype=dtype)
         view = flat[:n].view(shape)
     got = pool[name] = (flat, shape, view, view.numpy())
     return got[2], got[3]
@@ -642,8 +642,7 @@ class FusedEngine:
         save = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)
         )
-        run = _Layer.apply if save else functools.partial(_forward, None)
-        return run(
+        args = (
             x.contiguous(),
             h0.contiguous(),
             w_ih.contiguous(),
@@ -655,6 +654,7 @@ class FusedEngine:
             reset_after,
             save,
         )
+        return _Layer.apply(*args) if save else _forward(None, *args)
 
 
 ENGINE = FusedEngine()
