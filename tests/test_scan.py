@@ -35,6 +35,8 @@ def test_linear_scan_gradcheck() -> None:
     b = torch.randn(6, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(2, 3, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(linear_scan, (log_a, b, h0))
+    # second order: the adjoint scan's gradients, differentiated through the sequential recurrence
+    assert torch.autograd.gradgradcheck(linear_scan, (log_a, b, h0))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])

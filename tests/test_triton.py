@@ -184,6 +184,23 @@ def test_through_gru_layer(interpret):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
 
 
+@pytest.mark.parametrize(("variant", "reset_after"), [("gru0", False), ("mingru", True)])
+def test_second_order(interpret, variant, reset_after):
+    """gradgradcheck: the Triton backward's gradients, differentiated by the reference equations
+    (a backward through the step kernels' outputs alone would miss most of the second derivative)."""
+    torch.manual_seed(4)
+    m = GRU(2, 3, variant=variant, reset_after=reset_after, dtype=torch.float64, engine="triton")
+    names = [n for n, _ in m.named_parameters()]
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(1, 2, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([3, 2])
+
+    def f(x, h0, *ps):
+        return torch.func.functional_call(m, dict(zip(names, ps, strict=True)), (x, h0), {"lengths": lengths})
+
+    assert torch.autograd.gradgradcheck(f, (x, h0, *m.parameters()), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
 def test_packed_dropout_batch_first(interpret):
     """PackedSequence input, batch_first, inter-layer dropout in training mode (same RNG draws)."""
     from torch.nn.utils.rnn import pack_padded_sequence

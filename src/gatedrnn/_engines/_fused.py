@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from .. import _reference
 from .._specs import Spec
+from ._second_order import first_order
 
 __all__ = ["ENGINE", "FusedEngine"]
 
@@ -473,7 +474,8 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
         h_n = torch.from_numpy(hs[steps].copy())
     if save:
         ctx.spec, ctx.ra, ctx.shapes, ctx.lens, ctx.small = spec, ra, shapes, lens, small
-        ctx.save_for_backward(x, w_ih, w_hh, flat_t)
+        ctx.reset_after, ctx.lengths = reset_after, lengths
+        ctx.save_for_backward(x, w_ih, w_hh, flat_t, h0, b_ih, b_hh)
     return y_t, h_n
 
 
@@ -490,90 +492,106 @@ class _Layer(torch.autograd.Function):
         return _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, save)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, gy, ghn):  # type: ignore[override]
-        x, w_ih, w_hh, flat_t = ctx.saved_tensors
-        spec: Spec = ctx.spec
-        ra: bool = ctx.ra
-        lens = ctx.lens
-        hs, gs, ns, hn = _carve(flat_t.numpy(), ctx.shapes)
-        steps, batch, inp = x.shape
-        hid = hs.shape[-1]
-        ng = spec.num_gates * hid
-        ihw = spec.ih_blocks() * hid
-        hhw = spec.hh_blocks() * hid
-        dtype, dt = x.dtype, _NP_DTYPE[x.dtype]
-        gy_n = _np(gy.contiguous()) if gy is not None else np.zeros((steps, batch, hid), dt)
-        ghn_n = _np(ghn.contiguous()) if ghn is not None else np.zeros((batch, hid), dt)
-        whh = _np(w_hh) if w_hh is not None else _unused(dt, 2)
-        need = ctx.needs_input_grad
-        # A few input features: dx and dW_ih are folded into the loop, and dgx is one step's scratch.
-        fold = inp <= FOLD_MAX_INPUT
-        dgx_t, dgx = _scratch("dgx", (1 if fold else steps, batch, ihw), dtype)
-        dgh_t, dgh = _scratch("dgh", (steps, batch, hhw), dtype)
-        small: bool = ctx.small
-        ranges = _row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
-        # accumulated per concurrent call (a row each), summed below
-        nr = len(ranges)
-        dgbs = np.zeros((nr, ng), dt)
-        fold_dx, fold_dw = bool(fold and need[0]), bool(fold and need[2])
-        dx_t = torch.empty((steps, batch, inp), dtype=dtype) if fold_dx else None
-        dxo = dx_t.numpy() if dx_t is not None else _unused(dt, 3)
-        dwihs = np.zeros((nr, inp, ihw)) if fold_dw else _unused(np.float64, 3)
-        wih_t = np.ascontiguousarray(_np(w_ih).T) if fold_dx else _unused(dt, 2)
-        xin = _np(x) if fold_dw else _unused(dt, 3)
-        sums = bool(need[4] or need[5])
-        dbxs = np.zeros((nr, ihw))  # float64 sums: T*B terms
-        dbhs = np.zeros((nr, hhw))
-        two_gemm = spec.candidate_reads_h and not ra
-        qs_t, qs = _scratch("qs", (steps, batch, hid), dtype) if two_gemm else (None, _unused(dt, 3))
-        dh0_t = torch.empty((batch, hid), dtype=dtype)
-        dh, dhp, dzs = (_scratch(n, (batch, hid), dtype)[1] for n in ("dh", "dhp", "dzs"))
-        _, bwd = _kernel_for(spec, ra, dtype)
-        args = (_gemm_address(dtype), gy_n, ghn_n, whh, lens, hs, gs, ns, hn, dgx, dgh)
-        rest = (qs, dh0_t.numpy(), dh, dhp, dzs)
+        x, w_ih, w_hh, _, h0, b_ih, b_hh = ctx.saved_tensors
+        spec, reset_after, lengths = ctx.spec, ctx.reset_after, ctx.lengths
 
-        def run(i: int, b0: int, b1: int) -> None:
-            sums_i = (dbxs[i], dbhs[i], sums, xin, wih_t, dxo, dwihs[i if fold_dw else 0], fold_dx, fold_dw, small)
-            bwd(*args, dgbs[i], *rest, *sums_i, b0, b1)
+        def reference(*ins: Tensor | None) -> tuple[Tensor, Tensor]:
+            return _reference.run_layer(spec, reset_after, *ins, lengths)  # type: ignore[arg-type]
 
-        _run_rows(run, ranges, 2 * batch * hid * hhw)
-        if fold:
-            dx = dx_t if need[0] else None
-            dw_ih = torch.from_numpy(np.ascontiguousarray(dwihs.sum(0).T, dtype=dt)) if need[2] else None
+        grads = first_order(lambda: _backward(ctx, gy, ghn), reference, (gy, ghn), (x, h0, w_ih, w_hh, b_ih, b_hh))
+        return (*grads, None, None, None, None)
+
+
+def _backward(ctx, gy, ghn):  # type: ignore[no-untyped-def]
+    """The backward of :class:`_Layer`: gradients for (x, h0, w_ih, w_hh, b_ih, b_hh)."""
+    with torch.no_grad():
+        return _backward_kernels(ctx, *(g.detach() if g is not None else None for g in (gy, ghn)))
+
+
+def _backward_kernels(ctx, gy, ghn):  # type: ignore[no-untyped-def]
+    x, w_ih, w_hh, flat_t = ctx.saved_tensors[:4]
+    spec: Spec = ctx.spec
+    ra: bool = ctx.ra
+    lens = ctx.lens
+    hs, gs, ns, hn = _carve(flat_t.numpy(), ctx.shapes)
+    steps, batch, inp = x.shape
+    hid = hs.shape[-1]
+    ng = spec.num_gates * hid
+    ihw = spec.ih_blocks() * hid
+    hhw = spec.hh_blocks() * hid
+    dtype, dt = x.dtype, _NP_DTYPE[x.dtype]
+    gy_n = _np(gy.contiguous()) if gy is not None else np.zeros((steps, batch, hid), dt)
+    ghn_n = _np(ghn.contiguous()) if ghn is not None else np.zeros((batch, hid), dt)
+    whh = _np(w_hh) if w_hh is not None else _unused(dt, 2)
+    need = ctx.needs_input_grad
+    # A few input features: dx and dW_ih are folded into the loop, and dgx is one step's scratch.
+    fold = inp <= FOLD_MAX_INPUT
+    dgx_t, dgx = _scratch("dgx", (1 if fold else steps, batch, ihw), dtype)
+    dgh_t, dgh = _scratch("dgh", (steps, batch, hhw), dtype)
+    small: bool = ctx.small
+    ranges = _row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
+    # accumulated per concurrent call (a row each), summed below
+    nr = len(ranges)
+    dgbs = np.zeros((nr, ng), dt)
+    fold_dx, fold_dw = bool(fold and need[0]), bool(fold and need[2])
+    dx_t = torch.empty((steps, batch, inp), dtype=dtype) if fold_dx else None
+    dxo = dx_t.numpy() if dx_t is not None else _unused(dt, 3)
+    dwihs = np.zeros((nr, inp, ihw)) if fold_dw else _unused(np.float64, 3)
+    wih_t = np.ascontiguousarray(_np(w_ih).T) if fold_dx else _unused(dt, 2)
+    xin = _np(x) if fold_dw else _unused(dt, 3)
+    sums = bool(need[4] or need[5])
+    dbxs = np.zeros((nr, ihw))  # float64 sums: T*B terms
+    dbhs = np.zeros((nr, hhw))
+    two_gemm = spec.candidate_reads_h and not ra
+    qs_t, qs = _scratch("qs", (steps, batch, hid), dtype) if two_gemm else (None, _unused(dt, 3))
+    dh0_t = torch.empty((batch, hid), dtype=dtype)
+    dh, dhp, dzs = (_scratch(n, (batch, hid), dtype)[1] for n in ("dh", "dhp", "dzs"))
+    _, bwd = _kernel_for(spec, ra, dtype)
+    args = (_gemm_address(dtype), gy_n, ghn_n, whh, lens, hs, gs, ns, hn, dgx, dgh)
+    rest = (qs, dh0_t.numpy(), dh, dhp, dzs)
+
+    def run(i: int, b0: int, b1: int) -> None:
+        sums_i = (dbxs[i], dbhs[i], sums, xin, wih_t, dxo, dwihs[i if fold_dw else 0], fold_dx, fold_dw, small)
+        bwd(*args, dgbs[i], *rest, *sums_i, b0, b1)
+
+    _run_rows(run, ranges, 2 * batch * hid * hhw)
+    if fold:
+        dx = dx_t if need[0] else None
+        dw_ih = torch.from_numpy(np.ascontiguousarray(dwihs.sum(0).T, dtype=dt)) if need[2] else None
+    else:
+        dgx2 = dgx_t.view(steps * batch, ihw)
+        dx = (dgx2 @ w_ih.detach()).view(steps, batch, inp) if need[0] else None
+        dw_ih = dgx2.t() @ x.detach().reshape(steps * batch, inp) if need[2] else None
+    dh0 = dh0_t if need[1] else None
+    dw_hh = None
+    if need[3]:
+        dgh2 = dgh_t.view(steps * batch, hhw)
+        hprev = torch.from_numpy(hs[:-1].reshape(steps * batch, hid))
+        if two_gemm:
+            assert qs_t is not None
+            dw_hh = torch.empty((hhw, hid), dtype=dtype)
+            if spec.gates_read_h:
+                torch.mm(dgh2[:, :ng].t(), hprev, out=dw_hh[:ng])
+            torch.mm(dgh2[:, hhw - hid :].t(), qs_t.view(steps * batch, hid), out=dw_hh[hhw - hid :])
         else:
-            dgx2 = dgx_t.view(steps * batch, ihw)
-            dx = (dgx2 @ w_ih.detach()).view(steps, batch, inp) if need[0] else None
-            dw_ih = dgx2.t() @ x.detach().reshape(steps * batch, inp) if need[2] else None
-        dh0 = dh0_t if need[1] else None
-        dw_hh = None
-        if need[3]:
-            dgh2 = dgh_t.view(steps * batch, hhw)
-            hprev = torch.from_numpy(hs[:-1].reshape(steps * batch, hid))
-            if two_gemm:
-                assert qs_t is not None
-                dw_hh = torch.empty((hhw, hid), dtype=dtype)
-                if spec.gates_read_h:
-                    torch.mm(dgh2[:, :ng].t(), hprev, out=dw_hh[:ng])
-                torch.mm(dgh2[:, hhw - hid :].t(), qs_t.view(steps * batch, hid), out=dw_hh[hhw - hid :])
-            else:
-                dw_hh = dgh2.t() @ hprev
-        db_ih = db_hh = None
-        if sums:
-            dbx, dbh = dbxs.sum(0), dbhs.sum(0)
-            if spec.gates_read_x:
-                dgate = dbx[:ng]
-            elif spec.gates_read_h:
-                dgate = dbh[:ng]
-            else:
-                dgate = dgbs.sum(0)
-            if need[4]:
-                dn = dbx[ihw - hid :]
-                db_ih = torch.from_numpy((np.concatenate([dgate, dn]) if spec.gates_have_bias else dn).astype(dt))
-            if need[5] and ra:
-                dbhn = dbh[hhw - hid :]
-                db_hh = torch.from_numpy((np.concatenate([dgate, dbhn]) if spec.torch_hh_bias else dbhn).astype(dt))
-        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
+            dw_hh = dgh2.t() @ hprev
+    db_ih = db_hh = None
+    if sums:
+        dbx, dbh = dbxs.sum(0), dbhs.sum(0)
+        if spec.gates_read_x:
+            dgate = dbx[:ng]
+        elif spec.gates_read_h:
+            dgate = dbh[:ng]
+        else:
+            dgate = dgbs.sum(0)
+        if need[4]:
+            dn = dbx[ihw - hid :]
+            db_ih = torch.from_numpy((np.concatenate([dgate, dn]) if spec.gates_have_bias else dn).astype(dt))
+        if need[5] and ra:
+            dbhn = dbh[hhw - hid :]
+            db_hh = torch.from_numpy((np.concatenate([dgate, dbhn]) if spec.torch_hh_bias else dbhn).astype(dt))
+    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
 
 
 @functools.lru_cache(maxsize=1)

@@ -31,9 +31,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .._specs import Spec
+from ._second_order import first_order
 
 __all__ = ["ENGINE", "linear_scan", "log_scan", "mingru_layer", "mingru_step"]
 
@@ -63,13 +63,23 @@ class _LinearScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, log_a: Tensor, b: Tensor, h0: Tensor) -> Tensor:  # type: ignore[override]
         h = log_scan(log_a.detach(), b.detach(), h0.detach())
-        ctx.save_for_backward(log_a, h0, h)
+        ctx.save_for_backward(log_a, b, h0, h)
         return h.to(b.dtype, copy=True)  # its own tensor, never a view of a saved one
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, g: Tensor):  # type: ignore[override]
-        log_a, h0, h = ctx.saved_tensors
+        log_a, b, h0, _ = ctx.saved_tensors
+
+        def engine() -> tuple[Tensor, Tensor, Tensor]:
+            with torch.no_grad():
+                return _LinearScan.first_order(ctx, g.detach())
+
+        return first_order(engine, _sequential, (g,), (log_a, b, h0))
+
+    @staticmethod
+    def first_order(ctx, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[no-untyped-def]
+        """The adjoint scan: gradients for (log_a, b, h0)."""
+        log_a, _, h0, h = ctx.saved_tensors
         la = log_a.double()
         # λ_t = g_t + a_(t+1) λ_(t+1): a forward scan on the time-reversed sequence.
         shifted = torch.cat([la[1:], la.new_zeros((1, *la.shape[1:]))])
@@ -79,6 +89,16 @@ class _LinearScan(torch.autograd.Function):
         d_log_a = lam * a * hprev
         d_h0 = a[0] * lam[0]
         return d_log_a.to(log_a.dtype), lam.to(g.dtype), d_h0.to(h0.dtype)
+
+
+def _sequential(log_a: Tensor, b: Tensor, h0: Tensor) -> tuple[Tensor]:
+    """``h_t = exp(log_a_t) h_(t-1) + b_t`` step by step, by differentiable torch operations: what the
+    scan computes, differentiated twice for second-order gradients (:mod:`._second_order`)."""
+    a, h, hs = torch.exp(log_a), h0, []
+    for t in range(log_a.shape[0]):
+        h = a[t] * h + b[t]
+        hs.append(h)
+    return (torch.stack(hs).to(b.dtype),)
 
 
 def linear_scan(log_a: Tensor, b: Tensor, h0: Tensor) -> Tensor:

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from .. import _reference
 from .._specs import Spec
+from ._second_order import first_order
 
 __all__ = ["ENGINE", "PERSISTENT_MAX_H", "TritonEngine", "run"]
 
@@ -484,15 +485,33 @@ class _TritonLayer(torch.autograd.Function):
         h_n = hs[-1].to(h0.dtype)
         ctx.cfg = cfg
         ctx.has = (w_hh is not None, b_ih is not None, b_hh is not None, lengths is not None)
-        ctx.save_for_backward(x, w_ih, w, hs, g, n, hn, lengths if lengths is not None else hs)
+        ctx.lengths = lengths
+        ctx.save_for_backward(x, w_ih, w, hs, g, n, hn, lengths if lengths is not None else hs, h0, w_hh, b_ih, b_hh)
         return y, h_n
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor, dh_n: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         cfg: _Config = ctx.cfg
+        x, w_ih, *_, h0, w_hh, b_ih, b_hh = ctx.saved_tensors
+        lengths = ctx.lengths
+
+        def reference(*ins: Tensor | None) -> tuple[Tensor, Tensor]:
+            return _reference.run_layer(cfg.spec, cfg.reset_after, *ins, lengths)  # type: ignore[arg-type]
+
+        def engine() -> tuple[Tensor | None, ...]:
+            with torch.no_grad():
+                return _TritonLayer.first_order(ctx, dy.detach(), dh_n.detach())
+
+        grads = first_order(engine, reference, (dy, dh_n), (x, h0, w_ih, w_hh, b_ih, b_hh))
+        return (None, *grads, None)
+
+    @staticmethod
+    def first_order(ctx: Any, dy: Tensor, dh_n: Tensor) -> tuple[Tensor | None, ...]:
+        """The hand-written backward: gradients for (x, h0, w_ih, w_hh, b_ih, b_hh)."""
+        cfg: _Config = ctx.cfg
         spec = cfg.spec
         has_whh, has_bih, has_bhh, has_len = ctx.has
-        x, w_ih, w, hs, g, n, hn, lens = ctx.saved_tensors
+        x, w_ih, w, hs, g, n, hn, lens = ctx.saved_tensors[:8]
         w_hh = w if has_whh else None
         lengths = lens if has_len else None
         steps, batch, hidden = n.shape
@@ -531,7 +550,7 @@ class _TritonLayer(torch.autograd.Function):
             shn = dhn.sum((0, 1))
             db_hh = torch.cat([dg.sum((0, 1)), shn]) if spec.torch_hh_bias else shn
             db_hh = db_hh.to(w_ih.dtype)
-        return None, dx, dh0.to(wd), dw_ih, dw_hh, db_ih, db_hh, None
+        return dx, dh0.to(wd) if need[2] else None, dw_ih, dw_hh, db_ih, db_hh
 
 
 class TritonEngine:
