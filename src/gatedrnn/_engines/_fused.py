@@ -87,22 +87,41 @@ def _biases(
     """``(projection bias [ihb*H] or None, gates' constant pre-activation [G*H], b_hn [H])``.
 
     NumPy views of the parameters in, NumPy out: this glue runs on every call, and NumPy's
-    small-array operations cost a tenth of torch's.
+    small-array operations cost a tenth of torch's. The constant zero vectors are shared (the
+    kernels only read them).
     """
     gh = spec.num_gates * hid
+    hh_gates = b_hh is not None and spec.torch_hh_bias and reset_after
+    bhn = b_hh[-hid:] if (reset_after and spec.has_reset and b_hh is not None) else _zeros(dt, hid)
+    if spec.gates_read_x and b_ih is not None and spec.gates_have_bias:
+        # the common case (gru0, MGU): [b_i(gates) (+ b_h(gates)) | b_in], two operations
+        pbias = b_ih.copy()
+        if hh_gates:
+            pbias[:gh] += b_hh[:gh]
+        return pbias, _zeros(dt, gh), bhn
     gbias = b_ih[:gh] if (b_ih is not None and spec.gates_have_bias) else None
-    if b_hh is not None and spec.torch_hh_bias and reset_after:
+    if hh_gates:
         gbias = b_hh[:gh] if gbias is None else gbias + b_hh[:gh]
     nbias = b_ih[-hid:] if b_ih is not None else None
-    bhn = b_hh[-hid:] if (reset_after and spec.has_reset and b_hh is not None) else np.zeros(hid, dt)
     if not spec.gates_read_x:
-        return nbias, (gbias if gbias is not None else np.zeros(gh, dt)), bhn
+        return nbias, (gbias if gbias is not None else _zeros(dt, gh)), bhn
     if gbias is None and nbias is None:
-        return None, np.zeros(gh, dt), bhn
+        return None, _zeros(dt, gh), bhn
     pbias = np.empty(gh + hid, dt)
     pbias[:gh] = gbias if gbias is not None else 0.0
     pbias[gh:] = nbias if nbias is not None else 0.0
-    return pbias, np.zeros(gh, dt), bhn
+    return pbias, _zeros(dt, gh), bhn
+
+
+_ZEROS: dict[tuple[type, int], np.ndarray] = {}
+
+
+def _zeros(dt: type, n: int) -> np.ndarray:
+    """A shared zero vector (callers and kernels only read it)."""
+    a = _ZEROS.get((dt, n))
+    if a is None:
+        a = _ZEROS[(dt, n)] = np.zeros(n, dt)
+    return a
 
 
 class _Scratch(dict):  # type: ignore[type-arg]
@@ -414,64 +433,63 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
     ng = spec.num_gates * hid
     hhw = spec.hh_blocks() * hid
     dt = _NP_DTYPE[x.dtype]
-    with torch.no_grad():
-        pbias, gb, bhn = _biases(
-            spec, ra, _np(b_ih) if b_ih is not None else None, _np(b_hh) if b_hh is not None else None, hid, dt
-        )
-        xp_t, xp = _scratch("xp", (steps * batch, w_ih.shape[0]), x.dtype)
-        x2, w_t = x.detach().view(steps * batch, -1), w_ih.detach().t()
-        if pbias is None:
-            torch.mm(x2, w_t, out=xp_t)
-        else:
-            torch.addmm(torch.from_numpy(pbias), x2, w_t, out=xp_t)
-        xp = xp.reshape(steps, batch, -1)
-        whh = _np(w_hh) if w_hh is not None else _unused(dt, 2)
-        if lengths is not None:
-            lens = lengths.numpy()
-        else:
-            lens = np.empty(batch, np.int64)
-            lens.fill(steps)
-        # saved for the backward (one flat tensor), or (inference) reused scratch
-        shapes = [
-            (steps + 1, batch, hid),
-            (steps, batch, ng),
-            (steps, batch, hid),
-            (steps if ra else 1, batch, hid),
-        ]
-        if save:
-            flat, flat_t = _saved_buffer(_carved_size(shapes), x.dtype)
-            hs, gs, ns, hn = _carve(flat, shapes)
-        else:
-            hs, gs, ns, hn = (_scratch(n, s, x.dtype)[1] for n, s in zip(("hs", "gs", "ns", "hn"), shapes, strict=True))
-        hs[0] = _np(h0)
-        # The outputs are their own tensor (not a view of the saved states): like torch.nn.GRU's,
-        # they may be modified in place (e.g. ReLU(inplace=True)) without touching the saves.
-        y_t = torch.empty((steps, batch, hid), dtype=x.dtype)
-        work = _scratch("work", (batch, hhw), x.dtype)[1]
-        small = _small(spec.candidate_reads_h, batch, hid, hhw)  # the backward's
-        small_f = small and steps >= SMALL_MIN_STEPS
-        whh_t = w_hh.detach().t().contiguous().numpy() if small_f else _unused(dt, 2)
-        fwd, _ = _kernel_for(spec, ra, x.dtype)
-        args = (
-            _gemm_address(x.dtype),
-            xp,
-            gb,
-            whh,
-            whh_t,
-            bhn,
-            lens,
-            hs,
-            y_t.numpy(),
-            gs,
-            ns,
-            hn,
-            work,
-            True,
-            small_f,
-        )
-        ranges = _row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
-        _run_rows(lambda _, b0, b1: fwd(*args, b0, b1), ranges, 2 * batch * hid * hhw)
-        h_n = torch.from_numpy(hs[steps].copy())
+    pbias, gb, bhn = _biases(
+        spec, ra, _np(b_ih) if b_ih is not None else None, _np(b_hh) if b_hh is not None else None, hid, dt
+    )
+    xp_t, xp = _scratch("xp", (steps * batch, w_ih.shape[0]), x.dtype)
+    x2, w_t = x.view(steps * batch, -1), w_ih.t()
+    if pbias is None:
+        torch.mm(x2, w_t, out=xp_t)
+    else:
+        torch.addmm(torch.from_numpy(pbias), x2, w_t, out=xp_t)
+    xp = xp.reshape(steps, batch, -1)
+    whh = _np(w_hh) if w_hh is not None else _unused(dt, 2)
+    if lengths is not None:
+        lens = lengths.numpy()
+    else:
+        lens = np.empty(batch, np.int64)
+        lens.fill(steps)
+    # saved for the backward (one flat tensor), or (inference) reused scratch
+    shapes = [
+        (steps + 1, batch, hid),
+        (steps, batch, ng),
+        (steps, batch, hid),
+        (steps if ra else 1, batch, hid),
+    ]
+    if save:
+        flat, flat_t = _saved_buffer(_carved_size(shapes), x.dtype)
+        hs, gs, ns, hn = _carve(flat, shapes)
+    else:
+        hs, gs, ns, hn = (_scratch(n, s, x.dtype)[1] for n, s in zip(("hs", "gs", "ns", "hn"), shapes, strict=True))
+    hs[0] = _np(h0)
+    # The outputs are their own tensor (not a view of the saved states): like torch.nn.GRU's,
+    # they may be modified in place (e.g. ReLU(inplace=True)) without touching the saves.
+    y_t = torch.empty((steps, batch, hid), dtype=x.dtype)
+    work = _scratch("work", (batch, hhw), x.dtype)[1]
+    small = _small(spec.candidate_reads_h, batch, hid, hhw)  # the backward's
+    small_f = small and steps >= SMALL_MIN_STEPS
+    whh_t = w_hh.detach().t().contiguous().numpy() if small_f else _unused(dt, 2)
+    fwd, _ = _kernel_for(spec, ra, x.dtype)
+    args = (
+        _gemm_address(x.dtype),
+        xp,
+        gb,
+        whh,
+        whh_t,
+        bhn,
+        lens,
+        hs,
+        y_t.numpy(),
+        gs,
+        ns,
+        hn,
+        work,
+        True,
+        small_f,
+    )
+    ranges = _row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
+    _run_rows(lambda _, b0, b1: fwd(*args, b0, b1), ranges, 2 * batch * hid * hhw)
+    h_n = torch.from_numpy(hs[steps].copy())
     if save:
         ctx.spec, ctx.ra, ctx.shapes, ctx.lens, ctx.small = spec, ra, shapes, lens, small
         ctx.reset_after, ctx.lengths = reset_after, lengths
@@ -561,8 +579,8 @@ def _backward_kernels(ctx, gy, ghn):  # type: ignore[no-untyped-def]
         dw_ih = torch.from_numpy(np.ascontiguousarray(dwihs.sum(0).T, dtype=dt)) if need[2] else None
     else:
         dgx2 = dgx_t.view(steps * batch, ihw)
-        dx = (dgx2 @ w_ih.detach()).view(steps, batch, inp) if need[0] else None
-        dw_ih = dgx2.t() @ x.detach().reshape(steps * batch, inp) if need[2] else None
+        dx = (dgx2 @ w_ih).view(steps, batch, inp) if need[0] else None  # (no grad mode: see _backward)
+        dw_ih = dgx2.t() @ x.view(steps * batch, inp) if need[2] else None
     dh0 = dh0_t if need[1] else None
     dw_hh = None
     if need[3]:
@@ -578,19 +596,19 @@ def _backward_kernels(ctx, gy, ghn):  # type: ignore[no-untyped-def]
             dw_hh = dgh2.t() @ hprev
     db_ih = db_hh = None
     if sums:
-        dbx, dbh = dbxs.sum(0), dbhs.sum(0)
+        dbx, dbh = (dbxs[0], dbhs[0]) if nr == 1 else (dbxs.sum(0), dbhs.sum(0))
         if spec.gates_read_x:
             dgate = dbx[:ng]
         elif spec.gates_read_h:
             dgate = dbh[:ng]
         else:
-            dgate = dgbs.sum(0)
+            dgate = dgbs[0] if nr == 1 else dgbs.sum(0)
         if need[4]:
             dn = dbx[ihw - hid :]
-            db_ih = torch.from_numpy((np.concatenate([dgate, dn]) if spec.gates_have_bias else dn).astype(dt))
+            db_ih = torch.from_numpy(np.concatenate([dgate, dn], dtype=dt) if spec.gates_have_bias else dn.astype(dt))
         if need[5] and ra:
             dbhn = dbh[hhw - hid :]
-            db_hh = torch.from_numpy((np.concatenate([dgate, dbhn]) if spec.torch_hh_bias else dbhn).astype(dt))
+            db_hh = torch.from_numpy(np.concatenate([dgate, dbhn], dtype=dt) if spec.torch_hh_bias else dbhn.astype(dt))
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
 
 
