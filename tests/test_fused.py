@@ -211,6 +211,44 @@ def _max_err(mod: torch.nn.Module, ref64: tuple, x: torch.Tensor, gy: torch.Tens
     return max(errs)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize(("steps", "batch"), [(20, 2), (6, 5)], ids=["loops", "blas"])
+@pytest.mark.parametrize(
+    ("variant", "reset_after"), WIRINGS, ids=[f"{v}-{'after' if r else 'before'}" for v, r in WIRINGS]
+)
+@pytest.mark.parametrize("grad", [False, True], ids=["nograd", "grad"])
+def test_nan_propagates_and_saturation_matches(
+    variant: str, reset_after: bool, steps: int, batch: int, dtype: torch.dtype, grad: bool
+) -> None:
+    """NaN in the input or h0 reaches the outputs exactly where it does with plain torch ops, and
+    inputs large enough to saturate every activation give the reference's values.
+
+    (The float32 activations once clamped NaN to a finite value, so a NaN vanished after one
+    step: a diverged model would have kept training on finite numbers.)
+    """
+    ref, fused = _pair(variant, reset_after, dtype, 1, False, False)
+    torch.manual_seed(3)
+    x = torch.randn(steps, batch, 5, dtype=dtype)
+    h0 = torch.randn(1, batch, 6, dtype=dtype) * 0.5
+    x[1, 0, 2] = float("nan")  # row 0: NaN from step 1 on
+    x[:, 1] *= 1e4  # row 1: every pre-activation far past the clamp of the float32 tanh
+    if batch > 2:
+        h0[0, 2, 3] = float("nan")  # row 2: NaN state from the start
+    for mod in (ref, fused):
+        mod.requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        y_ref, hn_ref = ref(x, h0)
+        y_fused, hn_fused = fused(x, h0)
+    for got, want in ((y_fused, y_ref), (hn_fused, hn_ref)):
+        assert torch.equal(torch.isnan(got), torch.isnan(want))
+        assert torch.isnan(want).any()
+        ok = ~torch.isnan(want)
+        # minGRU's candidate is linear, so its saturated row holds values near 1e4: the float32
+        # sigmoid's floor in saturation (about 1e-7) times those is the scale of its error
+        scale = max(1.0, want[ok].abs().max().item())
+        torch.testing.assert_close(got[ok], want[ok], rtol=TOL[dtype], atol=TOL[dtype] * scale)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize(("steps", "batch"), [(50, 8), (400, 16)], ids=["short", "long-split"])
 def test_float32_error_within_twice_torch(variant: str, steps: int, batch: int) -> None:

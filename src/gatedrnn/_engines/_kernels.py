@@ -279,9 +279,13 @@ _HALF32, _ONE32 = _F(0.5), _F(1.0)
 
 @njit(inline="always", **_JIT)
 def _tanh32(x):
-    """float32 tanh as a [13/6] rational (Eigen's ``generic_fast_tanh_float``): vectorises."""
-    x = x if x < _C else _C
-    x = x if x > -_C else -_C
+    """float32 tanh as a [13/6] rational (Eigen's ``generic_fast_tanh_float``): vectorises.
+
+    The clamp keeps NaN (a comparison with NaN is false, so NaN passes through both selects and
+    the rational gives NaN, as ``torch.tanh`` does); each select is one ``vminps``/``vmaxps``.
+    """
+    x = _C if x > _C else x
+    x = -_C if x < -_C else x
     x2 = x * x
     p = x2 * _A13 + _A11
     p = x2 * p + _A9
