@@ -9,12 +9,11 @@ from torch.func import functional_call
 import gatedrnn
 
 
-@pytest.mark.parametrize("variant", sorted(gatedrnn.SPECS))
-@pytest.mark.parametrize("reset_after", [True, False])
-def test_gradcheck_every_variant(variant, reset_after, engine):
-    layer = gatedrnn.GRU(
-        3,
-        2,
+def _bilayer(inp, hid, variant, reset_after, engine):
+    """Two bidirectional float64 layers (every stacking and direction path)."""
+    return gatedrnn.GRU(
+        inp,
+        hid,
         num_layers=2,
         bidirectional=True,
         variant=variant,
@@ -22,16 +21,25 @@ def test_gradcheck_every_variant(variant, reset_after, engine):
         dtype=torch.float64,
         engine=engine,
     )
+
+
+def _layer_fn(layer, lengths):
     names = [n for n, _ in layer.named_parameters()]
+
+    def f(x, h0, *ps):
+        return functional_call(layer, dict(zip(names, ps, strict=True)), (x, h0), {"lengths": lengths})
+
+    return f
+
+
+@pytest.mark.parametrize("variant", sorted(gatedrnn.SPECS))
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_gradcheck_every_variant(variant, reset_after, engine):
+    layer = _bilayer(3, 2, variant, reset_after, engine)
     params = [p.detach().clone().requires_grad_(True) for p in layer.parameters()]
     x = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
-    lengths = torch.tensor([4, 1, 3])
-
-    def f(x, h0, *ps):
-        y, hn = functional_call(layer, dict(zip(names, ps, strict=True)), (x, h0), {"lengths": lengths})
-        return y, hn
-
+    f = _layer_fn(layer, torch.tensor([4, 1, 3]))
     assert torch.autograd.gradcheck(f, (x, h0, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
@@ -50,31 +58,13 @@ def test_gradcheck_cell(variant, reset_after):
     assert torch.autograd.gradcheck(f, (x, h, *params))
 
 
-def _layer_fn(layer, lengths):
-    names = [n for n, _ in layer.named_parameters()]
-
-    def f(x, h0, *ps):
-        return functional_call(layer, dict(zip(names, ps, strict=True)), (x, h0), {"lengths": lengths})
-
-    return f
-
-
 @pytest.mark.parametrize("variant", sorted(gatedrnn.SPECS))
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_gradgradcheck_fused_every_variant(variant, reset_after):
     """Second-order gradients (create_graph=True, then a backward through the gradients): the
     fused engine's first-order gradients, differentiated by the reference equations. (The
     reference engine is plain autograd: torch's own second derivatives.)"""
-    layer = gatedrnn.GRU(
-        2,
-        2,
-        num_layers=2,
-        bidirectional=True,
-        variant=variant,
-        reset_after=reset_after,
-        dtype=torch.float64,
-        engine="fused",
-    )
+    layer = _bilayer(2, 2, variant, reset_after, "fused")
     params = [p.detach().clone().requires_grad_(True) for p in layer.parameters()]
     x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)

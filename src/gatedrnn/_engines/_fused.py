@@ -426,7 +426,9 @@ def _run_rows(run: Callable[[int, int, int], None], ranges: list[tuple[int, int]
 
 def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, save):  # type: ignore[no-untyped-def]
     """The forward of :class:`_Layer`; ``ctx`` is None (and ``save`` False) when it is called
-    directly, with nothing to differentiate: no autograd node then (about 20 µs less a call)."""
+    directly, with nothing to differentiate: no autograd node then (about 20 µs less a call).
+    Either way no torch operation here records a graph (autograd.Function runs its forward in
+    no-grad mode), so the inputs are used as they come, without detaching them."""
     steps, batch, _ = x.shape
     hid = h0.shape[-1]
     ra = bool(reset_after and spec.has_reset)

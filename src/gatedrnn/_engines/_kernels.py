@@ -282,7 +282,7 @@ def _tanh32(x):
     """float32 tanh as a [13/6] rational (Eigen's ``generic_fast_tanh_float``): vectorises.
 
     The clamp keeps NaN (a comparison with NaN is false, so NaN passes through both selects and
-    the rational gives NaN, as ``torch.tanh`` does); each select is one ``vminps``/``vmaxps``.
+    the rational gives NaN, as ``torch.tanh`` does).
     """
     x = _C if x > _C else x
     x = -_C if x < -_C else x
