@@ -524,12 +524,8 @@ class _Layer(torch.autograd.Function):
 
 
 def _backward(ctx, gy, ghn):  # type: ignore[no-untyped-def]
-    """The backward of :class:`_Layer`: gradients for (x, h0, w_ih, w_hh, b_ih, b_hh)."""
-    with torch.no_grad():
-        return _backward_kernels(ctx, *(g.detach() if g is not None else None for g in (gy, ghn)))
-
-
-def _backward_kernels(ctx, gy, ghn):  # type: ignore[no-untyped-def]
+    """The backward of :class:`_Layer`: gradients for (x, h0, w_ih, w_hh, b_ih, b_hh). It runs with
+    grad mode off (see :func:`first_order`); ``gy``/``ghn`` reach the kernels through ``_np``."""
     x, w_ih, w_hh, flat_t = ctx.saved_tensors[:4]
     spec: Spec = ctx.spec
     ra: bool = ctx.ra
@@ -581,7 +577,7 @@ def _backward_kernels(ctx, gy, ghn):  # type: ignore[no-untyped-def]
         dw_ih = torch.from_numpy(np.ascontiguousarray(dwihs.sum(0).T, dtype=dt)) if need[2] else None
     else:
         dgx2 = dgx_t.view(steps * batch, ihw)
-        dx = (dgx2 @ w_ih).view(steps, batch, inp) if need[0] else None  # (no grad mode: see _backward)
+        dx = (dgx2 @ w_ih).view(steps, batch, inp) if need[0] else None  # (grad mode is off: see first_order)
         dw_ih = dgx2.t() @ x.view(steps * batch, inp) if need[2] else None
     dh0 = dh0_t if need[1] else None
     dw_hh = None

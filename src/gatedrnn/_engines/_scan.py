@@ -70,11 +70,7 @@ class _LinearScan(torch.autograd.Function):
     def backward(ctx, g: Tensor):  # type: ignore[override]
         log_a, b, h0, _ = ctx.saved_tensors
 
-        def engine() -> tuple[Tensor, Tensor, Tensor]:
-            with torch.no_grad():
-                return _LinearScan.first_order(ctx, g.detach())
-
-        return first_order(engine, _sequential, (g,), (log_a, b, h0))
+        return first_order(lambda: _LinearScan.first_order(ctx, g), _sequential, (g,), (log_a, b, h0))
 
     @staticmethod
     def first_order(ctx, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[no-untyped-def]

@@ -42,7 +42,9 @@ def first_order(
 
     Args:
         engine: computes the first-order gradients with the engine's kernels, one per entry of
-            ``inputs`` (None where not needed); it runs without autograd.
+            ``inputs`` (None where not needed). It is always called with grad mode off (directly
+            in a plain backward, else from a Function's forward), so it records no graph and
+            needs no ``torch.no_grad`` or detaching of its own.
         reference: ``reference(*inputs)`` gives the forward's outputs by differentiable torch
             operations (the same maths as the engine's forward).
         grad_outputs: the backward's incoming gradients, one per output of ``reference``.

@@ -498,11 +498,9 @@ class _TritonLayer(torch.autograd.Function):
         def reference(*ins: Tensor | None) -> tuple[Tensor, Tensor]:
             return _reference.run_layer(cfg.spec, cfg.reset_after, *ins, lengths)  # type: ignore[arg-type]
 
-        def engine() -> tuple[Tensor | None, ...]:
-            with torch.no_grad():
-                return _TritonLayer.first_order(ctx, dy.detach(), dh_n.detach())
-
-        grads = first_order(engine, reference, (dy, dh_n), (x, h0, w_ih, w_hh, b_ih, b_hh))
+        grads = first_order(
+            lambda: _TritonLayer.first_order(ctx, dy, dh_n), reference, (dy, dh_n), (x, h0, w_ih, w_hh, b_ih, b_hh)
+        )
         return (None, *grads, None)
 
     @staticmethod
