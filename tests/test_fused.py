@@ -467,6 +467,29 @@ def _saved_size(steps: int, batch: int, hid: int) -> int:
     return sum(-(-n // 16) * 16 for n in counts) * 8
 
 
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_constant_gates_are_saved_once(reset_after: bool) -> None:
+    """GRU3's gates come from their bias alone: the same at every step and row, so what the
+    forward saves holds them once ([2H]), not per step and row ([T, B, 2H] as for GRU1)."""
+    steps, batch, hid = 7, 2, 5
+    x = torch.randn(steps, batch, 3, dtype=torch.float64)
+    pad = lambda n: -(-n // 16) * 16  # noqa: E731 (each carved buffer is padded to 16 elements)
+    pre = pad(steps * batch * hid if reset_after else batch * hid)
+    fixed = pad((steps + 1) * batch * hid) + pad(steps * batch * hid) + pre
+    for variant, gates in (("gru3", pad(2 * hid)), ("gru1", pad(steps * batch * 2 * hid))):
+        mod = GRU(3, hid, variant=variant, reset_after=reset_after, engine="fused", dtype=torch.float64)
+        sizes: list[int] = []
+
+        def pack(t: torch.Tensor, sizes: list[int] = sizes) -> torch.Tensor:
+            sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y, h = mod(x.requires_grad_())
+        assert max(sizes) == fixed + gates, variant
+        (y.sum() + h.sum()).backward()  # and the backward reads what it saved
+
+
 def test_saved_pool_lends_and_takes_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """What a forward saves comes from the pool: lent until autograd releases it (after the
     backward, or with the dropped graph), then reused by the next forward that fits it (up to

@@ -4,8 +4,9 @@ Forward: the input projection of every step as one matrix product (the biases th
 are folded into it; gates that do not read ``x`` skip it), then the compiled loop of
 :mod:`gatedrnn._engines._kernels` (one BLAS call per step on the recurrent weights, two dependent
 ones for the reset-before form, and one fused elementwise pass). It saves the states, the gate
-activations, the candidates and, for the reset-after form, the pre-reset recurrent term (one flat
-buffer; large ones are reused from a pool once autograd lets go of them, see ``SAVED_POOL_MIN_BYTES``).
+activations (GRU3's, from the bias alone, once), the candidates and, for the reset-after form, the
+pre-reset recurrent term (one flat buffer; large ones are reused from a pool once autograd lets go
+of them, see ``SAVED_POOL_MIN_BYTES``).
 
 With several torch threads the batch rows are split between torch's OpenMP threads, each running
 the loop on its rows (see ``SPLIT_MIN_ROWS``).
@@ -454,7 +455,7 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
     # saved for the backward (one flat tensor), or (inference) reused scratch
     shapes = [
         (steps + 1, batch, hid),
-        (steps, batch, ng),
+        (steps, batch, ng) if spec.gates_read_x or spec.gates_read_h else (1, 1, ng),  # GRU3: constant
         (steps, batch, hid),
         (steps if ra else 1, batch, hid),
     ]

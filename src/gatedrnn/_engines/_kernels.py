@@ -337,6 +337,9 @@ def kernels(
     # Only plain constants in the closure (numba keys its on-disk cache by their pickled bytes).
     use_gemm = cand_h  # every variant whose gates read h also has a candidate that reads h
     two_gemm = cand_h and not reset_after
+    # gates from their bias alone (GRU3): the same activations at every step and row, computed
+    # once per call and saved once (``gs`` is ``[1, 1, G*H]``)
+    gconst = not (gx or gh)
 
     @njit(**_JIT)
     def forward(fptr, xp, gb, whh, whh_t, bhn, lengths, hs, y, gs, ns, hn, work, copy_y, small, b0, b1):
@@ -353,7 +356,8 @@ def kernels(
             hs: ``[T+1, B, H]`` states; ``hs[0]`` = h0 on entry. Saved for the backward.
             y: ``[T, B, H]`` outputs (out) when ``copy_y``; else unused (the caller returns
                 ``hs[1:]`` as the outputs: without lengths they are the states).
-            gs: ``[T, B, G*H]`` gate activations (out). Saved for the backward.
+            gs: ``[T, B, G*H]`` gate activations (out). Saved for the backward. ``[1, 1, G*H]``
+                when the gates read neither x nor h (constant; written by the call with ``b0 == 0``).
             ns: ``[T, B, H]`` candidates ``n`` (out). Saved for the backward.
             hn: ``[T, B, H]`` reset-after: ``U_n h(t-1) + b_hn`` before the reset (out, saved);
                 reset-before: scratch, ``hn[0]`` holds ``r * h(t-1)`` of the current step.
@@ -376,6 +380,16 @@ def kernels(
         cw = np.empty(2, np.uint8)
         cw[0] = 78
         cw[1] = 84
+        gc = np.empty(ng, dt)  # the constant gates (gconst)
+        if gconst:
+            for j in range(ng):
+                gc[j] = _sigmoid(fast, gb[j])
+            if b0 == 0:
+                g0 = gs[0, 0]
+                for j in range(ng):
+                    g0[j] = gc[j]
+        gc1 = gc[:hid]
+        gc2 = gc[hid:]
         for t in range(steps):
             if use_gemm:
                 # reset-after: work[B, hhb*H] = h(t-1) @ whh^T; reset-before: work[:, :G*H] = h(t-1) @ U_gates^T
@@ -409,7 +423,7 @@ def kernels(
                 hp = hs[t, b]
                 hnew = hs[t + 1, b]
                 xr = xp[t, b]
-                gr = gs[t, b]
+                gr = gs[0, 0] if gconst else gs[t, b]
                 nr = ns[t, b]
                 wr = work[b]
                 if not live:
@@ -423,6 +437,10 @@ def kernels(
                 if two_gemm:
                     # reset-before, first pass: gates and q = r*h(t-1)
                     qr = hn[0, b]
+                    if gconst:
+                        for j in range(hid):
+                            qr[j] = gc1[j] * hp[j]
+                        continue
                     gr1 = gr[:hid]
                     gr2 = gr[hid:]
                     for j in range(hid):
@@ -448,17 +466,23 @@ def kernels(
                 xrn = xr[xn:]
                 wrn = wr[wn:]
                 for j in range(hid):
-                    a = xr[j] if gx else gb[j]
-                    if gh:
-                        a += wr[j]
-                    g1 = _sigmoid(fast, a)
-                    gr1[j] = g1
-                    if two:
-                        a2 = xr[hid + j] if gx else gb[hid + j]
+                    if gconst:
+                        g1 = gc1[j]
+                    else:
+                        a = xr[j] if gx else gb[j]
                         if gh:
-                            a2 += wr[hid + j]
-                        z = _sigmoid(fast, a2)
-                        gr2[j] = z
+                            a += wr[j]
+                        g1 = _sigmoid(fast, a)
+                        gr1[j] = g1
+                    if two:
+                        if gconst:
+                            z = gc2[j]
+                        else:
+                            a2 = xr[hid + j] if gx else gb[hid + j]
+                            if gh:
+                                a2 += wr[hid + j]
+                            z = _sigmoid(fast, a2)
+                            gr2[j] = z
                     elif coupled:
                         z = one - g1
                     else:
@@ -505,7 +529,7 @@ def kernels(
                         continue
                     hp = hs[t, b]
                     hnew = hs[t + 1, b]
-                    gr = gs[t, b]
+                    gr = gc if gconst else gs[t, b]
                     nr = ns[t, b]
                     xrn = xp[t, b, xn:]
                     wrn = work[b, wn:]
@@ -562,7 +586,8 @@ def kernels(
             ghn: ``[B, H]`` upstream gradient of ``h_n``.
             whh: ``[hhb*H, H]`` recurrent weights, as in the forward.
             lengths: ``[B]`` int64.
-            hs, gs, ns, hn: the forward's saved buffers (``hn`` only read for reset-after).
+            hs, gs, ns, hn: the forward's saved buffers (``hn`` only read for reset-after; ``gs``
+                ``[1, 1, G*H]`` for constant gates).
             dgx: ``[T, B, ihb*H]`` (out) gradient of the projection ``xp``: ``[gates (if gx) | n]``.
                 Zero at padded steps. Feeds ``dx``, ``dW_ih`` and ``db_ih`` (matrix products in torch).
                 ``[1, B, ihb*H]``: scratch for one step's rows only (``dx`` and ``dW_ih`` folded).
@@ -630,7 +655,7 @@ def kernels(
                             qz[j] = 0.0
                     continue
                 hp = hs[t, b]
-                gr = gs[t, b]
+                gr = gs[0, 0] if gconst else gs[t, b]
                 nr = ns[t, b]
                 gyr = gy[t, b]
                 dx1 = dxr[:hid]
@@ -732,7 +757,7 @@ def kernels(
                         _row_nn(dwr[wn:], whh, wn, dq, False)
                     dzr = dzs[b]
                     hp = hs[t, b]
-                    gr = gs[t, b]
+                    gr = gs[0, 0] if gconst else gs[t, b]
                     qr = qs[t, b]
                     dx1 = dxr[:hid]
                     dx2 = dxr[hid : 2 * hid]
