@@ -9,6 +9,7 @@ kernels at real sizes; without one they skip.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import math
 import os
@@ -199,6 +200,24 @@ def test_second_order(interpret, variant, reset_after):
         return torch.func.functional_call(m, dict(zip(names, ps, strict=True)), (x, h0), {"lengths": lengths})
 
     assert torch.autograd.gradgradcheck(f, (x, h0, *m.parameters()), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")  # see test_compile.py
+def test_under_torch_compile(interpret):
+    """torch.compile runs the engine eagerly between compiled graphs (opaque to Dynamo): the
+    eager numbers, outputs and every gradient."""
+    torch.manual_seed(4)
+    m = GRU(3, 4, num_layers=2, bidirectional=True, variant="gru1", engine="triton")
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    gy, gh = torch.randn(5, 2, 8), torch.randn(4, 2, 4)
+    results = []
+    for fn in (m, torch.compile(m, backend="aot_eager")):
+        y, hn = fn(x)
+        results.append([y, hn, *torch.autograd.grad([y, hn], [x, *m.parameters()], [gy, gh])])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    torch._dynamo.reset()
+    gc.collect()  # compiling's fake tensors in reference cycles go now, not in a later test
 
 
 def test_packed_dropout_batch_first(interpret):

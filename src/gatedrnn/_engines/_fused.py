@@ -611,9 +611,18 @@ def _backward(ctx, gy, ghn):  # type: ignore[no-untyped-def]
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
 
 
-@functools.lru_cache(maxsize=1)
+_PROBLEM: list[str | None] = []  # _runtime_problem's answer, once found
+
+
+@torch.compiler.assume_constant_result  # torch.compile reads it as a constant, never traces it
 def _runtime_problem() -> str | None:
     """Why the kernels cannot run in this process (numba or BLAS missing), or None."""
+    if not _PROBLEM:
+        _PROBLEM.append(_find_runtime_problem())
+    return _PROBLEM[0]
+
+
+def _find_runtime_problem() -> str | None:
     try:
         import numba  # noqa: F401
     except ImportError as e:  # pragma: no cover - numba is a dependency
@@ -654,6 +663,7 @@ class FusedEngine:
             "cached_bytes": cached_bytes(),  # gatedrnn.empty_cache() frees them
         }
 
+    @torch.compiler.disable  # NumPy views and numba calls: opaque to torch.compile, run eagerly
     def layer(
         self,
         spec: Spec,

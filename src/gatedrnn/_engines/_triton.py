@@ -556,6 +556,7 @@ class TritonEngine:
 
     name = "triton"
 
+    @torch.compiler.disable  # imports and Triton's mode: not for torch.compile to trace
     def unavailable(self, spec: Spec, x: Tensor) -> str | None:
         why = _triton_import_error()
         if why is not None:
@@ -576,6 +577,7 @@ class TritonEngine:
             f"got device {x.device.type}"
         )
 
+    @torch.compiler.disable  # our own launches and autograd.Function: run eagerly under torch.compile
     def layer(
         self,
         spec: Spec,
