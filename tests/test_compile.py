@@ -1,4 +1,5 @@
-"""``torch.compile`` of a model holding gatedrnn layers, as of one holding ``torch.nn.GRU``.
+"""``torch.compile``, ``torch.export`` and ``torch.jit.trace`` of a model holding gatedrnn layers,
+as of one holding ``torch.nn.GRU``.
 
 The fused and triton engines are opaque to TorchDynamo (``torch.compiler.disable`` on their
 ``layer``: NumPy and numba are not traceable): each layer and direction runs eagerly between
@@ -11,6 +12,7 @@ gradients of the input, ``h0`` and every parameter, with random upstream gradien
 from __future__ import annotations
 
 import gc
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -123,3 +125,53 @@ def test_fullgraph_needs_a_traceable_engine() -> None:
         torch.compile(GRU(4, 6, engine="fused"), backend="aot_eager", fullgraph=True)(x)
     torch._dynamo.reset()
     _check(GRU(4, 6, engine="reference"), (x.requires_grad_(),), 1e-5, backend="aot_eager", fullgraph=True)
+
+
+@pytest.mark.parametrize("variant", ["gru0", "mgu"])
+def test_export_and_trace_record_the_reference_engine(variant: str) -> None:
+    """torch.export and torch.jit.trace keep torch operations: ``engine="auto"`` picks the reference
+    engine while they record, and the recorded program gives the eager (fused) numbers on new input."""
+    mod = GRU(4, 6, num_layers=2, bidirectional=True, variant=variant, dtype=torch.float64)
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    # the reference engine loops over time in Python: the number of steps is fixed, the batch not
+    exported = torch.export.export(mod, (x,), dynamic_shapes=({1: torch.export.Dim("B")},))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.trace is deprecated; shape checks warn when traced
+        traced = torch.jit.trace(mod, (x,))  # (named "fused" would raise: see the next test)
+    for program, x2 in ((exported.module(), torch.randn(5, 2, 4, dtype=torch.float64)), (traced, torch.randn_like(x))):
+        y, h = mod(x2)
+        assert mod.last_engine == "fused"
+        y1, h1 = program(x2)
+        torch.testing.assert_close(y1, y, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(h1, h, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("engine", ["fused", "triton"])
+def test_export_and_trace_refuse_the_compiled_engines(engine: str) -> None:
+    """Asked for by name, an engine whose loops run outside torch operations raises, naming the
+    recorder and the engine to use (it used to fail inside numba, or on .numpy() of a fake tensor)."""
+    mod = GRU(4, 6, engine=engine)
+    x = torch.randn(5, 3, 4)
+    with pytest.raises(RuntimeError, match=rf"engine='{engine}' cannot run here: torch.export records .*'reference'"):
+        torch.export.export(mod, (x,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError, match=rf"engine='{engine}' cannot run here: torch.jit.trace records"):
+            torch.jit.trace(mod, (x,))
+
+
+def test_torch_onnx_export_of_a_default_layer(tmp_path) -> None:
+    """torch.onnx.export's tracing exporter on a layer with the default engine (gatedrnn.export_onnx
+    writes compact graphs of its own; this is the path a torch.nn.GRU user tries first)."""
+    ort = pytest.importorskip("onnxruntime")
+    mod = GRU(4, 6, num_layers=2, bidirectional=True, variant="gru2", reset_after=False)
+    x = torch.randn(5, 3, 4)
+    path = tmp_path / "gru.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's and the tracer's notes
+        torch.onnx.export(mod, (x,), str(path), dynamo=False)
+    session = ort.InferenceSession(str(path))
+    y, h = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    y0, h0 = mod(x)
+    torch.testing.assert_close(torch.from_numpy(y), y0.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(h), h0.detach(), atol=1e-5, rtol=1e-5)

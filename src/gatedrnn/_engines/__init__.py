@@ -18,7 +18,7 @@ from torch import Tensor
 from .. import _reference
 from .._specs import Spec
 
-__all__ = ["ENGINES", "Engine", "check_engine_name", "empty_cache", "resolve"]
+__all__ = ["ENGINES", "Engine", "check_engine_name", "empty_cache", "recording", "resolve"]
 
 
 class Engine(Protocol):
@@ -103,11 +103,26 @@ def get_engine(name: str) -> Engine:
     return entry.get() if isinstance(entry, _Lazy) else entry
 
 
+def recording() -> str | None:
+    """``"torch.export"`` or ``"torch.jit.trace"`` while one of them records the torch operations
+    of this call, else None. (``torch.compile`` is not a recorder in this sense: it runs what it
+    cannot trace eagerly, see the fused engine's ``layer``.)"""
+    if torch.compiler.is_exporting():
+        return "torch.export"
+    if torch.jit.is_tracing():
+        return "torch.jit.trace"
+    return None
+
+
 def auto_choice(x: Tensor) -> str:
     """What ``engine="auto"`` means for tensors like ``x``.
 
-    CUDA tensors: ``triton``; CPU float32/float64: ``fused``; anything else: ``reference``.
+    While torch.export or torch.jit.trace records the call: ``reference`` (a recorder keeps torch
+    operations, and only the reference engine is made of them alone). Otherwise CUDA tensors:
+    ``triton``; CPU float32/float64: ``fused``; anything else: ``reference``.
     """
+    if recording() is not None:
+        return "reference"
     if x.is_cuda:
         return "triton"
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from .. import _reference
 from .._specs import Spec
+from . import recording
 from ._second_order import first_order
 
 __all__ = ["ENGINE", "FusedEngine"]
@@ -640,6 +641,12 @@ class FusedEngine:
     name = "fused"
 
     def unavailable(self, spec: Spec, x: Tensor) -> str | None:
+        rec = recording()
+        if rec is not None:
+            return (
+                f"{rec} records torch operations, and this engine's loops are compiled NumPy/numba "
+                "code outside them; use engine='reference' (what engine='auto' picks while recording)"
+            )
         if x.device.type != "cpu":
             return f"it runs on CPU tensors, got a tensor on {x.device}"
         if x.dtype not in (torch.float32, torch.float64):

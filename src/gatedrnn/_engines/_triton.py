@@ -30,6 +30,7 @@ from torch import Tensor
 
 from .. import _reference
 from .._specs import Spec
+from . import recording
 from ._second_order import first_order
 
 __all__ = ["ENGINE", "PERSISTENT_MAX_H", "TritonEngine", "run"]
@@ -558,6 +559,12 @@ class TritonEngine:
 
     @torch.compiler.disable  # imports and Triton's mode: not for torch.compile to trace
     def unavailable(self, spec: Spec, x: Tensor) -> str | None:
+        rec = recording()
+        if rec is not None:
+            return (
+                f"{rec} records torch operations, and this engine launches its own Triton kernels "
+                "outside them; use engine='reference' (what engine='auto' picks while recording)"
+            )
         why = _triton_import_error()
         if why is not None:
             return why
