@@ -1,5 +1,5 @@
-"""``torch.compile``, ``torch.export`` and ``torch.jit.trace`` of a model holding gatedrnn layers,
-as of one holding ``torch.nn.GRU``.
+"""``torch.compile``, ``torch.export``, ``torch.jit.trace`` and ``torch.func`` transforms of a model
+holding gatedrnn layers, as of one holding ``torch.nn.GRU``.
 
 The fused and triton engines are opaque to TorchDynamo (``torch.compiler.disable`` on their
 ``layer``: NumPy and numba are not traceable): each layer and direction runs eagerly between
@@ -152,11 +152,13 @@ def test_export_and_trace_refuse_the_compiled_engines(engine: str) -> None:
     recorder and the engine to use (it used to fail inside numba, or on .numpy() of a fake tensor)."""
     mod = GRU(4, 6, engine=engine)
     x = torch.randn(5, 3, 4)
-    with pytest.raises(RuntimeError, match=rf"engine='{engine}' cannot run here: torch.export records .*'reference'"):
+    with pytest.raises(
+        RuntimeError, match=rf"engine='{engine}' cannot run here: torch.export sees only torch operations.*'reference'"
+    ):
         torch.export.export(mod, (x,))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(RuntimeError, match=rf"engine='{engine}' cannot run here: torch.jit.trace records"):
+        with pytest.raises(RuntimeError, match=rf"engine='{engine}' cannot run here: torch.jit.trace sees only"):
             torch.jit.trace(mod, (x,))
 
 
@@ -175,3 +177,48 @@ def test_torch_onnx_export_of_a_default_layer(tmp_path) -> None:
     y0, h0 = mod(x)
     torch.testing.assert_close(torch.from_numpy(y), y0.detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.from_numpy(h), h0.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_torch_func_transforms_use_the_reference_engine() -> None:
+    """torch.func's grad, vmap and jvp see only torch operations: ``"auto"`` picks the reference
+    engine inside them (torch.nn.GRU itself runs grad and jvp, not vmap), and the numbers match
+    the fused engine's eager gradients; ``"fused"`` named explicitly raises there."""
+    from torch.func import functional_call, grad, jvp, vmap
+
+    mod = GRU(4, 6, num_layers=2, variant="mgu", dtype=torch.float64)
+    params = {k: v.detach() for k, v in mod.named_parameters()}
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+
+    def loss(p: dict, x: torch.Tensor) -> torch.Tensor:
+        y, h = functional_call(mod, p, (x,))
+        return (y.square() * torch.linspace(0.5, 1.5, y.shape[-1], dtype=y.dtype)).sum() + h.sum()
+
+    def eager_grads(x: torch.Tensor) -> dict:  # the fused engine, plain autograd
+        x = x.clone().requires_grad_()
+        mod.zero_grad(set_to_none=True)
+        out = loss(dict(mod.named_parameters()), x)
+        assert mod.last_engine == "fused"
+        out.backward()
+        return {"x": x.grad, **{k: v.grad for k, v in mod.named_parameters()}}
+
+    want = eager_grads(x)
+    got = grad(loss, argnums=(0, 1))(params, x)
+    for k, g in {"x": got[1], **got[0]}.items():
+        torch.testing.assert_close(g, want[k], atol=1e-12, rtol=1e-10)
+    # per-sample gradients: vmap over the batch, against one eager backward per sample
+    per_sample = vmap(grad(loss), in_dims=(None, 1))(params, x.unsqueeze(2))
+    for b in range(3):
+        one = eager_grads(x[:, b : b + 1])
+        for k, g in per_sample.items():
+            torch.testing.assert_close(g[b], one[k], atol=1e-12, rtol=1e-10)
+    # forward mode: d loss(x + e v)/de = <dloss/dx, v>
+    v = torch.randn_like(x)
+    _, tangent = jvp(lambda xx: loss(params, xx), (x,), (v,))
+    torch.testing.assert_close(tangent, (want["x"] * v).sum(), atol=1e-12, rtol=1e-10)
+    mod.engine = "fused"
+    with pytest.raises(RuntimeError, match=r"engine='fused' cannot run here: a torch.func transform"):
+        grad(loss)(params, x)
+    scan = GRU(4, 6, variant="mingru", engine="scan")
+    scan_params = {k: v.detach() for k, v in scan.named_parameters()}
+    with pytest.raises(RuntimeError, match=r"engine='scan' cannot run here: a torch.func transform.*'reference'"):
+        grad(lambda p: functional_call(scan, p, (x.float(),))[0].sum())(scan_params)

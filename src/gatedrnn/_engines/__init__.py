@@ -18,7 +18,7 @@ from torch import Tensor
 from .. import _reference
 from .._specs import Spec
 
-__all__ = ["ENGINES", "Engine", "check_engine_name", "empty_cache", "recording", "resolve"]
+__all__ = ["ENGINES", "FUNC_TRANSFORM", "Engine", "check_engine_name", "empty_cache", "recording", "resolve"]
 
 
 class Engine(Protocol):
@@ -104,21 +104,29 @@ def get_engine(name: str) -> Engine:
 
 
 def recording() -> str | None:
-    """``"torch.export"`` or ``"torch.jit.trace"`` while one of them records the torch operations
-    of this call, else None. (``torch.compile`` is not a recorder in this sense: it runs what it
-    cannot trace eagerly, see the fused engine's ``layer``.)"""
+    """What is recording or transforming this call through its torch operations: torch.export,
+    torch.jit.trace or a torch.func transform (grad, vmap, jvp, ...), by name; else None.
+
+    Engines whose loops run outside torch operations cannot run under these. (``torch.compile`` is
+    not one of them: it runs what it cannot trace eagerly, see the fused engine's ``layer``.)
+    """
     if torch.compiler.is_exporting():
         return "torch.export"
     if torch.jit.is_tracing():
         return "torch.jit.trace"
+    if torch._C._functorch.maybe_current_level() is not None:
+        return FUNC_TRANSFORM
     return None
+
+
+FUNC_TRANSFORM = "a torch.func transform (grad, vmap, jvp, ...)"  # what recording() calls them
 
 
 def auto_choice(x: Tensor) -> str:
     """What ``engine="auto"`` means for tensors like ``x``.
 
-    While torch.export or torch.jit.trace records the call: ``reference`` (a recorder keeps torch
-    operations, and only the reference engine is made of them alone). Otherwise CUDA tensors:
+    Under torch.export, torch.jit.trace or a torch.func transform (:func:`recording`):
+    ``reference``, the one engine made of torch operations alone. Otherwise CUDA tensors:
     ``triton``; CPU float32/float64: ``fused``; anything else: ``reference``.
     """
     if recording() is not None:

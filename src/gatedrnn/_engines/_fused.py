@@ -644,8 +644,8 @@ class FusedEngine:
         rec = recording()
         if rec is not None:
             return (
-                f"{rec} records torch operations, and this engine's loops are compiled NumPy/numba "
-                "code outside them; use engine='reference' (what engine='auto' picks while recording)"
+                f"{rec} sees only torch operations, and this engine's loops are compiled NumPy/numba "
+                "code outside them; use engine='reference' (what engine='auto' picks there)"
             )
         if x.device.type != "cpu":
             return f"it runs on CPU tensors, got a tensor on {x.device}"

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._specs import Spec
+from . import FUNC_TRANSFORM, recording
 from ._second_order import first_order
 
 __all__ = ["ENGINE", "linear_scan", "log_scan", "mingru_layer", "mingru_step"]
@@ -143,6 +144,11 @@ class ScanEngine:
     name = "scan"
 
     def unavailable(self, spec: Spec, x: Tensor) -> str | None:
+        if recording() == FUNC_TRANSFORM:  # (torch.export and torch.jit.trace record the scan)
+            return (
+                f"{FUNC_TRANSFORM} needs autograd.Functions written for it, and the scan's is not; "
+                "use engine='reference' (what engine='auto' picks there)"
+            )
         if spec.candidate_reads_h:
             return f"the parallel scan runs only minGRU (a recurrence linear in h), got variant {spec.name!r}"
         if not x.dtype.is_floating_point:

@@ -562,8 +562,8 @@ class TritonEngine:
         rec = recording()
         if rec is not None:
             return (
-                f"{rec} records torch operations, and this engine launches its own Triton kernels "
-                "outside them; use engine='reference' (what engine='auto' picks while recording)"
+                f"{rec} sees only torch operations, and this engine launches its own Triton kernels "
+                "outside them; use engine='reference' (what engine='auto' picks there)"
             )
         why = _triton_import_error()
         if why is not None:
