@@ -12,6 +12,8 @@ gradients of the input, ``h0`` and every parameter, with random upstream gradien
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -222,3 +224,18 @@ def test_torch_func_transforms_use_the_reference_engine() -> None:
     scan_params = {k: v.detach() for k, v in scan.named_parameters()}
     with pytest.raises(RuntimeError, match=r"engine='scan' cannot run here: a torch.func transform.*'reference'"):
         grad(lambda p: functional_call(scan, p, (x.float(),))[0].sum())(scan_params)
+
+
+def test_eager_use_does_not_import_dynamo() -> None:
+    """torch._dynamo takes about 2 s to import: an eager forward and backward of every engine that
+    runs here must not import it (torch.compile's hooks are made on first use under it)."""
+    code = (
+        "import sys, torch, gatedrnn\n"
+        "x = torch.randn(3, 2, 4, requires_grad=True)\n"
+        "for engine, variant in (('fused', 'gru0'), ('reference', 'gru0'), ('scan', 'mingru')):\n"
+        "    y, h = gatedrnn.GRU(4, 5, variant=variant, engine=engine)(x)\n"
+        "    (y.sum() + h.sum()).backward()\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

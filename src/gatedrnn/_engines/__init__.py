@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -18,7 +19,7 @@ from torch import Tensor
 from .. import _reference
 from .._specs import Spec
 
-__all__ = ["ENGINES", "FUNC_TRANSFORM", "Engine", "check_engine_name", "empty_cache", "recording", "resolve"]
+__all__ = ["ENGINES", "FUNC_TRANSFORM", "Engine", "check_engine_name", "empty_cache", "opaque", "recording", "resolve"]
 
 
 class Engine(Protocol):
@@ -120,6 +121,21 @@ def recording() -> str | None:
 
 
 FUNC_TRANSFORM = "a torch.func transform (grad, vmap, jvp, ...)"  # what recording() calls them
+
+_OPAQUE: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def opaque(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` as torch.compile must call it: eagerly, between its graphs, never traced
+    (``torch.compiler.disable(fn)``). For engines whose work is not torch operations (NumPy and
+    numba, ctypes, Triton launches of their own); they call it only when
+    ``torch.compiler.is_compiling()``. Made on first use there, so that importing gatedrnn never
+    imports ``torch._dynamo`` (about 2 s): the first trace also breaks once at this call.
+    """
+    wrapped = _OPAQUE.get(fn)
+    if wrapped is None:
+        wrapped = _OPAQUE[fn] = torch.compiler.disable(fn)
+    return wrapped
 
 
 def auto_choice(x: Tensor) -> str:

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .. import _reference
 from .._specs import Spec
-from . import recording
+from . import opaque, recording
 from ._second_order import first_order
 
 __all__ = ["ENGINE", "FusedEngine"]
@@ -612,18 +612,9 @@ def _backward(ctx, gy, ghn):  # type: ignore[no-untyped-def]
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
 
 
-_PROBLEM: list[str | None] = []  # _runtime_problem's answer, once found
-
-
-@torch.compiler.assume_constant_result  # torch.compile reads it as a constant, never traces it
+@functools.lru_cache(maxsize=1)
 def _runtime_problem() -> str | None:
     """Why the kernels cannot run in this process (numba or BLAS missing), or None."""
-    if not _PROBLEM:
-        _PROBLEM.append(_find_runtime_problem())
-    return _PROBLEM[0]
-
-
-def _find_runtime_problem() -> str | None:
     try:
         import numba  # noqa: F401
     except ImportError as e:  # pragma: no cover - numba is a dependency
@@ -651,6 +642,8 @@ class FusedEngine:
             return f"it runs on CPU tensors, got a tensor on {x.device}"
         if x.dtype not in (torch.float32, torch.float64):
             return f"it runs float32 and float64, got {x.dtype}"
+        if torch.compiler.is_compiling():  # (imports, ctypes: not for Dynamo to trace)
+            return opaque(_runtime_problem)()
         return _runtime_problem()
 
     def details(self) -> dict[str, Any]:
@@ -670,7 +663,6 @@ class FusedEngine:
             "cached_bytes": cached_bytes(),  # gatedrnn.empty_cache() frees them
         }
 
-    @torch.compiler.disable  # NumPy views and numba calls: opaque to torch.compile, run eagerly
     def layer(
         self,
         spec: Spec,
@@ -683,30 +675,46 @@ class FusedEngine:
         b_hh: Tensor | None,
         lengths: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
-        why = self.unavailable(spec, x)
-        if why is not None:
-            raise RuntimeError(f"engine='fused' cannot run here: {why}")
-        for name, t in (("h0", h0), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
-            if t is not None and t.dtype != x.dtype:
-                raise ValueError(f"{name}: expected dtype {x.dtype} (the input's), got {t.dtype}")
-        if lengths is not None:
-            lengths = lengths.to(torch.int64).contiguous()
-        save = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)
-        )
-        args = (
-            x.contiguous(),
-            h0.contiguous(),
-            w_ih.contiguous(),
-            w_hh.contiguous() if w_hh is not None else None,
-            b_ih.contiguous() if b_ih is not None else None,
-            b_hh.contiguous() if b_hh is not None else None,
-            lengths,
-            spec,
-            reset_after,
-            save,
-        )
-        return _Layer.apply(*args) if save else _forward(None, *args)
+        args = (spec, reset_after, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
+        if torch.compiler.is_compiling():  # NumPy views and numba calls: run eagerly between Dynamo's graphs
+            return opaque(_layer)(*args)
+        return _layer(*args)
+
+
+def _layer(
+    spec: Spec,
+    reset_after: bool,
+    x: Tensor,
+    h0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor | None,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    lengths: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """:meth:`FusedEngine.layer`, run eagerly (arguments as in :class:`gatedrnn._engines.Engine`)."""
+    why = ENGINE.unavailable(spec, x)
+    if why is not None:
+        raise RuntimeError(f"engine='fused' cannot run here: {why}")
+    for name, t in (("h0", h0), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
+        if t is not None and t.dtype != x.dtype:
+            raise ValueError(f"{name}: expected dtype {x.dtype} (the input's), got {t.dtype}")
+    if lengths is not None:
+        lengths = lengths.to(torch.int64).contiguous()
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh))
+    args = (
+        x.contiguous(),
+        h0.contiguous(),
+        w_ih.contiguous(),
+        w_hh.contiguous() if w_hh is not None else None,
+        b_ih.contiguous() if b_ih is not None else None,
+        b_hh.contiguous() if b_hh is not None else None,
+        lengths,
+        spec,
+        reset_after,
+        save,
+    )
+    return _Layer.apply(*args) if save else _forward(None, *args)
 
 
 ENGINE = FusedEngine()
