@@ -1,9 +1,9 @@
 """``torch.compile``, ``torch.export``, ``torch.jit.trace`` and ``torch.func`` transforms of a model
 holding gatedrnn layers, as of one holding ``torch.nn.GRU``.
 
-The fused and triton engines are opaque to TorchDynamo (``torch.compiler.disable`` on their
-``layer``: NumPy and numba are not traceable): each layer and direction runs eagerly between
-compiled graphs, so their numbers are the eager numbers. The reference and scan engines are plain
+The fused and triton engines are not ``traceable`` (NumPy and numba, Triton launches of their own):
+under torch.compile their ``layer`` runs through ``torch.compiler.disable``, each layer and
+direction eagerly between compiled graphs, so their numbers are the eager numbers. The reference and scan engines are plain
 torch and are traced. Checked against the same module run eagerly: outputs, ``h_n`` and the
 gradients of the input, ``h0`` and every parameter, with random upstream gradients. The backend is
 ``aot_eager`` (Dynamo and AOTAutograd, no code generation) except one test through inductor.

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._engines import Engine, resolve
+from ._engines import Engine, in_compile, resolve
 from ._specs import Spec
 
 __all__ = ["LayerWeights", "reverse_index", "rnn"]
@@ -72,6 +72,7 @@ def rnn(
         ``y`` ``[T, B, D*H]``, ``h_n`` ``[L*D, B, H]``, and the engine's name.
     """
     eng = resolve(engine, spec, x) if isinstance(engine, str) else engine
+    run_layer = in_compile(eng, eng.layer)
     num_dirs = len(weights[0])
     idx = reverse_index(lengths, x.shape[0]) if lengths is not None else None
     finals: list[Tensor] = []
@@ -82,7 +83,7 @@ def rnn(
         outs = []
         for d, w in enumerate(layer):
             inp = layer_in if d == 0 else _reverse(layer_in, lengths, idx)
-            y, hn = eng.layer(spec, reset_after, inp, h0[k * num_dirs + d], w.w_ih, w.w_hh, w.b_ih, w.b_hh, lengths)
+            y, hn = run_layer(spec, reset_after, inp, h0[k * num_dirs + d], w.w_ih, w.w_hh, w.b_ih, w.b_hh, lengths)
             outs.append(y if d == 0 else _reverse(y, lengths, idx))
             finals.append(hn)
         layer_in = outs[0] if num_dirs == 1 else torch.cat(outs, dim=-1)

@@ -19,7 +19,17 @@ from torch import Tensor
 from .. import _reference
 from .._specs import Spec
 
-__all__ = ["ENGINES", "FUNC_TRANSFORM", "Engine", "check_engine_name", "empty_cache", "opaque", "recording", "resolve"]
+__all__ = [
+    "ENGINES",
+    "FUNC_TRANSFORM",
+    "Engine",
+    "check_engine_name",
+    "empty_cache",
+    "in_compile",
+    "opaque",
+    "recording",
+    "resolve",
+]
 
 
 class Engine(Protocol):
@@ -35,6 +45,9 @@ class Engine(Protocol):
     """
 
     name: str
+    # torch.compile may trace ``unavailable`` and ``layer`` (torch operations only); else the
+    # callers (``resolve``, ``_functional.rnn``) run them through :func:`opaque` under it
+    traceable: bool
 
     def unavailable(self, spec: Spec, x: Tensor) -> str | None:
         """None if this engine can run ``spec`` on tensors like ``x``, else the reason."""
@@ -58,6 +71,7 @@ class ReferenceEngine:
     """Plain autograd over :func:`gatedrnn._reference.step`: the oracle. Runs everywhere."""
 
     name = "reference"
+    traceable = True
 
     def unavailable(self, spec: Spec, x: Tensor) -> str | None:
         return None
@@ -127,15 +141,24 @@ _OPAQUE: dict[Callable[..., Any], Callable[..., Any]] = {}
 
 def opaque(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` as torch.compile must call it: eagerly, between its graphs, never traced
-    (``torch.compiler.disable(fn)``). For engines whose work is not torch operations (NumPy and
-    numba, ctypes, Triton launches of their own); they call it only when
-    ``torch.compiler.is_compiling()``. Made on first use there, so that importing gatedrnn never
-    imports ``torch._dynamo`` (about 2 s): the first trace also breaks once at this call.
+    (``torch.compiler.disable(fn)``). For the methods of engines that are not ``traceable`` (NumPy
+    and numba, ctypes, Triton launches of their own), called through it only when
+    ``torch.compiler.is_compiling()`` (:func:`in_compile`). Made on first use there, so that
+    importing gatedrnn never imports ``torch._dynamo`` (about 2 s): the first trace also breaks
+    once at this call.
     """
     wrapped = _OPAQUE.get(fn)
     if wrapped is None:
         wrapped = _OPAQUE[fn] = torch.compiler.disable(fn)
     return wrapped
+
+
+def in_compile(engine: Engine, method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` (of ``engine``) as this call must run it: through :func:`opaque` while
+    torch.compile traces and the engine is not ``traceable``, else as it is."""
+    if engine.traceable or not torch.compiler.is_compiling():
+        return method
+    return opaque(method)
 
 
 def auto_choice(x: Tensor) -> str:
@@ -158,7 +181,7 @@ def resolve(name: str, spec: Spec, x: Tensor) -> Engine:
     """The engine for this call; raises if it cannot run it."""
     chosen = auto_choice(x) if name == "auto" else name
     engine = get_engine(chosen)
-    why = engine.unavailable(spec, x)
+    why = in_compile(engine, engine.unavailable)(spec, x)
     if why is not None:
         origin = f"engine='auto' chose {chosen!r}, but it" if name == "auto" else f"engine={chosen!r}"
         raise RuntimeError(f"{origin} cannot run here: {why}")

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .. import _reference
 from .._specs import Spec
-from . import opaque, recording
+from . import recording
 from ._second_order import first_order
 
 __all__ = ["ENGINE", "FusedEngine"]
@@ -630,6 +630,7 @@ class FusedEngine:
     """Compiled CPU loops (numba) with hand-written backpropagation through time."""
 
     name = "fused"
+    traceable = False  # NumPy views and numba calls: run eagerly under torch.compile
 
     def unavailable(self, spec: Spec, x: Tensor) -> str | None:
         rec = recording()
@@ -642,8 +643,6 @@ class FusedEngine:
             return f"it runs on CPU tensors, got a tensor on {x.device}"
         if x.dtype not in (torch.float32, torch.float64):
             return f"it runs float32 and float64, got {x.dtype}"
-        if torch.compiler.is_compiling():  # (imports, ctypes: not for Dynamo to trace)
-            return opaque(_runtime_problem)()
         return _runtime_problem()
 
     def details(self) -> dict[str, Any]:
@@ -675,46 +674,30 @@ class FusedEngine:
         b_hh: Tensor | None,
         lengths: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
-        args = (spec, reset_after, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
-        if torch.compiler.is_compiling():  # NumPy views and numba calls: run eagerly between Dynamo's graphs
-            return opaque(_layer)(*args)
-        return _layer(*args)
-
-
-def _layer(
-    spec: Spec,
-    reset_after: bool,
-    x: Tensor,
-    h0: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor | None,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    lengths: Tensor | None,
-) -> tuple[Tensor, Tensor]:
-    """:meth:`FusedEngine.layer`, run eagerly (arguments as in :class:`gatedrnn._engines.Engine`)."""
-    why = ENGINE.unavailable(spec, x)
-    if why is not None:
-        raise RuntimeError(f"engine='fused' cannot run here: {why}")
-    for name, t in (("h0", h0), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
-        if t is not None and t.dtype != x.dtype:
-            raise ValueError(f"{name}: expected dtype {x.dtype} (the input's), got {t.dtype}")
-    if lengths is not None:
-        lengths = lengths.to(torch.int64).contiguous()
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh))
-    args = (
-        x.contiguous(),
-        h0.contiguous(),
-        w_ih.contiguous(),
-        w_hh.contiguous() if w_hh is not None else None,
-        b_ih.contiguous() if b_ih is not None else None,
-        b_hh.contiguous() if b_hh is not None else None,
-        lengths,
-        spec,
-        reset_after,
-        save,
-    )
-    return _Layer.apply(*args) if save else _forward(None, *args)
+        why = self.unavailable(spec, x)
+        if why is not None:
+            raise RuntimeError(f"engine='fused' cannot run here: {why}")
+        for name, t in (("h0", h0), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
+            if t is not None and t.dtype != x.dtype:
+                raise ValueError(f"{name}: expected dtype {x.dtype} (the input's), got {t.dtype}")
+        if lengths is not None:
+            lengths = lengths.to(torch.int64).contiguous()
+        save = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)
+        )
+        args = (
+            x.contiguous(),
+            h0.contiguous(),
+            w_ih.contiguous(),
+            w_hh.contiguous() if w_hh is not None else None,
+            b_ih.contiguous() if b_ih is not None else None,
+            b_hh.contiguous() if b_hh is not None else None,
+            lengths,
+            spec,
+            reset_after,
+            save,
+        )
+        return _Layer.apply(*args) if save else _forward(None, *args)
 
 
 ENGINE = FusedEngine()

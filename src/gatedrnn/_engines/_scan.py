@@ -142,6 +142,7 @@ class ScanEngine:
     """minGRU by the log-space parallel scan (autograd through :func:`linear_scan`)."""
 
     name = "scan"
+    traceable = True  # torch operations only
 
     def unavailable(self, spec: Spec, x: Tensor) -> str | None:
         if recording() == FUNC_TRANSFORM:  # (torch.export and torch.jit.trace record the scan)

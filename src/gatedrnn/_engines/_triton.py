@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .. import _reference
 from .._specs import Spec
-from . import opaque, recording
+from . import recording
 from ._second_order import first_order
 
 __all__ = ["ENGINE", "PERSISTENT_MAX_H", "TritonEngine", "run"]
@@ -556,13 +556,9 @@ class TritonEngine:
     """Every variant, both reset forms, float32/float64/bfloat16/float16 on CUDA (Triton kernels)."""
 
     name = "triton"
+    traceable = False  # imports, Triton's mode, launches of our own: run eagerly under torch.compile
 
     def unavailable(self, spec: Spec, x: Tensor) -> str | None:
-        if torch.compiler.is_compiling():  # imports and Triton's mode: not for Dynamo to trace
-            return opaque(self._unavailable)(spec, x)
-        return self._unavailable(spec, x)
-
-    def _unavailable(self, spec: Spec, x: Tensor) -> str | None:
         rec = recording()
         if rec is not None:
             return (
@@ -600,24 +596,7 @@ class TritonEngine:
         b_hh: Tensor | None,
         lengths: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
-        args = (spec, reset_after, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
-        if torch.compiler.is_compiling():  # our own launches and autograd.Function: run eagerly
-            return opaque(self._layer)(*args)
-        return self._layer(*args)
-
-    def _layer(
-        self,
-        spec: Spec,
-        reset_after: bool,
-        x: Tensor,
-        h0: Tensor,
-        w_ih: Tensor,
-        w_hh: Tensor | None,
-        b_ih: Tensor | None,
-        b_hh: Tensor | None,
-        lengths: Tensor | None,
-    ) -> tuple[Tensor, Tensor]:
-        why = self._unavailable(spec, x)
+        why = self.unavailable(spec, x)
         if why is not None:
             raise RuntimeError(f"engine='triton' cannot run here: {why}")
         return run(spec, reset_after, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
