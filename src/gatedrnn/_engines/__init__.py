@@ -123,7 +123,7 @@ def recording() -> str | None:
     torch.jit.trace or a torch.func transform (grad, vmap, jvp, ...), by name; else None.
 
     Engines whose loops run outside torch operations cannot run under these. (``torch.compile`` is
-    not one of them: it runs what it cannot trace eagerly, see the fused engine's ``layer``.)
+    not one of them: it runs what it cannot trace eagerly, see :func:`in_compile`.)
     """
     if torch.compiler.is_exporting():
         return "torch.export"
