@@ -142,14 +142,16 @@ def _check_against_reference(variant: str, reset_after: bool, dtype: torch.dtype
         y0, h0_ref, g0 = _run(ref, x, h0, lengths, packing, gy, gh)
         y1, h1, g1 = _run(fused, x, h0, lengths, packing, gy, gh)
         assert fused.last_engine == "fused"
-        with torch.no_grad():  # the inference path (reused scratch, nothing saved) gives the same
+        with torch.no_grad():  # the inference path (one step's scratch, nothing saved) gives the same
             if packing == "packed":
                 inp = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
-                y_ng = pad_packed_sequence(fused(inp, h0)[0], batch_first=batch_first, total_length=steps)[0]
+                y_ng, h_ng = fused(inp, h0)
+                y_ng = pad_packed_sequence(y_ng, batch_first=batch_first, total_length=steps)[0]
             else:
-                y_ng = fused(x, h0, lengths=lengths)[0] if packing else fused(x, h0)[0]
+                y_ng, h_ng = fused(x, h0, lengths=lengths) if packing else fused(x, h0)
         tol = TOL[dtype]
         torch.testing.assert_close(y_ng, y0, atol=tol, rtol=tol)
+        torch.testing.assert_close(h_ng, h0_ref, atol=tol, rtol=tol)
         where = f"{variant} reset_after={reset_after} {dtype} layers={layers} bidir={bidir} packing={packing}"
         torch.testing.assert_close(y1, y0, atol=tol, rtol=tol, msg=lambda m, w=where: f"y {w}: {m}")
         torch.testing.assert_close(h1, h0_ref, atol=tol, rtol=tol, msg=lambda m, w=where: f"h_n {w}: {m}")
@@ -365,6 +367,25 @@ def test_fused_output_can_be_modified_in_place(variant: str) -> None:
         grads.append(torch.autograd.grad((y * y).sum() + hn.sum(), list(mod.parameters())))
     for a, b in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("variant", ["gru0", "gru3", "mingru"])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_inference_outputs_are_their_own(variant: str, with_lengths: bool) -> None:
+    """Without gradients the states are written straight into the outputs' memory: each call's
+    outputs are still fresh tensors (a later call does not overwrite them) and ``h_n`` is not a
+    view of them (modifying the outputs in place leaves it alone)."""
+    ref, fused = _pair(variant, False, torch.float64, 1, False, False)
+    x1, x2 = torch.randn(6, 3, 5, dtype=torch.float64), torch.randn(6, 3, 5, dtype=torch.float64)
+    lengths = torch.tensor([6, 2, 4]) if with_lengths else None
+    with torch.no_grad():
+        y1, h1 = fused(x1, lengths=lengths)
+        want_y1, want_h1 = ref(x1, lengths=lengths) if with_lengths else ref(x1)
+        y2, _ = fused(x2, lengths=lengths)
+        torch.testing.assert_close(y1, want_y1, atol=1e-12, rtol=1e-12)  # not overwritten by the second call
+        assert y2.data_ptr() != y1.data_ptr()
+        y1.add_(1.0)
+        torch.testing.assert_close(h1, want_h1, atol=1e-12, rtol=1e-12)
 
 
 def test_scipy_blas_fallback(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -361,6 +361,8 @@ def kernels(
             ns: ``[T, B, H]`` candidates ``n`` (out). Saved for the backward.
             hn: ``[T, B, H]`` reset-after: ``U_n h(t-1) + b_hn`` before the reset (out, saved);
                 reset-before: scratch, ``hn[0]`` holds ``r * h(t-1)`` of the current step.
+                ``gs``, ``ns``, ``hn`` may each be ``[1, B, X]`` instead of ``[T, B, X]``: one
+                step's scratch, overwritten at every step (inference: nothing is saved).
             work: ``[B, hhb*H]`` scratch for the recurrent matrix product of one step.
             copy_y: write ``y`` (needed with lengths: outputs past a sequence's end are 0).
             small: the per-step products run as :func:`_row_nt` (compiled loops) instead of BLAS.
@@ -391,6 +393,11 @@ def kernels(
         gc1 = gc[:hid]
         gc2 = gc[hid:]
         for t in range(steps):
+            # [T, B, X] buffers (saved) are read and written at step t; [1, B, X] ones (inference:
+            # nothing saved) are one step's scratch, reused at every step
+            tg = t if gs.shape[0] > 1 else 0
+            tn = t if ns.shape[0] > 1 else 0
+            th = t if hn.shape[0] > 1 else 0
             if use_gemm:
                 # reset-after: work[B, hhb*H] = h(t-1) @ whh^T; reset-before: work[:, :G*H] = h(t-1) @ U_gates^T
                 cols = hhw if reset_after else ng
@@ -423,8 +430,8 @@ def kernels(
                 hp = hs[t, b]
                 hnew = hs[t + 1, b]
                 xr = xp[t, b]
-                gr = gs[0, 0] if gconst else gs[t, b]
-                nr = ns[t, b]
+                gr = gs[0, 0] if gconst else gs[tg, b]
+                nr = ns[tn, b]
                 wr = work[b]
                 if not live:
                     for j in range(hid):
@@ -456,7 +463,7 @@ def kernels(
                             gr2[j] = _sigmoid(fast, a2)
                         qr[j] = g1 * hp[j]
                     continue
-                hr = hn[t, b] if cand_h else hn[0, b]
+                hr = hn[th, b]
                 # separate views for writes at different offsets of one row: a store-store
                 # dependence of unknown distance would keep LLVM from vectorising the loop
                 gr1 = gr[:hid]
@@ -529,8 +536,8 @@ def kernels(
                         continue
                     hp = hs[t, b]
                     hnew = hs[t + 1, b]
-                    gr = gc if gconst else gs[t, b]
-                    nr = ns[t, b]
+                    gr = gc if gconst else gs[tg, b]
+                    nr = ns[tn, b]
                     xrn = xp[t, b, xn:]
                     wrn = work[b, wn:]
                     for j in range(hid):
