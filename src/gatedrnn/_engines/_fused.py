@@ -7,8 +7,9 @@ ones for the reset-before form, and one fused elementwise pass). It saves the st
 activations (GRU3's, from the bias alone, once), the candidates and, for the reset-after form, the
 pre-reset recurrent term (one flat buffer; large ones are reused from a pool once autograd lets go
 of them, see ``SAVED_POOL_MIN_BYTES``). Without gradients nothing is saved: the gates, candidates
-and pre-reset terms are one step's scratch rows, and (without lengths) the states are written into the
-outputs (forward 1-8% faster, and 2.6x less scratch kept between calls, than [T, B, X] scratch).
+and pre-reset terms are one step's scratch rows, and (without lengths) the states are written
+into the outputs' memory (forward 1-8% faster, and 2.6x less scratch kept between calls, than
+``[T, B, X]`` scratch).
 
 With several torch threads the batch rows are split between torch's OpenMP threads, each running
 the loop on its rows (see ``SPLIT_MIN_ROWS``).
