@@ -565,6 +565,45 @@ def test_saved_pool_lends_and_takes_back(monkeypatch: pytest.MonkeyPatch) -> Non
     assert _fused.saved_pool_bytes() == (0, 0)
 
 
+def test_projection_gradient_reuses_the_projection_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training step keeps two [T, B, 3H]-sized scratch buffers, not three: the backward writes
+    the projection's gradient into the forward's projection scratch (dead once the forward has
+    returned), which lowers the step's peak memory."""
+    from gatedrnn._engines import _fused
+
+    monkeypatch.setattr(_fused, "SAVED_POOL_MIN_BYTES", 1 << 62)  # saved state never pooled: not counted
+    monkeypatch.setattr(_fused, "FOLD_MAX_INPUT", 0)  # the projection gradient for every step
+    steps, batch, inp, hid = 50, 8, 20, 16
+    mod = GRU(inp, hid, engine="fused", dtype=torch.float64)
+    x = torch.randn(steps, batch, inp, dtype=torch.float64, requires_grad=True)
+    gatedrnn.empty_cache()
+    y, h = mod(x)
+    (y.sum() + h.sum()).backward()
+    projection = steps * batch * 3 * hid * 8
+    assert 2 * projection <= _fused.cached_bytes() < 2.5 * projection  # projection (+ its gradient), dgh
+
+
+@pytest.mark.parametrize(("engine", "variant"), [("fused", "gru0"), ("fused", "mingru"), ("scan", "mingru")])
+def test_checkpointed_layers_match_reference(engine: str, variant: str) -> None:
+    """Under non-reentrant activation checkpointing (which refuses a second unpack of what a
+    Function saved) each layer's forward runs again inside the backward, between other layers'
+    backward passes (which share the fused engine's scratch): the gradients are the reference's."""
+    from torch.utils.checkpoint import checkpoint
+
+    grads = []
+    for eng in ("reference", engine):
+        torch.manual_seed(0)
+        first = GRU(5, 6, variant=variant, engine=eng, dtype=torch.float64)
+        second = GRU(6, 6, variant=variant, engine=eng, dtype=torch.float64, reset_after=False)
+        x = torch.randn(9, 4, 5, dtype=torch.float64, requires_grad=True)
+        h1 = checkpoint(lambda t, m=first: m(t)[0], x, use_reentrant=False)
+        h2 = checkpoint(lambda t, m=second: m(t)[0], h1, use_reentrant=False)
+        params = [x, *first.parameters(), *second.parameters()]
+        grads.append(torch.autograd.grad((h2 * h2).sum() + h1.sum(), params))
+    for a, b in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
 def test_empty_cache_frees_what_no_call_uses(monkeypatch: pytest.MonkeyPatch) -> None:
     """gatedrnn.empty_cache() frees the pool's free arrays and every thread's scratch (a worker
     thread's too); an array a live graph still holds survives it, and that graph's backward still

@@ -202,6 +202,24 @@ def test_second_order(interpret, variant, reset_after):
     assert torch.autograd.gradgradcheck(f, (x, h0, *m.parameters()), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
+def test_checkpointed_layers(interpret):
+    """Non-reentrant activation checkpointing refuses a second unpack of what a Function saved; the
+    backward unpacks once: the reference's gradients."""
+    from torch.utils.checkpoint import checkpoint
+
+    grads = []
+    for engine in ("reference", "triton"):
+        torch.manual_seed(4)
+        first = GRU(3, 4, variant="gru0", dtype=torch.float64, engine=engine)
+        second = GRU(4, 4, variant="gru0", reset_after=False, dtype=torch.float64, engine=engine)
+        x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+        h1 = checkpoint(lambda t, m=first: m(t)[0], x, use_reentrant=False)
+        h2 = checkpoint(lambda t, m=second: m(t)[0], h1, use_reentrant=False)
+        grads.append(torch.autograd.grad((h2 * h2).sum() + h1.sum(), [x, *first.parameters(), *second.parameters()]))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")  # see test_compile.py
 def test_under_torch_compile(interpret):
     """torch.compile runs the engine eagerly between compiled graphs (opaque to Dynamo): the

@@ -69,14 +69,15 @@ class _LinearScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
-        log_a, b, h0, _ = ctx.saved_tensors
+        saved = ctx.saved_tensors  # unpacked once: non-reentrant checkpointing refuses a second unpack
+        log_a, b, h0, _ = saved
 
-        return first_order(lambda: _LinearScan.first_order(ctx, g), _sequential, (g,), (log_a, b, h0))
+        return first_order(lambda: _LinearScan.first_order(saved, g), _sequential, (g,), (log_a, b, h0))
 
     @staticmethod
-    def first_order(ctx, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[no-untyped-def]
-        """The adjoint scan: gradients for (log_a, b, h0)."""
-        log_a, _, h0, h = ctx.saved_tensors
+    def first_order(saved: tuple[Tensor, ...], g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The adjoint scan: gradients for (log_a, b, h0), from the forward's saved tensors."""
+        log_a, _, h0, h = saved
         la = log_a.double()
         # λ_t = g_t + a_(t+1) λ_(t+1): a forward scan on the time-reversed sequence.
         shifted = torch.cat([la[1:], la.new_zeros((1, *la.shape[1:]))])

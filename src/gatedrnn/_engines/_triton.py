@@ -493,24 +493,29 @@ class _TritonLayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dy: Tensor, dh_n: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         cfg: _Config = ctx.cfg
-        x, w_ih, *_, h0, w_hh, b_ih, b_hh = ctx.saved_tensors
+        saved = ctx.saved_tensors  # unpacked once: non-reentrant checkpointing refuses a second unpack
+        x, w_ih, *_, h0, w_hh, b_ih, b_hh = saved
         lengths = ctx.lengths
 
         def reference(*ins: Tensor | None) -> tuple[Tensor, Tensor]:
             return _reference.run_layer(cfg.spec, cfg.reset_after, *ins, lengths)  # type: ignore[arg-type]
 
         grads = first_order(
-            lambda: _TritonLayer.first_order(ctx, dy, dh_n), reference, (dy, dh_n), (x, h0, w_ih, w_hh, b_ih, b_hh)
+            lambda: _TritonLayer.first_order(ctx, saved, dy, dh_n),
+            reference,
+            (dy, dh_n),
+            (x, h0, w_ih, w_hh, b_ih, b_hh),
         )
         return (None, *grads, None)
 
     @staticmethod
-    def first_order(ctx: Any, dy: Tensor, dh_n: Tensor) -> tuple[Tensor | None, ...]:
-        """The hand-written backward: gradients for (x, h0, w_ih, w_hh, b_ih, b_hh)."""
+    def first_order(ctx: Any, saved: tuple[Tensor, ...], dy: Tensor, dh_n: Tensor) -> tuple[Tensor | None, ...]:
+        """The hand-written backward: gradients for (x, h0, w_ih, w_hh, b_ih, b_hh). ``saved``:
+        ``ctx.saved_tensors``, unpacked once by the caller."""
         cfg: _Config = ctx.cfg
         spec = cfg.spec
         has_whh, has_bih, has_bhh, has_len = ctx.has
-        x, w_ih, w, hs, g, n, hn, lens = ctx.saved_tensors[:8]
+        x, w_ih, w, hs, g, n, hn, lens = saved[:8]
         w_hh = w if has_whh else None
         lengths = lens if has_len else None
         steps, batch, hidden = n.shape
