@@ -6,7 +6,8 @@ floor (the variant's own matrix products timed alone: the projection and weight-
 in torch, the per-step products in a compiled loop calling the same BLAS). All candidates run
 interleaved in one process; each figure is the median of ``--repeats`` runs after warm-up.
 It also reports the first-call (cold) and cached compile times of the kernels, measured in fresh
-subprocesses, and the memory saved for the backward against ``torch.nn.GRU``.
+subprocesses, the memory saved for the backward against ``torch.nn.GRU``, and the peak resident
+memory one forward+backward adds (a fresh process per candidate and size, see :func:`_peak_child`).
 
 CUDA (``--device cuda``): ``engine="triton"`` against ``torch.nn.GRU`` (cuDNN), float32 and bfloat16,
 with two more sizes.
@@ -296,6 +297,69 @@ def _saved_bytes(run) -> int:
     return total
 
 
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {key}")
+
+
+def _peak_child(candidate: str, size: tuple[int, int, int, int], reset_after: bool) -> int:
+    """Bytes of resident memory one forward+backward of ``candidate`` (``"torch.nn.GRU"`` or
+    ``"fused:<variant>"``) adds at its peak; run in a fresh process (:func:`_peak_rss`).
+
+    One forward+backward first (kernels loaded, parameter gradients allocated); then the engine's
+    reused buffers are handed back (``empty_cache``, ``malloc_trim``), the kernel's peak-RSS mark is
+    reset (``/proc/self/clear_refs``), and the measured call's high-water mark above the resident
+    size before it is the answer: what it saves for the backward, its scratch and its temporaries.
+    """
+    import ctypes
+    import gc
+
+    import torch
+
+    from . import GRU, empty_cache
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    batch, steps, inp, hid = size
+    x = torch.randn(steps, batch, inp, requires_grad=True)
+    gy, gh = torch.randn(steps, batch, hid), torch.randn(1, batch, hid)
+    if candidate == "torch.nn.GRU":
+        mod: torch.nn.Module = torch.nn.GRU(inp, hid)
+    else:
+        mod = GRU(inp, hid, variant=candidate.split(":", 1)[1], reset_after=reset_after, engine="fused")
+
+    def run() -> None:
+        y, hn = mod(x)
+        torch.autograd.backward([y, hn], [gy, gh])
+
+    run()
+    empty_cache()
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_kib("VmRSS")
+    run()
+    return (_status_kib("VmHWM") - base) * 1024
+
+
+def _peak_rss(candidates: list[str], size: tuple[int, int, int, int], reset_after: bool) -> dict[str, int | None]:
+    """:func:`_peak_child` for each candidate, each in a fresh process (a process reuses what it
+    freed, so a second candidate in the same one would look smaller). None where it failed (it
+    needs Linux's /proc and glibc)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p])
+    out: dict[str, int | None] = {}
+    for c in candidates:
+        code = f"from gatedrnn._bench import _peak_child; print(_peak_child({c!r}, {tuple(size)!r}, {reset_after!r}))"
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+        out[c] = int(r.stdout.split()[-1]) if r.returncode == 0 and r.stdout.split() else None
+    return out
+
+
 # ------------------------------------------------------------------------------------------ main
 def _machine() -> dict[str, Any]:
     import torch
@@ -484,6 +548,10 @@ def main(argv: list[str] | None = None) -> int:
             row = {"size": name, "torch.nn.GRU_bytes": _saved_bytes(cands["torch.nn.GRU"])}
             for v in args.variant_list:
                 row[f"fused:{v}_bytes"] = _saved_bytes(cands[f"fused:{v}"])
+            cols = ["torch.nn.GRU", *[f"fused:{v}" for v in args.variant_list]]
+            for c, peak in _peak_rss(cols, size, bool(args.reset_after)).items():
+                row[f"{c}_peak_bytes"] = peak
+            print(f"# {name} memory: done", file=sys.stderr, flush=True)
             memory.append(row)
     compile_times = None
     if not args.no_compile and device == "cpu":
@@ -516,6 +584,14 @@ def main(argv: list[str] | None = None) -> int:
         print("| size | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
         for m in memory:
             print(f"| {m['size']} | " + " | ".join(f"{m[c + '_bytes'] / 2**20:.1f}" for c in cols) + " |")
+        print(
+            "\nPeak resident memory one forward+backward adds (MB, float32, 1 thread, a fresh process per "
+            "cell; the fused engine's buffers handed back first, so its scratch counts):\n"
+        )
+        print("| size | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
+        for m in memory:
+            cells = [m.get(c + "_peak_bytes") for c in cols]
+            print(f"| {m['size']} | " + " | ".join("-" if b is None else f"{b / 2**20:.1f}" for b in cells) + " |")
     if compile_times:
         print("\nCompile time (s): " + ", ".join(f"{k}={v:.2f}" for k, v in compile_times.items() if k.endswith("_s")))
     machine = _machine()
