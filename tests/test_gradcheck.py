@@ -112,3 +112,27 @@ def test_fused_first_order_is_the_engines_with_or_without_create_graph():
     assert all(g.requires_grad for g in graphed)
     for p, g in zip(plain, graphed, strict=True):
         assert torch.equal(p, g.detach())
+
+
+@pytest.mark.parametrize(
+    ("engine", "variant"), [("fused", "gru0"), ("fused", "gru3"), ("fused", "mingru"), ("scan", "mingru")]
+)
+def test_batched_backward_matches_reference(engine, variant):
+    """A backward that autograd runs under vmap (``is_grads_batched=True``; what
+    ``torch.autograd.functional.jacobian(..., vectorize=True)`` does) gives the reference engine's
+    gradients, as it does for torch.nn.GRU (the kernels cannot read batched tensors: the reference's
+    vector-Jacobian product serves, as for second order)."""
+    results = []
+    for eng in ("reference", engine):
+        torch.manual_seed(0)
+        layer = gatedrnn.GRU(3, 4, num_layers=2, variant=variant, engine=eng, dtype=torch.float64)
+        x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+        lengths = torch.tensor([5, 3])
+        y, h = layer(x, lengths=lengths)
+        vs = torch.randn(3, *y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        wh = torch.randn(3, *h.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        got = torch.autograd.grad([y, h], [x, *layer.parameters()], [vs, wh], is_grads_batched=True)
+        jac = torch.autograd.functional.jacobian(lambda t, m=layer: m(t)[1], x, vectorize=True)
+        results.append([*got, jac])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)

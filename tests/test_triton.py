@@ -220,6 +220,21 @@ def test_checkpointed_layers(interpret):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
+def test_batched_backward(interpret):
+    """``is_grads_batched=True`` (autograd vmaps the backward): the reference's gradients."""
+    results = []
+    for engine in ("reference", "triton"):
+        torch.manual_seed(4)
+        m = GRU(3, 4, variant="gru1", dtype=torch.float64, engine=engine)
+        x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+        y, h = m(x)
+        vs = torch.randn(3, *y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        wh = torch.randn(3, *h.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        results.append(torch.autograd.grad([y, h], [x, *m.parameters()], [vs, wh], is_grads_batched=True))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-10)
+
+
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")  # see test_compile.py
 def test_under_torch_compile(interpret):
     """torch.compile runs the engine eagerly between compiled graphs (opaque to Dynamo): the

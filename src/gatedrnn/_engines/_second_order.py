@@ -16,6 +16,11 @@ Nothing changes without ``create_graph``: the first-order gradients are the engi
 speed, no graph). With it they are still the engine's numbers, and only a backward through them
 runs the reference (at its speed, which is the price of a second derivative here). Because the
 recomputation starts from aliases of the saved inputs, third and higher orders work too.
+
+The same holds for a backward that autograd runs under vmap (``is_grads_batched=True``, and
+``torch.autograd.functional.jacobian``/``hessian`` with ``vectorize=True``): the incoming
+gradients are then batched tensors, which the kernels cannot read, so the first-order gradients
+come from the reference's vector-Jacobian product, batched by vmap like any torch operation.
 """
 
 from __future__ import annotations
@@ -55,9 +60,39 @@ def first_order(
         ``engine()``'s gradients; under ``create_graph=True`` they carry a graph whose backward
         is the reference's second derivative.
     """
+    if _batched(grad_outputs):  # a vmapped backward: the kernels cannot read batched tensors
+        return _reference_vjp(reference, grad_outputs, inputs)
     if not torch.is_grad_enabled():  # a plain backward: the engine alone
         return engine()
     return _Twice.apply(engine, reference, len(grad_outputs), *grad_outputs, *inputs)  # type: ignore[no-any-return]
+
+
+def _batched(tensors: Sequence[Tensor | None]) -> bool:
+    """Whether these incoming gradients are batched by the vmap that ``is_grads_batched=True``
+    puts around a backward (autograd's own, legacy batched tensors)."""
+    if torch.compiler.is_compiling():  # Dynamo traces the scan's backward, and cannot trace the check
+        return False
+    check = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+    return check is not None and any(t is not None and check(t) for t in tensors)
+
+
+def _reference_vjp(
+    reference: Callable[..., Sequence[Tensor]], grad_outputs: Sequence[Tensor], inputs: Sequence[Tensor | None]
+) -> Grads:
+    """The first-order gradients as the reference's vector-Jacobian product (torch operations,
+    which vmap batches), with ``create_graph`` when grad mode is on."""
+    higher = torch.is_grad_enabled()
+    with torch.enable_grad():
+        leaves = [t if t is None else t.view_as(t) if t.requires_grad else t.detach().requires_grad_() for t in inputs]
+        outs = reference(*leaves)
+        wrt = [i for i, t in enumerate(leaves) if t is not None]
+        got = torch.autograd.grad(
+            outs, [leaves[i] for i in wrt], grad_outputs, allow_unused=True, materialize_grads=True, create_graph=higher
+        )
+    out: list[Tensor | None] = [None] * len(leaves)
+    for i, g in zip(wrt, got, strict=True):
+        out[i] = g
+    return tuple(out)
 
 
 class _Twice(torch.autograd.Function):
