@@ -226,6 +226,44 @@ def test_torch_func_transforms_use_the_reference_engine() -> None:
         grad(lambda p: functional_call(scan, p, (x.float(),))[0].sum())(scan_params)
 
 
+def test_forward_mode_ad_uses_the_reference_engine() -> None:
+    """torch.autograd.forward_ad (dual tensors, no torch.func) sees only torch operations:
+    ``"auto"`` picks the reference engine inside a dual level, and the tangents are
+    torch.nn.GRU's (which runs forward AD) for gru0, and <dL/dx, v> from the fused engine's eager
+    backward for a variant; ``"fused"`` and ``"scan"`` named explicitly raise there."""
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(4, 6, num_layers=2, dtype=torch.float64)
+    mod = GRU(4, 6, num_layers=2, dtype=torch.float64)
+    mod.load_state_dict(ref.state_dict())
+    x, v = torch.randn(5, 3, 4, dtype=torch.float64), torch.randn(5, 3, 4, dtype=torch.float64)
+    tangents = []
+    for m in (ref, mod):
+        with fwAD.dual_level():
+            y, h = m(fwAD.make_dual(x, v))
+            tangents.append((fwAD.unpack_dual(y).tangent, fwAD.unpack_dual(h).tangent))
+    assert mod.last_engine == "reference"
+    for a, b in zip(*tangents, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-10)
+    mgu = GRU(4, 6, variant="mgu", dtype=torch.float64)
+    xg = x.clone().requires_grad_()
+    y, _ = mgu(xg)
+    assert mgu.last_engine == "fused"
+    (y.square().sum()).backward()
+    with fwAD.dual_level():
+        y, _ = mgu(fwAD.make_dual(x, v))
+        tangent = (2 * fwAD.unpack_dual(y).primal * fwAD.unpack_dual(y).tangent).sum()
+    torch.testing.assert_close(tangent, (xg.grad * v).sum(), atol=1e-12, rtol=1e-10)
+    for engine, variant in (("fused", "gru0"), ("scan", "mingru")):
+        named = GRU(4, 6, variant=variant, engine=engine)
+        with (
+            fwAD.dual_level(),
+            pytest.raises(RuntimeError, match=rf"engine='{engine}' cannot run here: forward-mode AD"),
+        ):
+            named(fwAD.make_dual(x.float(), v.float()))
+
+
 def test_eager_use_does_not_import_dynamo() -> None:
     """torch._dynamo takes about 2 s to import: an eager forward and backward of every engine that
     runs here must not import it (torch.compile's hooks are made on first use under it)."""

@@ -21,6 +21,7 @@ from .._specs import Spec
 
 __all__ = [
     "ENGINES",
+    "FORWARD_AD",
     "FUNC_TRANSFORM",
     "Engine",
     "check_engine_name",
@@ -120,7 +121,8 @@ def get_engine(name: str) -> Engine:
 
 def recording() -> str | None:
     """What is recording or transforming this call through its torch operations: torch.export,
-    torch.jit.trace or a torch.func transform (grad, vmap, jvp, ...), by name; else None.
+    torch.jit.trace, a torch.func transform (grad, vmap, jvp, ...) or forward-mode AD
+    (``torch.autograd.forward_ad.dual_level``), by name; else None.
 
     Engines whose loops run outside torch operations cannot run under these. (``torch.compile`` is
     not one of them: it runs what it cannot trace eagerly, see :func:`in_compile`.)
@@ -131,10 +133,13 @@ def recording() -> str | None:
         return "torch.jit.trace"
     if torch._C._functorch.maybe_current_level() is not None:
         return FUNC_TRANSFORM
+    if getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0:  # inside a dual_level()
+        return FORWARD_AD
     return None
 
 
 FUNC_TRANSFORM = "a torch.func transform (grad, vmap, jvp, ...)"  # what recording() calls them
+FORWARD_AD = "forward-mode AD (torch.autograd.forward_ad)"
 
 _OPAQUE: dict[Callable[..., Any], Callable[..., Any]] = {}
 
@@ -164,7 +169,7 @@ def in_compile(engine: Engine, method: Callable[..., Any]) -> Callable[..., Any]
 def auto_choice(x: Tensor) -> str:
     """What ``engine="auto"`` means for tensors like ``x``.
 
-    Under torch.export, torch.jit.trace or a torch.func transform (:func:`recording`):
+    Under torch.export, torch.jit.trace, a torch.func transform or forward-mode AD (:func:`recording`):
     ``reference``, the one engine made of torch operations alone. Otherwise CUDA tensors:
     ``triton``; CPU float32/float64: ``fused``; anything else: ``reference``.
     """

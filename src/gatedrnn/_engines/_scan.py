@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._specs import Spec
-from . import FUNC_TRANSFORM, recording
+from . import FORWARD_AD, FUNC_TRANSFORM, recording
 from ._second_order import first_order
 
 __all__ = ["ENGINE", "linear_scan", "log_scan", "mingru_layer", "mingru_step"]
@@ -146,9 +146,10 @@ class ScanEngine:
     traceable = True  # torch operations only
 
     def unavailable(self, spec: Spec, x: Tensor) -> str | None:
-        if recording() == FUNC_TRANSFORM:  # (torch.export and torch.jit.trace record the scan)
+        rec = recording()
+        if rec in (FUNC_TRANSFORM, FORWARD_AD):  # (torch.export and torch.jit.trace record the scan)
             return (
-                f"{FUNC_TRANSFORM} needs autograd.Functions written for it, and the scan's is not; "
+                f"{rec} needs autograd.Functions written for it, and the scan's is not; "
                 "use engine='reference' (what engine='auto' picks there)"
             )
         if spec.candidate_reads_h:
