@@ -255,11 +255,17 @@ print(time.perf_counter() - t0)
 """
 
 
+def _child_env() -> dict[str, str]:
+    """The environment of a measuring subprocess: this one's, with its import path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p])
+    return env
+
+
 def _compile_times(variants: list[str]) -> dict[str, Any]:
     """Compile time of the kernels: cold (empty numba cache) and cached, in fresh subprocesses."""
     out: dict[str, Any] = {}
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p])
+    env = _child_env()
     with tempfile.TemporaryDirectory() as cache:
         env["NUMBA_CACHE_DIR"] = cache
         for label, vs in (("gru0", ["gru0"]), ("all", variants)):
@@ -350,8 +356,7 @@ def _peak_rss(candidates: list[str], size: tuple[int, int, int, int], reset_afte
     """:func:`_peak_child` for each candidate, each in a fresh process (a process reuses what it
     freed, so a second candidate in the same one would look smaller). None where it failed (it
     needs Linux's /proc and glibc)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p])
+    env = _child_env()
     out: dict[str, int | None] = {}
     for c in candidates:
         code = f"from gatedrnn._bench import _peak_child; print(_peak_child({c!r}, {tuple(size)!r}, {reset_after!r}))"

@@ -83,7 +83,7 @@ def _reference_vjp(
     which vmap batches), with ``create_graph`` when grad mode is on."""
     higher = torch.is_grad_enabled()
     with torch.enable_grad():
-        leaves = [t if t is None else t.view_as(t) if t.requires_grad else t.detach().requires_grad_() for t in inputs]
+        leaves = _leaves(inputs)
         outs = reference(*leaves)
         wrt = [i for i, t in enumerate(leaves) if t is not None]
         got = torch.autograd.grad(
@@ -93,6 +93,13 @@ def _reference_vjp(
     for i, g in zip(wrt, got, strict=True):
         out[i] = g
     return tuple(out)
+
+
+def _leaves(tensors: Sequence[Tensor | None]) -> list[Tensor | None]:
+    """Local aliases of saved tensors to differentiate the reference at (call with grad mode on):
+    a view of those that carry a gradient (autograd.grad stops at it, and a graph built on it still
+    reaches what made the tensor), a detached leaf of the others."""
+    return [t if t is None else t.view_as(t) if t.requires_grad else t.detach().requires_grad_() for t in tensors]
 
 
 class _Twice(torch.autograd.Function):
@@ -115,9 +122,7 @@ class _Twice(torch.autograd.Function):
             # node's part (never a second pass through the graphs that made the inputs), and the
             # graph it builds under create_graph still reaches those (third order and beyond).
             # Tensors that carry no gradient enter as detached leaves.
-            leaves = [
-                t if t is None else t.view_as(t) if t.requires_grad else t.detach().requires_grad_() for t in tensors
-            ]
+            leaves = _leaves(tensors)
             gys, ins = leaves[:n_out], leaves[n_out:]
             outs = ctx.reference(*ins)
             # the first-order gradients again, by the reference, as functions of the inputs and gys
