@@ -153,109 +153,73 @@ def _gemm(fptr, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, iw, sw, cw
 SMALL_MAX_BATCH = 3
 
 
+# Inside the loops, arrays are indexed element by element (``a[t, b, j]``), never through per-row
+# views (``r = a[t, b]; r[j]``): a view is a new array struct with a reference count, and making
+# and releasing a handful of them per row cost 100-200 ns a row (numba's reference-count pruning
+# does not reach them across the loops' branches): more than the elementwise work of a row at
+# H=32. Offsets into a row (``a[t, b, off + j]``) are unsigned: numba wraps a negative signed index
+# around with a select in every access, which keeps LLVM from vectorising the loop. (Unsigned and
+# signed integers must not meet in one expression: numba makes their sum a float.)
 @njit(inline="always", **_JIT)
-def _row_nt(ar, w_t, c0, n, cr):
-    """``cr[:n] = ar @ w_t[:, c0:c0+n]``: one row of a forward product, as axpys over rows of the
-    transposed weights, four at a time (vectorises without reassociation; a quarter of the
-    load/store traffic on ``cr``).
+def _row_nt(a, ta, ba, w_t, c0, n, c, bc, co):
+    """``c[bc, co:co+n] = a[ta, ba, :] @ w_t[:, c0:c0+n]``: one row of a forward product, as axpys
+    over rows of the transposed weights, four at a time (vectorises without reassociation; a quarter
+    of the load/store traffic on ``c``).
 
-    ``ar`` ``[K]``; ``w_t`` ``[K, N_all]`` C-contiguous; ``cr`` ``[>= n]``.
+    ``a`` ``[T, B, K]``; ``w_t`` ``[K, N_all]`` C-contiguous; ``c`` ``[B, >= co+n]``.
     """
-    k = ar.shape[0]
+    k = a.shape[2]
     k4 = k - k % 4
-    for i in range(n):
-        cr[i] = 0.0
+    un, uc0, uco = np.uint64(n), np.uint64(c0), np.uint64(co)
+    for i in range(un):
+        c[bc, uco + i] = 0.0
     for j in range(0, k4, 4):
-        a0, a1, a2, a3 = ar[j], ar[j + 1], ar[j + 2], ar[j + 3]
-        w0 = w_t[j, c0 : c0 + n]
-        w1 = w_t[j + 1, c0 : c0 + n]
-        w2 = w_t[j + 2, c0 : c0 + n]
-        w3 = w_t[j + 3, c0 : c0 + n]
-        for i in range(n):
-            cr[i] += (a0 * w0[i] + a1 * w1[i]) + (a2 * w2[i] + a3 * w3[i])
+        a0, a1, a2, a3 = a[ta, ba, j], a[ta, ba, j + 1], a[ta, ba, j + 2], a[ta, ba, j + 3]
+        for i in range(un):
+            ci = uc0 + i
+            c[bc, uco + i] += (a0 * w_t[j, ci] + a1 * w_t[j + 1, ci]) + (a2 * w_t[j + 2, ci] + a3 * w_t[j + 3, ci])
     for j in range(k4, k):
-        aj = ar[j]
-        wj = w_t[j, c0 : c0 + n]
-        for i in range(n):
-            cr[i] += aj * wj[i]
+        aj = a[ta, ba, j]
+        for i in range(un):
+            c[bc, uco + i] += aj * w_t[j, uc0 + i]
 
 
 @njit(inline="always", **_JIT)
-def _row_nn(dr, w, r0, cr, accumulate):
-    """``cr (+)= dr @ w[r0:r0+N]``: one row of a backward product, as axpys over rows of the
-    weights, four at a time. ``dr`` ``[N]``; ``w`` ``[>= r0+N, H]`` C-contiguous; ``cr`` ``[H]``;
-    ``accumulate``: add to ``cr`` (else overwrite it)."""
-    n = dr.shape[0]
-    hid = cr.shape[0]
+def _row_nn(d, td, bd, d0, n, w, c, bc, accumulate):
+    """``c[bc] (+)= d[td, bd, d0:d0+n] @ w[d0:d0+n]``: one row of a backward product, as axpys over
+    rows of the weights, four at a time. ``d`` ``[T, B, >= d0+n]``; ``w`` ``[>= d0+n, H]``
+    C-contiguous; ``c`` ``[B, H]``; ``accumulate``: add to ``c[bc]`` (else overwrite it)."""
+    uh = np.uint64(c.shape[1])
     n4 = n - n % 4
     if not accumulate:
-        for i in range(hid):
-            cr[i] = 0.0
-    for j in range(0, n4, 4):
-        a0, a1, a2, a3 = dr[j], dr[j + 1], dr[j + 2], dr[j + 3]
-        w0 = w[r0 + j]
-        w1 = w[r0 + j + 1]
-        w2 = w[r0 + j + 2]
-        w3 = w[r0 + j + 3]
-        for i in range(hid):
-            cr[i] += (a0 * w0[i] + a1 * w1[i]) + (a2 * w2[i] + a3 * w3[i])
-    for j in range(n4, n):
-        aj = dr[j]
-        wj = w[r0 + j]
-        for i in range(hid):
-            cr[i] += aj * wj[i]
+        for i in range(uh):
+            c[bc, i] = 0.0
+    for j in range(d0, d0 + n4, 4):
+        a0, a1, a2, a3 = d[td, bd, j], d[td, bd, j + 1], d[td, bd, j + 2], d[td, bd, j + 3]
+        for i in range(uh):
+            c[bc, i] += (a0 * w[j, i] + a1 * w[j + 1, i]) + (a2 * w[j + 2, i] + a3 * w[j + 3, i])
+    for j in range(d0 + n4, d0 + n):
+        aj = d[td, bd, j]
+        for i in range(uh):
+            c[bc, i] += aj * w[j, i]
 
 
 @njit(inline="always", **_JIT)
-def _accumulate(acc, row):
-    """``acc += row`` (1-D, same length)."""
-    for j in range(acc.shape[0]):
-        acc[j] += row[j]
-
-
-@njit(inline="always", **_JIT)
-def _accumulate_scaled(acc, row, scale):
-    """``acc += scale * row`` (1-D, same length)."""
-    for j in range(acc.shape[0]):
-        acc[j] += scale * row[j]
-
-
-@njit(inline="always", **_JIT)
-def _dot(a, b):
-    """``sum(a * b)`` in float64 with 8 running sums (they vectorise; one would not)."""
-    n = a.shape[0]
-    n8 = n - n % 8
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    for i in range(0, n8, 8):
-        s0 += a[i] * b[i]
-        s1 += a[i + 1] * b[i + 1]
-        s2 += a[i + 2] * b[i + 2]
-        s3 += a[i + 3] * b[i + 3]
-        s4 += a[i + 4] * b[i + 4]
-        s5 += a[i + 5] * b[i + 5]
-        s6 += a[i + 6] * b[i + 6]
-        s7 += a[i + 7] * b[i + 7]
-    s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-    for i in range(n8, n):
-        s += a[i] * b[i]
-    return s
-
-
-@njit(inline="always", **_JIT)
-def _row_done(dxr, dwr, dbx, dbh, sums, xin, wih_t, dxo, dwih, fold_dx, fold_dw, t, b):
-    """What the backward does with a finished row of ``dgx``/``dgh`` while it is in cache: the
-    bias sums, and (a few input features) ``dx`` and ``dW_ih``."""
-    if sums:
-        _accumulate(dbx, dxr)
-        _accumulate(dbh, dwr)
-    if fold_dw:
-        xr = xin[t, b]
-        for k in range(xr.shape[0]):
-            _accumulate_scaled(dwih[k], dxr, xr[k])
+def _dead_row(dh, dhp, dgx, dgh, qs, dxo, t, tx, b, fold_dx, zero_q):
+    """The backward at a step past row ``b``'s sequence end: ``dh`` passes through unchanged, and
+    the row's gradients are 0 (they feed the weight and bias gradients)."""
+    for j in range(np.uint64(dh.shape[1])):
+        dhp[b, j] = dh[b, j]
+    for j in range(np.uint64(dgx.shape[2])):
+        dgx[tx, b, j] = 0.0
     if fold_dx:
-        dxr_out = dxo[t, b]
-        for k in range(dxr_out.shape[0]):
-            dxr_out[k] = _dot(dxr, wih_t[k])
+        for k in range(dxo.shape[2]):
+            dxo[t, b, k] = 0.0
+    for j in range(np.uint64(dgh.shape[2])):
+        dgh[t, b, j] = 0.0
+    if zero_q:
+        for j in range(np.uint64(qs.shape[2])):
+            qs[t, b, j] = 0.0
 
 
 # ---------------------------------------------------------------------------------- activations
@@ -390,8 +354,7 @@ def kernels(
                 g0 = gs[0, 0]
                 for j in range(ng):
                     g0[j] = gc[j]
-        gc1 = gc[:hid]
-        gc2 = gc[hid:]
+        uh, uxn, uwn = np.uint64(hid), np.uint64(xn), np.uint64(wn)
         for t in range(steps):
             # [T, B, X] buffers (saved) are read and written at step t; [1, B, X] ones (inference:
             # nothing saved) are one step's scratch, reused at every step
@@ -404,7 +367,7 @@ def kernels(
                 if reset_after or gh:
                     if small:
                         for b in range(b0, b1):
-                            _row_nt(hs[t, b], whh_t, 0, cols, work[b])
+                            _row_nt(hs, t, b, whh_t, 0, cols, work, b, 0)
                     else:
                         _gemm(
                             fptr,
@@ -426,91 +389,70 @@ def kernels(
                             cw,
                         )
             for b in range(b0, b1):
-                live = t < lengths[b]
-                hp = hs[t, b]
-                hnew = hs[t + 1, b]
-                xr = xp[t, b]
-                gr = gs[0, 0] if gconst else gs[tg, b]
-                nr = ns[tn, b]
-                wr = work[b]
-                if not live:
-                    for j in range(hid):
-                        hnew[j] = hp[j]
+                if t >= lengths[b]:
+                    for j in range(uh):
+                        hs[t + 1, b, j] = hs[t, b, j]
                     if copy_y:
-                        yr = y[t, b]
-                        for j in range(hid):
-                            yr[j] = 0.0
+                        for j in range(uh):
+                            y[t, b, j] = 0.0
                     continue
                 if two_gemm:
-                    # reset-before, first pass: gates and q = r*h(t-1)
-                    qr = hn[0, b]
+                    # reset-before, first pass: gates and q = r*h(t-1) (in hn[0])
                     if gconst:
-                        for j in range(hid):
-                            qr[j] = gc1[j] * hp[j]
+                        for j in range(uh):
+                            hn[0, b, j] = gc[j] * hs[t, b, j]
                         continue
-                    gr1 = gr[:hid]
-                    gr2 = gr[hid:]
-                    for j in range(hid):
-                        a = xr[j] if gx else gb[j]
+                    for j in range(uh):
+                        a = xp[t, b, j] if gx else gb[j]
                         if gh:
-                            a += wr[j]
+                            a += work[b, j]
                         g1 = _sigmoid(fast, a)
-                        gr1[j] = g1
+                        gs[tg, b, j] = g1
                         if two:
-                            a2 = xr[hid + j] if gx else gb[hid + j]
+                            a2 = xp[t, b, uh + j] if gx else gb[uh + j]
                             if gh:
-                                a2 += wr[hid + j]
-                            gr2[j] = _sigmoid(fast, a2)
-                        qr[j] = g1 * hp[j]
+                                a2 += work[b, uh + j]
+                            gs[tg, b, uh + j] = _sigmoid(fast, a2)
+                        hn[0, b, j] = g1 * hs[t, b, j]
                     continue
-                hr = hn[th, b]
-                # separate views for writes at different offsets of one row: a store-store
-                # dependence of unknown distance would keep LLVM from vectorising the loop
-                gr1 = gr[:hid]
-                gr2 = gr[hid:]
-                # and views for reads at a runtime offset: ``xr[xn + j]`` may be a negative index
-                # as far as numba knows, and its wraparound select costs 10-15% of the loop
-                xrn = xr[xn:]
-                wrn = wr[wn:]
-                for j in range(hid):
+                for j in range(uh):
                     if gconst:
-                        g1 = gc1[j]
+                        g1 = gc[j]
                     else:
-                        a = xr[j] if gx else gb[j]
+                        a = xp[t, b, j] if gx else gb[j]
                         if gh:
-                            a += wr[j]
+                            a += work[b, j]
                         g1 = _sigmoid(fast, a)
-                        gr1[j] = g1
+                        gs[tg, b, j] = g1
                     if two:
                         if gconst:
-                            z = gc2[j]
+                            z = gc[uh + j]
                         else:
-                            a2 = xr[hid + j] if gx else gb[hid + j]
+                            a2 = xp[t, b, uh + j] if gx else gb[uh + j]
                             if gh:
-                                a2 += wr[hid + j]
+                                a2 += work[b, uh + j]
                             z = _sigmoid(fast, a2)
-                            gr2[j] = z
+                            gs[tg, b, uh + j] = z
                     elif coupled:
                         z = one - g1
                     else:
                         z = g1
-                    npre = xrn[j]
+                    npre = xp[t, b, uxn + j]
                     if cand_h:
-                        u = wrn[j] + bhn[j]
-                        hr[j] = u
+                        u = work[b, uwn + j] + bhn[j]
+                        hn[th, b, j] = u
                         npre += g1 * u
                     n = _tanh(fast, npre) if tanh else npre
-                    nr[j] = n
-                    hnew[j] = (one - z) * n + z * hp[j]
+                    ns[tn, b, j] = n
+                    hs[t + 1, b, j] = (one - z) * n + z * hs[t, b, j]
                 if copy_y:
-                    yr = y[t, b]
-                    for j in range(hid):
-                        yr[j] = hnew[j]
+                    for j in range(uh):
+                        y[t, b, j] = hs[t + 1, b, j]
             if two_gemm:
                 # work[:, G*H:] = (r*h(t-1)) @ U_n^T, then the candidate and the update
                 if small:
                     for b in range(b0, b1):
-                        _row_nt(hn[0, b], whh_t, wn, hid, work[b, wn:])
+                        _row_nt(hn, 0, b, whh_t, wn, hid, work, b, wn)
                 else:
                     _gemm(
                         fptr,
@@ -534,24 +476,17 @@ def kernels(
                 for b in range(b0, b1):
                     if t >= lengths[b]:
                         continue
-                    hp = hs[t, b]
-                    hnew = hs[t + 1, b]
-                    gr = gc if gconst else gs[tg, b]
-                    nr = ns[tn, b]
-                    xrn = xp[t, b, xn:]
-                    wrn = work[b, wn:]
-                    for j in range(hid):
+                    for j in range(uh):
                         if two:
-                            z = gr[hid + j]
+                            z = gc[uh + j] if gconst else gs[tg, b, uh + j]
                         else:
-                            z = one - gr[j]
-                        n = _tanh(fast, xrn[j] + wrn[j])
-                        nr[j] = n
-                        hnew[j] = (one - z) * n + z * hp[j]
+                            z = one - (gc[j] if gconst else gs[tg, b, j])
+                        n = _tanh(fast, xp[t, b, uxn + j] + work[b, uwn + j])
+                        ns[tn, b, j] = n
+                        hs[t + 1, b, j] = (one - z) * n + z * hs[t, b, j]
                     if copy_y:
-                        yr = y[t, b]
-                        for j in range(hid):
-                            yr[j] = hnew[j]
+                        for j in range(uh):
+                            y[t, b, j] = hs[t + 1, b, j]
 
     @njit(**_JIT)
     def backward(
@@ -633,179 +568,171 @@ def kernels(
         cw = np.empty(2, np.uint8)
         cw[0] = 78
         cw[1] = 84
-        dgb1 = dgb[:hid]
-        dgb2 = dgb[hid:]
+        uh, uxn, uwn = np.uint64(hid), np.uint64(xn), np.uint64(wn)
+        ux, uhw = np.uint64(dgx.shape[2]), np.uint64(hhw)
+        n8 = dgx.shape[2] - dgx.shape[2] % 8
+        # the columns of dgh[t] that feed dh(t-1) through the per-step product on W_hh
+        # (reset-before: the gates'; c's went through U_n into dq first)
+        back = (ng if gh else 0) if two_gemm else (hhw if use_gemm else 0)
         for b in range(b0, b1):
-            for j in range(hid):
+            for j in range(uh):
                 dh[b, j] = ghn[b, j]
+        # Per row, everything is written out here, not in helper functions: an inlined helper
+        # binds its array arguments to new variables, and numba's reference counting of them
+        # (atomic, and not pruned across the loops' branches) cost about 150 ns a row.
         for t in range(steps - 1, -1, -1):
             tx = t if dgx.shape[0] == steps else 0
-            for b in range(b0, b1):
-                dhr = dh[b]
-                dpr = dhp[b]
-                dxr = dgx[tx, b]
-                dwr = dgh[t, b]
-                if t >= lengths[b]:
-                    for j in range(hid):
-                        dpr[j] = dhr[j]
-                    for j in range(dxr.shape[0]):
-                        dxr[j] = 0.0
-                    if fold_dx:
-                        dxz = dxo[t, b]
-                        for k in range(dxz.shape[0]):
-                            dxz[k] = 0.0
-                    for j in range(hhw):
-                        dwr[j] = 0.0
-                    if two_gemm:
-                        qz = qs[t, b]
-                        for j in range(hid):
-                            qz[j] = 0.0
-                    continue
-                hp = hs[t, b]
-                gr = gs[0, 0] if gconst else gs[t, b]
-                nr = ns[t, b]
-                gyr = gy[t, b]
-                dx1 = dxr[:hid]
-                dx2 = dxr[hid : 2 * hid]
-                dxn = dxr[xn:]
-                dw1 = dwr[:hid]
-                dw2 = dwr[hid : 2 * hid]
-                dwn = dwr[wn:]
-                if two_gemm:
-                    dzr = dzs[b]
-                    for j in range(hid):
-                        d = dhr[j] + gyr[j]
-                        if two:
-                            z = gr[hid + j]
-                        else:
-                            z = one - gr[j]
-                        n = nr[j]
-                        dzr[j] = d * (hp[j] - n)
-                        dpr[j] = d * z
-                        c = d * (one - z) * (one - n * n)
-                        dxn[j] = c
-                        dwn[j] = c
-                    continue
-                hr = hn[t, b] if cand_h else hn[0, b]
-                for j in range(hid):
-                    d = dhr[j] + gyr[j]
-                    g1 = gr[j]
-                    if two:
-                        z = gr[hid + j]
-                    elif coupled:
-                        z = one - g1
-                    else:
-                        z = g1
-                    n = nr[j]
-                    dz = d * (hp[j] - n)
-                    dpr[j] = d * z
-                    c = d * (one - z)
-                    if tanh:
-                        c = c * (one - n * n)
-                    dxn[j] = c
-                    if cand_h:
-                        dwn[j] = c * g1
-                        dr = c * hr[j]
-                        if two:
-                            a1 = dr * g1 * (one - g1)
-                            a2 = dz * z * (one - z)
-                        else:
-                            a1 = (dr - dz) * g1 * (one - g1)
-                            a2 = a1
-                    else:
-                        a1 = dz * g1 * (one - g1)
-                        a2 = a1
-                    if gx:
-                        dx1[j] = a1
-                        if two:
-                            dx2[j] = a2
-                    if gh:
-                        dw1[j] = a1
-                        if two:
-                            dw2[j] = a2
-                    if not (gx or gh):
-                        dgb1[j] += a1
-                        if two:
-                            dgb2[j] += a2
-                _row_done(dxr, dwr, dbx, dbh, sums, xin, wih_t, dxo, dwih, fold_dx, fold_dw, t, b)
-                if use_gemm and small:
-                    # dh(t-1) += dgh[t, b] @ whh
-                    _row_nn(dwr, whh, 0, dpr, True)
-            if two_gemm and not small:
-                # dq[B, H] = c[B, H] @ U_n  (into dzs' partner: reuse dh as it is consumed)
-                _gemm(
-                    fptr,
-                    0,
-                    0,
-                    hid,
-                    batch,
-                    hid,
-                    one,
-                    whh[hhw - hid :],
-                    hid,
-                    dgh[t, b0, wn:],
-                    hhw,
-                    0.0,
-                    dh[b0:],
-                    hid,
-                    iw,
-                    sw,
-                    cw,
-                )
+            tg = 0 if gconst else t  # the gates' row: one constant row for GRU3
+            th = t if cand_h else 0
             if two_gemm:
+                # reset-before, first pass: dz, the update's share of dh(t-1), and c = dL/d(U_n q)
                 for b in range(b0, b1):
                     if t >= lengths[b]:
+                        _dead_row(dh, dhp, dgx, dgh, qs, dxo, t, tx, b, fold_dx, two_gemm)
                         continue
-                    dq = dh[b]
-                    dpr = dhp[b]
-                    dxr = dgx[tx, b]
-                    dwr = dgh[t, b]
-                    if small:
-                        _row_nn(dwr[wn:], whh, wn, dq, False)
-                    dzr = dzs[b]
-                    hp = hs[t, b]
-                    gr = gs[0, 0] if gconst else gs[t, b]
-                    qr = qs[t, b]
-                    dx1 = dxr[:hid]
-                    dx2 = dxr[hid : 2 * hid]
-                    dw1 = dwr[:hid]
-                    dw2 = dwr[hid : 2 * hid]
-                    for j in range(hid):
-                        g1 = gr[j]
-                        dr = dq[j] * hp[j]
-                        dpr[j] += dq[j] * g1
-                        qr[j] = g1 * hp[j]
+                    bg = 0 if gconst else b
+                    for j in range(uh):
+                        d = dh[b, j] + gy[t, b, j]
                         if two:
-                            z = gr[hid + j]
-                            a1 = dr * g1 * (one - g1)
-                            a2 = dzr[j] * z * (one - z)
+                            z = gs[tg, bg, uh + j]
                         else:
-                            a1 = (dr - dzr[j]) * g1 * (one - g1)
+                            z = one - gs[tg, bg, j]
+                        n = ns[t, b, j]
+                        dzs[b, j] = d * (hs[t, b, j] - n)
+                        dhp[b, j] = d * z
+                        c = d * (one - z) * (one - n * n)
+                        dgx[tx, b, uxn + j] = c
+                        dgh[t, b, uwn + j] = c
+                    if small:
+                        # dq = c @ U_n, into dh[b] (consumed)
+                        _row_nn(dgh, t, b, wn, hid, whh, dh, b, False)
+                if not small:
+                    # dq[B, H] = c[B, H] @ U_n  (into dh: it is consumed)
+                    _gemm(
+                        fptr,
+                        0,
+                        0,
+                        hid,
+                        batch,
+                        hid,
+                        one,
+                        whh[hhw - hid :],
+                        hid,
+                        dgh[t, b0, wn:],
+                        hhw,
+                        0.0,
+                        dh[b0:],
+                        hid,
+                        iw,
+                        sw,
+                        cw,
+                    )
+            for b in range(b0, b1):
+                if t >= lengths[b]:
+                    if not two_gemm:  # (reset-before: done in the first pass)
+                        _dead_row(dh, dhp, dgx, dgh, qs, dxo, t, tx, b, fold_dx, two_gemm)
+                    continue
+                bg = 0 if gconst else b
+                for j in range(uh):
+                    g1 = gs[tg, bg, j]
+                    if two_gemm:
+                        # second pass: dh[b] holds dq = dL/d(r*h(t-1))
+                        dr = dh[b, j] * hs[t, b, j]
+                        dhp[b, j] += dh[b, j] * g1
+                        qs[t, b, j] = g1 * hs[t, b, j]
+                        if two:
+                            z = gs[tg, bg, uh + j]
+                            a1 = dr * g1 * (one - g1)
+                            a2 = dzs[b, j] * z * (one - z)
+                        else:
+                            a1 = (dr - dzs[b, j]) * g1 * (one - g1)
                             a2 = a1
-                        if gx:
-                            dx1[j] = a1
+                    else:
+                        d = dh[b, j] + gy[t, b, j]
+                        if two:
+                            z = gs[tg, bg, uh + j]
+                        elif coupled:
+                            z = one - g1
+                        else:
+                            z = g1
+                        n = ns[t, b, j]
+                        dz = d * (hs[t, b, j] - n)
+                        dhp[b, j] = d * z
+                        c = d * (one - z)
+                        if tanh:
+                            c = c * (one - n * n)
+                        dgx[tx, b, uxn + j] = c
+                        if cand_h:
+                            dgh[t, b, uwn + j] = c * g1
+                            dr = c * hn[th, b, j]
                             if two:
-                                dx2[j] = a2
-                        if gh:
-                            dw1[j] = a1
-                            if two:
-                                dw2[j] = a2
-                        if not (gx or gh):
-                            dgb1[j] += a1
-                            if two:
-                                dgb2[j] += a2
-                    _row_done(dxr, dwr, dbx, dbh, sums, xin, wih_t, dxo, dwih, fold_dx, fold_dw, t, b)
-                    if small and gh:
-                        _row_nn(dwr[:ng], whh, 0, dpr, True)
-                if gh and not small:
-                    # dh(t-1) += dgates[B, G*H] @ U_gates
-                    _gemm(fptr, 0, 0, hid, batch, ng, one, whh, hid, dgh[t, b0:], hhw, one, dhp[b0:], hid, iw, sw, cw)
-            elif use_gemm and not small:
-                # dh(t-1) += dgh[t][B, hhb*H] @ whh
-                _gemm(fptr, 0, 0, hid, batch, hhw, one, whh, hid, dgh[t, b0:], hhw, one, dhp[b0:], hid, iw, sw, cw)
+                                a1 = dr * g1 * (one - g1)
+                                a2 = dz * z * (one - z)
+                            else:
+                                a1 = (dr - dz) * g1 * (one - g1)
+                                a2 = a1
+                        else:
+                            a1 = dz * g1 * (one - g1)
+                            a2 = a1
+                    if gx:
+                        dgx[tx, b, j] = a1
+                        if two:
+                            dgx[tx, b, uh + j] = a2
+                    if gh:
+                        dgh[t, b, j] = a1
+                        if two:
+                            dgh[t, b, uh + j] = a2
+                    if not (gx or gh):
+                        dgb[j] += a1
+                        if two:
+                            dgb[uh + j] += a2
+                # the finished row, while it is in cache: bias sums, and (a few input features)
+                # dW_ih and dx
+                if sums:
+                    for j in range(ux):
+                        dbx[j] += dgx[tx, b, j]
+                    for j in range(uhw):
+                        dbh[j] += dgh[t, b, j]
+                if fold_dw:
+                    for k in range(xin.shape[2]):
+                        xk = xin[t, b, k]
+                        for j in range(ux):
+                            dwih[k, j] += xk * dgx[tx, b, j]
+                if fold_dx:
+                    for k in range(dxo.shape[2]):
+                        # a dot product in float64 with 8 running sums (they vectorise; one would not)
+                        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+                        for i in range(0, n8, 8):
+                            s0 += dgx[tx, b, i] * wih_t[k, i]
+                            s1 += dgx[tx, b, i + 1] * wih_t[k, i + 1]
+                            s2 += dgx[tx, b, i + 2] * wih_t[k, i + 2]
+                            s3 += dgx[tx, b, i + 3] * wih_t[k, i + 3]
+                            s4 += dgx[tx, b, i + 4] * wih_t[k, i + 4]
+                            s5 += dgx[tx, b, i + 5] * wih_t[k, i + 5]
+                            s6 += dgx[tx, b, i + 6] * wih_t[k, i + 6]
+                            s7 += dgx[tx, b, i + 7] * wih_t[k, i + 7]
+                        s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+                        for i in range(n8, dgx.shape[2]):
+                            s += dgx[tx, b, i] * wih_t[k, i]
+                        dxo[t, b, k] = s
+                if small and back:
+                    # dh(t-1) += dgh[t, b, :back] @ whh[:back], four rows of whh at a time
+                    for j in range(0, back - back % 4, 4):
+                        e0, e1, e2, e3 = dgh[t, b, j], dgh[t, b, j + 1], dgh[t, b, j + 2], dgh[t, b, j + 3]
+                        for i in range(uh):
+                            dhp[b, i] += (e0 * whh[j, i] + e1 * whh[j + 1, i]) + (
+                                e2 * whh[j + 2, i] + e3 * whh[j + 3, i]
+                            )
+                    for j in range(back - back % 4, back):
+                        aj = dgh[t, b, j]
+                        for i in range(uh):
+                            dhp[b, i] += aj * whh[j, i]
+            if back and not small:
+                # dh(t-1) += dgh[t][B, :back] @ whh[:back]
+                _gemm(fptr, 0, 0, hid, batch, back, one, whh, hid, dgh[t, b0:], hhw, one, dhp[b0:], hid, iw, sw, cw)
             dh, dhp = dhp, dh
         for b in range(b0, b1):
-            for j in range(hid):
+            for j in range(uh):
                 dh0[b, j] = dh[b, j]
 
     return forward, backward
@@ -824,10 +751,11 @@ def floor_nt(fptr, a, w, w_t, c, steps, small):
     cw[0] = 78
     cw[1] = 84
     one = c.dtype.type(1.0)
+    a3 = a.reshape((1, batch, k))
     for _ in range(steps):
         if small:
             for b in range(batch):
-                _row_nt(a[b], w_t, 0, n, c[b])
+                _row_nt(a3, 0, b, w_t, 0, n, c, b, 0)
         else:
             _gemm(fptr, 1, 0, n, batch, k, one, w, k, a, k, 0.0, c, n, iw, sw, cw)
 
@@ -844,9 +772,10 @@ def floor_nn(fptr, d, w, c, steps, small):
     cw[0] = 78
     cw[1] = 84
     one = c.dtype.type(1.0)
+    d3 = d.reshape((1, batch, n))
     for _ in range(steps):
         if small:
             for b in range(batch):
-                _row_nn(d[b], w, 0, c[b], True)
+                _row_nn(d3, 0, b, 0, n, w, c, b, True)
         else:
             _gemm(fptr, 0, 0, hid, batch, n, one, w, hid, d, n, one, c, hid, iw, sw, cw)
