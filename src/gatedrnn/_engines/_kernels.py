@@ -154,12 +154,15 @@ SMALL_MAX_BATCH = 3
 
 
 # Inside the loops, arrays are indexed element by element (``a[t, b, j]``), never through per-row
-# views (``r = a[t, b]; r[j]``): a view is a new array struct with a reference count, and making
-# and releasing a handful of them per row cost 100-200 ns a row (numba's reference-count pruning
-# does not reach them across the loops' branches): more than the elementwise work of a row at
-# H=32. Offsets into a row (``a[t, b, off + j]``) are unsigned: numba wraps a negative signed index
-# around with a select in every access, which keeps LLVM from vectorising the loop. (Unsigned and
-# signed integers must not meet in one expression: numba makes their sum a float.)
+# views (``r = a[t, b]; r[j]``): a view is a new array struct with a reference count, and numba's
+# atomic increments and decrements of it are not pruned across the loops' branches (numba issue
+# 2350). The same holds for the arrays an inlined helper binds: the small helpers below, with
+# three arrays and no branches around them, measured no slower than written out, but the
+# backward's row-finishing work (bias sums, folded dW_ih and dx: eight arrays behind runtime flags)
+# cost about 150 ns a row as a helper and is written out in the loop. Offsets into a row
+# (``a[t, b, off + j]``) are unsigned: numba wraps a negative signed index around with a select
+# in every access, which keeps LLVM from vectorising the loop. (Unsigned and signed integers must
+# not meet in one expression: numba makes their sum a float.)
 @njit(inline="always", **_JIT)
 def _row_nt(a, ta, ba, w_t, c0, n, c, bc, co):
     """``c[bc, co:co+n] = a[ta, ba, :] @ w_t[:, c0:c0+n]``: one row of a forward product, as axpys
@@ -550,7 +553,7 @@ def kernels(
                 each row of ``dgx`` times the input row, summed. For a few input features these
                 are a few dot products and scaled adds per row, done while the row is in cache
                 instead of two more passes over ``dgx``.
-            small: the per-step products run as :func:`_row_nn` (compiled loops, row by row as
+            small: the per-step products run as compiled loops (:func:`_row_nn`'s, row by row as
                 each row's gradients are done) instead of BLAS.
             b0, b1: the batch rows ``[b0, b1)`` this call runs (as in the forward; ``dgb`` is the
                 only output shared between rows: give each concurrent call its own).
