@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
+import pytest
+
+import gatedrnn
 from gatedrnn._engines import _fused
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,3 +50,32 @@ def test_rows_times_each_wiring_and_restores_the_runner(capsys):
     assert [ln.split("|")[1:3] for ln in lines] == [[" gru0 ", " True "], [" gru0 ", " False "], [" mingru ", " True "]]
     for ln in lines:
         assert all(float(c) > 0 for c in ln.split("|")[3:6])
+
+
+def test_revisions_exports_a_revision_that_imports_only_itself(tmp_path):
+    """benchmarks/revisions.py compares against a git revision's package: every module of the
+    exported copy must come from the copy (an absolute ``gatedrnn`` import left in it would
+    silently run this checkout's code as the "old" side)."""
+    import subprocess
+    import sys
+
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    revisions = _load("revisions")
+    old = revisions.export("HEAD", dest=tmp_path)
+    try:
+        assert old.__name__.startswith("gatedrnn_") and old is not gatedrnn
+        assert Path(old.__file__).is_relative_to(tmp_path)
+        old.info()  # loads the engines' modules of the copy
+        copies = {n: m for n, m in sys.modules.items() if n.split(".")[0] == old.__name__}
+        assert f"{old.__name__}._engines._fused" in copies
+        for name, mod in copies.items():
+            assert Path(mod.__file__).is_relative_to(tmp_path), name
+        # the copy's source names no module of this checkout
+        for py in Path(old.__file__).parent.rglob("*.py"):
+            assert not re.search(r"\b(from|import) gatedrnn\b", py.read_text()), py
+        assert old.GRU is not gatedrnn.GRU
+    finally:
+        sys.path.remove(str(Path(old.__file__).parents[1]))
+        for name in [n for n in sys.modules if n.split(".")[0] == old.__name__]:
+            del sys.modules[name]
