@@ -55,7 +55,10 @@ def export(rev: str, dest: Path = ROOT / "runs" / "revisions") -> Any:
         tmp = base.with_name(commit + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         with tarfile.open(fileobj=BytesIO(tar)) as tf:
-            tf.extractall(tmp, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
+                tf.extractall(tmp, filter="data")
+            else:  # our own git archive of our own tree
+                tf.extractall(tmp)
         pkg = tmp / "src" / "gatedrnn"
         for py in pkg.rglob("*.py"):  # absolute self-imports must reach the old code, not this one
             text = py.read_text()
