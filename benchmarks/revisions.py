@@ -29,15 +29,9 @@ from typing import Any
 import torch
 
 import gatedrnn
+from gatedrnn._bench import CPU_SIZES
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZES = {
-    "A": (64, 28, 28, 128),
-    "B": (32, 784, 1, 128),
-    "C": (64, 100, 500, 256),
-    "D": (16, 200, 64, 64),
-    "E": (1, 1000, 32, 32),
-}
 
 
 def export(rev: str, dest: Path = ROOT / "runs" / "revisions") -> Any:
@@ -109,7 +103,7 @@ def _compare(lo: torch.nn.Module, ln: torch.nn.Module, x: torch.Tensor, gy: torc
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("rev", help="git revision to compare against (e.g. HEAD~1, a commit)")
-    p.add_argument("--sizes", default="D,E", help=f"comma list of {','.join(SIZES)}")
+    p.add_argument("--sizes", default="D,E", help=f"comma list of {','.join(CPU_SIZES)}")
     p.add_argument("--variants", default="gru0,gru3,mingru")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=20)
@@ -123,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for s in a.sizes.split(","):
-        batch, steps, inp, hid = SIZES[s]
+        batch, steps, inp, hid = CPU_SIZES[s]
         for v in a.variants.split(","):
             for ra in (True, False) if a.both_forms and v != "mingru" else (True,):
                 torch.manual_seed(0)

@@ -553,7 +553,7 @@ def kernels(
                 each row of ``dgx`` times the input row, summed. For a few input features these
                 are a few dot products and scaled adds per row, done while the row is in cache
                 instead of two more passes over ``dgx``.
-            small: the per-step products run as compiled loops (:func:`_row_nn`'s, row by row as
+            small: the per-step products run as :func:`_row_nn` (compiled loops, row by row as
                 each row's gradients are done) instead of BLAS.
             b0, b1: the batch rows ``[b0, b1)`` this call runs (as in the forward; ``dgb`` is the
                 only output shared between rows: give each concurrent call its own).
@@ -580,9 +580,10 @@ def kernels(
         for b in range(b0, b1):
             for j in range(uh):
                 dh[b, j] = ghn[b, j]
-        # Per row, everything is written out here, not in helper functions: an inlined helper
-        # binds its array arguments to new variables, and numba's reference counting of them
-        # (atomic, and not pruned across the loops' branches) cost about 150 ns a row.
+        # The row-finishing work (bias sums, folded dW_ih and dx) is written out in the loop, not in
+        # a helper: an inlined helper binds its array arguments to new variables, and numba's
+        # reference counting of eight of them behind runtime flags (atomic, and not pruned across
+        # the loops' branches) cost about 150 ns a row.
         for t in range(steps - 1, -1, -1):
             tx = t if dgx.shape[0] == steps else 0
             tg = 0 if gconst else t  # the gates' row: one constant row for GRU3
@@ -719,17 +720,8 @@ def kernels(
                             s += dgx[tx, b, i] * wih_t[k, i]
                         dxo[t, b, k] = s
                 if small and back:
-                    # dh(t-1) += dgh[t, b, :back] @ whh[:back], four rows of whh at a time
-                    for j in range(0, back - back % 4, 4):
-                        e0, e1, e2, e3 = dgh[t, b, j], dgh[t, b, j + 1], dgh[t, b, j + 2], dgh[t, b, j + 3]
-                        for i in range(uh):
-                            dhp[b, i] += (e0 * whh[j, i] + e1 * whh[j + 1, i]) + (
-                                e2 * whh[j + 2, i] + e3 * whh[j + 3, i]
-                            )
-                    for j in range(back - back % 4, back):
-                        aj = dgh[t, b, j]
-                        for i in range(uh):
-                            dhp[b, i] += aj * whh[j, i]
+                    # dh(t-1) += dgh[t, b, :back] @ whh[:back]
+                    _row_nn(dgh, t, b, 0, back, whh, dhp, b, True)
             if back and not small:
                 # dh(t-1) += dgh[t][B, :back] @ whh[:back]
                 _gemm(fptr, 0, 0, hid, batch, back, one, whh, hid, dgh[t, b0:], hhw, one, dhp[b0:], hid, iw, sw, cw)
