@@ -79,3 +79,66 @@ def test_revisions_exports_a_revision_that_imports_only_itself(tmp_path):
         sys.path.remove(str(Path(old.__file__).parents[1]))
         for name in [n for n in sys.modules if n.split(".")[0] == old.__name__]:
             del sys.modules[name]
+
+
+@pytest.mark.parametrize("variant", sorted(gatedrnn.SPECS))
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_matmul_flops_counts_what_the_reference_engine_multiplies(variant, reset_after):
+    """The benchmark's product count against torch's FLOP counter on the per-step reference engine
+    (forward alone, and forward+backward with every input requiring grad)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gatedrnn._bench import matmul_flops
+
+    size = (3, 5, 4, 6)
+    batch, steps, inp, hid = size
+    mod = gatedrnn.GRU(inp, hid, variant=variant, reset_after=reset_after, engine="reference")
+    x = torch.randn(steps, batch, inp, requires_grad=True)
+    h0 = torch.randn(1, batch, hid, requires_grad=True)
+    with torch.no_grad(), FlopCounterMode(display=False) as fwd:
+        mod(x, h0)
+    assert fwd.get_total_flops() == matmul_flops(variant, size, False)
+    with FlopCounterMode(display=False) as both:
+        y, h = mod(x, h0)
+        (y.sum() + h.sum()).backward()
+    assert both.get_total_flops() == matmul_flops(variant, size, True)
+
+
+def test_roofline_table_from_timings():
+    """The roofline table's figures, worked out by hand from made-up timings."""
+    from gatedrnn import _bench
+
+    side = _bench.SGEMM_SIDE
+    gemm_ms = 2 * side**3 / 50e9 * 1e3  # a 50 GFLOP/s host
+    size = _bench.CPU_SIZES["D"]
+    gflop = 3 * (2 * 200 * 16 * 64 * 192 + 2 * 200 * 16 * 64 * 192) / 1e9  # gru0 at D: 0.4719
+    at_rate = gflop / 50 * 1e3  # 9.44 ms
+    times = {
+        "torch.nn.GRU": {"median_ms": 100.0},
+        "fused:gru0": {"median_ms": 2 * at_rate},
+        "floor:gru0": {"median_ms": at_rate / 0.8},
+        f"sgemm:{side}": {"median_ms": gemm_ms},
+    }
+    rows = [
+        {"size": "D", "shape": list(size), "threads": th, "pass": ps, "times": times}
+        for th in (1, 2)
+        for ps in ("fwd", "fwdbwd")
+    ]
+    lines = _bench._roofline(rows).splitlines()
+    assert len(lines) == 4  # header, rule, one line per thread count (forward+backward only)
+    one = [c.strip() for c in lines[2].split("|")[1:-1]]
+    two = [c.strip() for c in lines[3].split("|")[1:-1]]
+    assert one[1:] == [
+        "1",
+        f"{gflop:.3f}",
+        "50.0",
+        f"{at_rate:.2f}",
+        f"{at_rate / 0.8:.2f} (80%)",
+        f"{2 * at_rate:.2f} (50%)",
+        "-",
+        "-",
+    ]
+    # the target (2 threads only): TARGETS["D"] x nn.GRU's 100 ms = 12 ms, needing 9.44 / 12 of the rate
+    assert two[7:] == ["12.00", f"{100 * at_rate / 12:.0f}%"]
+    assert _bench._roofline([{**rows[1], "times": {k: v for k, v in times.items() if k != f"sgemm:{side}"}}]) == ""

@@ -28,7 +28,9 @@ import tempfile
 import time
 from typing import Any
 
-__all__ = ["CPU_SIZES", "CUDA_SIZES", "TARGETS", "main"]
+from ._files import atomic_write
+
+__all__ = ["CPU_SIZES", "CUDA_SIZES", "TARGETS", "main", "matmul_flops"]
 
 # name: (B, T, m, n) = (batch, steps, input size, hidden size)
 CPU_SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -88,6 +90,38 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------ candidates
+# The host's large-product rate: one square float32 product of this side, timed with the candidates.
+SGEMM_SIDE = 1024
+
+
+def matmul_flops(variant: str, size: tuple[int, int, int, int], backward: bool) -> int:
+    """Floating-point operations (2 per multiply-add) of the matrix products one call of the variant
+    does: what :func:`_gemm_floor` runs. Forward: the input projection over all steps and, where the
+    candidate reads h, the recurrent product at every step. The backward does each twice more
+    (input gradient and weight gradient of each product), so forward+backward is 3x the forward."""
+    from ._specs import get_spec
+
+    spec = get_spec(variant)
+    batch, steps, inp, hid = size
+    rows = steps * batch
+    ihw = spec.ih_blocks() * hid
+    hhw = spec.hh_blocks() * hid if spec.candidate_reads_h else 0
+    forward = 2 * rows * inp * ihw + 2 * rows * hid * hhw
+    return 3 * forward if backward else forward
+
+
+def _sgemm(side: int = SGEMM_SIDE):
+    """A callable doing one ``side``-cubed float32 product (output preallocated), torch's BLAS and threads."""
+    import torch
+
+    a, b, out = torch.randn(side, side), torch.randn(side, side), torch.empty(side, side)
+
+    def run() -> None:
+        torch.mm(a, b, out=out)
+
+    return run
+
+
 def _gemm_floor(variant: str, reset_after: bool, size: tuple[int, int, int, int], backward: bool):
     """A callable doing the variant's matrix products alone (float32, same BLAS as the engine).
 
@@ -212,6 +246,8 @@ def _candidates(args: argparse.Namespace, size: tuple[int, int, int, int], backw
         cands[f"{engine}:{v}"] = wrap(gru, "gru")
         if device == "cpu" and dtype == torch.float32:
             cands[f"floor:{v}"] = _gemm_floor(v, bool(args.reset_after), size, backward)
+    if device == "cpu" and dtype == torch.float32:
+        cands[f"sgemm:{SGEMM_SIDE}"] = _sgemm()
     return cands
 
 
@@ -468,6 +504,43 @@ def _summary(results: list[dict[str, Any]], device: str) -> str:
     return "\n".join(out)
 
 
+def _roofline(results: list[dict[str, Any]], variant: str = "gru0") -> str:
+    """Forward+backward: the variant's matrix-product work against the host's large-product rate
+    (``sgemm:<side>`` in the same rounds): how close the floor and the engine come to it, and what
+    share of it each size's target (``TARGETS``, 2 threads) asks of the products alone. Empty where
+    the results hold no rate or no such variant."""
+    rate_key = f"sgemm:{SGEMM_SIDE}"
+    head = (
+        f"| size (B,T,m,n) | threads | GFLOP | GEMM rate GFLOP/s | ms at that rate "
+        f"| floor ms (% of rate) | {variant} ms (% of rate) | target ms | target needs (% of rate) |"
+    )
+    lines = [head, "|---" * 9 + "|"]
+    for r in results:
+        t = r["times"]
+        if r["pass"] != "fwdbwd" or rate_key not in t or f"fused:{variant}" not in t:
+            continue
+        gflop = matmul_flops(variant, tuple(r["shape"]), True) / 1e9  # type: ignore[arg-type]
+        rate = 2 * SGEMM_SIDE**3 / 1e9 / (t[rate_key]["median_ms"] / 1e3)
+        at_rate = gflop / rate * 1e3
+        ms = t[f"fused:{variant}"]["median_ms"]
+        floor = t.get(f"floor:{variant}", {}).get("median_ms")
+        cells = [
+            f"{gflop:.3f}",
+            f"{rate:.1f}",
+            f"{at_rate:.2f}",
+            "-" if floor is None else f"{floor:.2f} ({100 * at_rate / floor:.0f}%)",
+            f"{ms:.2f} ({100 * at_rate / ms:.0f}%)",
+        ]
+        if variant == "gru0" and r["threads"] == 2 and r["size"] in TARGETS:
+            target = TARGETS[r["size"]] * t["torch.nn.GRU"]["median_ms"]
+            cells += [f"{target:.2f}", f"{100 * at_rate / target:.0f}%"]
+        else:
+            cells += ["-", "-"]
+        sz = "(" + ",".join(str(x) for x in r["shape"]) + ")"
+        lines.append(f"| {r['size']} {sz} | {r['threads']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns a process exit code (0 on success, 2 when it cannot run)."""
     args = _parse(argv)
@@ -583,6 +656,14 @@ def main(argv: list[str] | None = None) -> int:
         print("| size | ratio | target | met |\n|---|---|---|---|")
         for tg in targets:
             print(f"| {tg['size']} | {tg['ratio']:.3f} | ≤ {tg['target']} | {'yes' if tg['met'] else 'no'} |")
+    roof = _roofline(results)
+    if roof:
+        print(
+            f"\nMatrix products against this host's GEMM rate (gru0, forward+backward; the rate is one "
+            f"{SGEMM_SIDE}x{SGEMM_SIDE}x{SGEMM_SIDE} float32 product timed in the same rounds with the "
+            "same threads; above 100% a target asks the products alone to run faster than that):\n"
+        )
+        print(roof)
     if memory:
         print("\nMemory saved for the backward (MB, forward+backward, float32):\n")
         cols = ["torch.nn.GRU", *[f"fused:{v}" for v in args.variant_list]]
@@ -608,9 +689,9 @@ def main(argv: list[str] | None = None) -> int:
         f"wall {time.perf_counter() - t_start:.0f} s"
     )
     path = args.json or os.path.join("runs", "bench", f"speed-{device}.json")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(
+    atomic_write(
+        path,
+        json.dumps(
             {
                 "argv": argv if argv is not None else sys.argv[1:],
                 "device": device,
@@ -622,9 +703,15 @@ def main(argv: list[str] | None = None) -> int:
                 "targets": targets,
                 "memory_saved_for_backward": memory,
                 "compile": compile_times,
+                "matmul_gflop": {
+                    name: {v: matmul_flops(v, CPU_SIZES[name], True) / 1e9 for v in args.variant_list}
+                    for name in args.size_names
+                    if device == "cpu"
+                },
             },
-            f,
             indent=1,
-        )
+        ).encode(),
+        parents=True,
+    )
     print(f"JSON: {path}")
     return 0
