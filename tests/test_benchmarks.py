@@ -142,3 +142,83 @@ def test_roofline_table_from_timings():
     # the target (2 threads only): TARGETS["D"] x nn.GRU's 100 ms = 12 ms, needing 9.44 / 12 of the rate
     assert two[7:] == ["12.00", f"{100 * at_rate / 12:.0f}%"]
     assert _bench._roofline([{**rows[1], "times": {k: v for k, v in times.items() if k != f"sgemm:{side}"}}]) == ""
+
+
+def _made_up_results() -> list[dict]:
+    """One size, both thread counts, forward+backward: gru0 10 ms, gru3 5 ms, minGRU 2 ms."""
+    from gatedrnn import _bench
+
+    times = {
+        "torch.nn.GRU": {"median_ms": 100.0, "min_ms": 90.0},
+        "fused:gru0": {"median_ms": 10.0, "min_ms": 9.0},
+        "fused:gru3": {"median_ms": 5.0, "min_ms": 4.0},
+        "fused:mingru": {"median_ms": 2.0, "min_ms": 1.0},
+    }
+    shape = list(_bench.CPU_SIZES["D"])
+    return [
+        {"size": "D", "shape": shape, "dtype": "float32", "threads": th, "pass": "fwdbwd", "times": times}
+        for th in (1, 2)
+    ]
+
+
+def test_proportions_table_from_timings():
+    from gatedrnn import _bench
+
+    lines = _bench._proportions(_made_up_results(), "cpu").splitlines()
+    assert [c.strip() for c in lines[0].split("|")[1:-1]] == ["size (B,T,m,n)", "threads", "dtype", "gru3", "mingru"]
+    assert len(lines) == 4
+    # D = (16, 200, 64, 64): gru0 multiplies 3 blocks of the input and 3 of the state, gru3 one of
+    # each, minGRU two of the input and none of the state
+    gru0 = 3 * 200 * 16 * 64 * 192
+    gru3 = 3 * 200 * 16 * 64 * 64
+    mingru = 3 * 200 * 16 * 64 * 128 // 2
+    cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+    assert cells[3:] == [f"0.50 ({gru3 / gru0:.2f})", f"0.20 ({mingru / gru0:.2f})"]
+    assert (
+        _bench._proportions([{**r, "times": {"torch.nn.GRU": {"median_ms": 1.0}}} for r in _made_up_results()], "cpu")
+        == ""
+    )
+
+
+def test_report_reprints_a_saved_run_and_refuses_other_files(tmp_path, capsys):
+    import json
+
+    from gatedrnn import _bench
+
+    data = {"device": "cpu", "results": _made_up_results(), "machine": {"cpu": "made-up CPU"}, "repeats": 3}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(data))
+    assert _bench.main(["--report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| D (16,200,64,64) | 2 | fwdbwd |" not in out  # no baselines table row without a pass column
+    assert "| D (16,200,64,64) | float32 | 2 | fwdbwd | gru0 | 10.00 | 0.100 |" in out
+    assert "| D | 0.100 | ≤ 0.12 | yes |" in out  # the target line, from the 2-thread row
+    assert "Machine: made-up CPU" in out
+    (tmp_path / "bad.json").write_text("{}")
+    assert _bench.main(["--report", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--report" in err and "bad.json" in err
+    assert _bench.main(["--report", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_a_run_prints_what_its_json_reprints(tmp_path, capsys):
+    """The tables a run prints are a function of the JSON it saves (a tiny real run)."""
+    import json
+
+    from gatedrnn import _bench
+
+    path = tmp_path / "speed.json"
+    argv = ["--sizes", "E", "--variants", "gru0,mingru", "--threads", "1", "--passes", "fwdbwd", "--repeats", "1"]
+    argv += ["--warmup", "0", "--no-baselines", "--no-compile", "--no-memory", "--json", str(path)]
+    assert _bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(path.read_text())
+    assert printed == _bench.report(data) + f"\nJSON: {path}\n"
+    assert set(data["results"][0]["times"]) >= {
+        "torch.nn.GRU",
+        "fused:gru0",
+        "floor:gru0",
+        f"sgemm:{_bench.SGEMM_SIDE}",
+    }
+    assert data["matmul_gflop"]["E"]["gru0"] == _bench.matmul_flops("gru0", _bench.CPU_SIZES["E"], True) / 1e9

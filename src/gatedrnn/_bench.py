@@ -65,6 +65,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true", help="skip the compile-time measurement")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     p.add_argument("--json", default=None, help="where to write the JSON (default runs/bench/speed-<device>.json)")
+    p.add_argument(
+        "--report", default=None, metavar="JSON", help="print the tables of a saved run (its JSON) instead of running"
+    )
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats: expected at least 1, got {args.repeats}")
@@ -541,9 +544,134 @@ def _roofline(results: list[dict[str, Any]], variant: str = "gru0") -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def _targets(results: list[dict[str, Any]], device: str) -> list[dict[str, Any]]:
+    """gru0's forward+backward ratio to torch.nn.GRU at 2 threads against ``TARGETS``."""
+    out = []
+    for r in results:
+        t = r["times"]
+        if (
+            device == "cpu"
+            and r["pass"] == "fwdbwd"
+            and r["threads"] == 2
+            and r["size"] in TARGETS
+            and "fused:gru0" in t
+        ):
+            ratio = t["fused:gru0"]["median_ms"] / t["torch.nn.GRU"]["median_ms"]
+            out.append(
+                {"size": r["size"], "ratio": ratio, "target": TARGETS[r["size"]], "met": ratio <= TARGETS[r["size"]]}
+            )
+    return out
+
+
+def _proportions(results: list[dict[str, Any]], device: str, base: str = "gru0") -> str:
+    """Forward+backward: each variant's time ÷ ``base``'s, and in brackets its matrix-product FLOP
+    ÷ ``base``'s (what "faster in proportion to the work it skips" is measured against). Empty
+    where the results hold no ``base``."""
+    eng = "fused" if device == "cpu" else "triton"
+    rows = [r for r in results if r["pass"] == "fwdbwd" and f"{eng}:{base}" in r["times"]]
+    if not rows:
+        return ""
+    variants = [n.split(":", 1)[1] for n in rows[0]["times"] if n.startswith(eng + ":") and n != f"{eng}:{base}"]
+    if not variants:
+        return ""
+    lines = ["| size (B,T,m,n) | threads | dtype | " + " | ".join(variants) + " |", "|---" * (len(variants) + 3) + "|"]
+    for r in rows:
+        t, shape = r["times"], tuple(r["shape"])
+        ms = t[f"{eng}:{base}"]["median_ms"]
+        flops = matmul_flops(base, shape, True)  # type: ignore[arg-type]
+        cells = [
+            f"{t[f'{eng}:{v}']['median_ms'] / ms:.2f} ({matmul_flops(v, shape, True) / flops:.2f})"  # type: ignore[arg-type]
+            for v in variants
+        ]
+        sz = "(" + ",".join(str(x) for x in shape) + ")"
+        lines.append(f"| {r['size']} {sz} | {r['threads']} | {r['dtype']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(data: dict[str, Any]) -> str:
+    """Every table of a benchmark run, from what it saves as JSON (``--report`` reprints one)."""
+    results, device = data["results"], data["device"]
+    out = [_markdown(results, device), _summary(results, device)]
+    targets = _targets(results, device)
+    if targets:
+        out.append("\nTargets (gru0, forward+backward, 2 threads, time ÷ torch.nn.GRU):\n")
+        out.append("| size | ratio | target | met |\n|---|---|---|---|")
+        for tg in targets:
+            out.append(f"| {tg['size']} | {tg['ratio']:.3f} | ≤ {tg['target']} | {'yes' if tg['met'] else 'no'} |")
+    props = _proportions(results, device)
+    if props:
+        out.append(
+            "\nEach variant against gru0 (forward+backward): time ÷ gru0's time, and in brackets its "
+            "matrix-product FLOP ÷ gru0's:\n"
+        )
+        out.append(props)
+    roof = _roofline(results)
+    if roof:
+        out.append(
+            f"\nMatrix products against this host's GEMM rate (gru0, forward+backward; the rate is one "
+            f"{SGEMM_SIDE}x{SGEMM_SIDE}x{SGEMM_SIDE} float32 product timed in the same rounds with the "
+            "same threads; above 100% a target asks the products alone to run faster than that):\n"
+        )
+        out.append(roof)
+    memory = data.get("memory_saved_for_backward") or []
+    if memory:
+        cols = [k[: -len("_bytes")] for k in memory[0] if k.endswith("_bytes") and not k.endswith("_peak_bytes")]
+        out.append("\nMemory saved for the backward (MB, forward+backward, float32):\n")
+        out.append("| size | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
+        for m in memory:
+            out.append(f"| {m['size']} | " + " | ".join(f"{m[c + '_bytes'] / 2**20:.1f}" for c in cols) + " |")
+        out.append(
+            "\nPeak resident memory one forward+backward adds (MB, float32, 1 thread, a fresh process per "
+            "cell; the fused engine's buffers handed back first, so its scratch counts):\n"
+        )
+        out.append("| size | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
+        for m in memory:
+            cells = [m.get(c + "_peak_bytes") for c in cols]
+            out.append(f"| {m['size']} | " + " | ".join("-" if b is None else f"{b / 2**20:.1f}" for b in cells) + " |")
+    compile_times = data.get("compile")
+    if compile_times:
+        out.append(
+            "\nCompile time (s): " + ", ".join(f"{k}={v:.2f}" for k, v in compile_times.items() if k.endswith("_s"))
+        )
+    machine = data.get("machine", {})
+    wall = data.get("wall_s")
+    load = machine.get("loadavg")
+    load = None if load is None else " ".join(f"{v:.2f}" for v in load)
+    out.append(
+        f"\nMachine: {machine.get('cpu')}, {machine.get('logical_cpus')} logical CPUs, torch {machine.get('torch')}, "
+        f"numba {machine.get('numba')}, BLAS: {machine.get('blas')}; fused engine threads: "
+        f"{machine.get('fused_threads')}; load average (1, 5, 15 min) {load}; "
+        f"median of {data.get('repeats')} runs after {data.get('warmup')} warm-up, candidates interleaved"
+        + (f"; wall {wall:.0f} s" if wall is not None else "")
+    )
+    return "\n".join(out)
+
+
+def _report_file(path: str) -> int:
+    """``--report``: print the tables of a saved run; 2 with a message when the file cannot serve."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        text = report(data)
+    except OSError as e:
+        print(f"gatedrnn bench: --report: cannot read {path!r}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, TypeError) as e:
+        print(
+            f"gatedrnn bench: --report: expected the JSON a benchmark run writes, got {path!r} "
+            f"({type(e).__name__}: {e})",
+            file=sys.stderr,
+        )
+        return 2
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns a process exit code (0 on success, 2 when it cannot run)."""
     args = _parse(argv)
+    if args.report is not None:
+        return _report_file(args.report)
     import torch
 
     device = args.device
@@ -635,83 +763,26 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_compile and device == "cpu":
         compile_times = _compile_times(args.variant_list)
 
-    table = _markdown(results, device)
-    print(table)
-    print(_summary(results, device))
-    targets: list[dict[str, Any]] = []
-    for r in results:
-        if (
-            device == "cpu"
-            and r["pass"] == "fwdbwd"
-            and r["threads"] == 2
-            and r["size"] in TARGETS
-            and "fused:gru0" in r["times"]
-        ):
-            ratio = r["times"]["fused:gru0"]["median_ms"] / r["times"]["torch.nn.GRU"]["median_ms"]
-            targets.append(
-                {"size": r["size"], "ratio": ratio, "target": TARGETS[r["size"]], "met": ratio <= TARGETS[r["size"]]}
-            )
-    if targets:
-        print("\nTargets (gru0, forward+backward, 2 threads, time ÷ torch.nn.GRU):\n")
-        print("| size | ratio | target | met |\n|---|---|---|---|")
-        for tg in targets:
-            print(f"| {tg['size']} | {tg['ratio']:.3f} | ≤ {tg['target']} | {'yes' if tg['met'] else 'no'} |")
-    roof = _roofline(results)
-    if roof:
-        print(
-            f"\nMatrix products against this host's GEMM rate (gru0, forward+backward; the rate is one "
-            f"{SGEMM_SIDE}x{SGEMM_SIDE}x{SGEMM_SIDE} float32 product timed in the same rounds with the "
-            "same threads; above 100% a target asks the products alone to run faster than that):\n"
-        )
-        print(roof)
-    if memory:
-        print("\nMemory saved for the backward (MB, forward+backward, float32):\n")
-        cols = ["torch.nn.GRU", *[f"fused:{v}" for v in args.variant_list]]
-        print("| size | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
-        for m in memory:
-            print(f"| {m['size']} | " + " | ".join(f"{m[c + '_bytes'] / 2**20:.1f}" for c in cols) + " |")
-        print(
-            "\nPeak resident memory one forward+backward adds (MB, float32, 1 thread, a fresh process per "
-            "cell; the fused engine's buffers handed back first, so its scratch counts):\n"
-        )
-        print("| size | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
-        for m in memory:
-            cells = [m.get(c + "_peak_bytes") for c in cols]
-            print(f"| {m['size']} | " + " | ".join("-" if b is None else f"{b / 2**20:.1f}" for b in cells) + " |")
-    if compile_times:
-        print("\nCompile time (s): " + ", ".join(f"{k}={v:.2f}" for k, v in compile_times.items() if k.endswith("_s")))
-    machine = _machine()
-    print(
-        f"\nMachine: {machine.get('cpu')}, {machine.get('logical_cpus')} logical CPUs, torch {machine.get('torch')}, "
-        f"numba {machine.get('numba')}, BLAS: {machine.get('blas')}; fused engine threads: "
-        f"{machine.get('fused_threads')}; load average {machine.get('loadavg')}; "
-        f"median of {args.repeats} runs after {args.warmup} warm-up, candidates interleaved; "
-        f"wall {time.perf_counter() - t_start:.0f} s"
-    )
+    data: dict[str, Any] = {
+        "argv": argv if argv is not None else sys.argv[1:],
+        "device": device,
+        "machine": _machine(),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "reset_after": bool(args.reset_after),
+        "wall_s": time.perf_counter() - t_start,
+        "results": results,
+        "targets": _targets(results, device),
+        "memory_saved_for_backward": memory,
+        "compile": compile_times,
+        "matmul_gflop": {
+            name: {v: matmul_flops(v, CPU_SIZES[name], True) / 1e9 for v in args.variant_list}
+            for name in args.size_names
+            if device == "cpu"
+        },
+    }
+    print(report(data))
     path = args.json or os.path.join("runs", "bench", f"speed-{device}.json")
-    atomic_write(
-        path,
-        json.dumps(
-            {
-                "argv": argv if argv is not None else sys.argv[1:],
-                "device": device,
-                "machine": machine,
-                "repeats": args.repeats,
-                "warmup": args.warmup,
-                "reset_after": bool(args.reset_after),
-                "results": results,
-                "targets": targets,
-                "memory_saved_for_backward": memory,
-                "compile": compile_times,
-                "matmul_gflop": {
-                    name: {v: matmul_flops(v, CPU_SIZES[name], True) / 1e9 for v in args.variant_list}
-                    for name in args.size_names
-                    if device == "cpu"
-                },
-            },
-            indent=1,
-        ).encode(),
-        parents=True,
-    )
+    atomic_write(path, json.dumps(data, indent=1).encode(), parents=True)
     print(f"JSON: {path}")
     return 0
