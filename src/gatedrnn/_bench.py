@@ -444,6 +444,11 @@ def _machine() -> dict[str, Any]:
     return info
 
 
+def _size_label(r: dict[str, Any]) -> str:
+    """A result's size as the tables name it: ``A (64,28,28,128)``."""
+    return f"{r['size']} (" + ",".join(str(x) for x in r["shape"]) + ")"
+
+
 def _fmt(v: float | None, nd: int = 2) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
 
@@ -466,8 +471,7 @@ def _markdown(results: list[dict[str, Any]], device: str) -> str:
         gru = t["torch.nn.GRU"]["median_ms"]
         lstm = t.get("torch.nn.LSTM", {}).get("median_ms")
         cell = t.get("python cell", {}).get("median_ms")
-        sz = "(" + ",".join(str(s) for s in r["shape"]) + ")"
-        key = f"| {r['size']} {sz} | {r['dtype']} | {r['threads']} | {r['pass']} |"
+        key = f"| {_size_label(r)} | {r['dtype']} | {r['threads']} | {r['pass']} |"
         base_lines.append(f"{key} {_fmt(gru)} | {_fmt(lstm)} | {_fmt(cell)} |")
         for name, v in t.items():
             if not name.startswith(eng + ":"):
@@ -502,8 +506,7 @@ def _summary(results: list[dict[str, Any]], device: str) -> str:
                 ms = t[f"{eng}:{v}"]["median_ms"]
                 floor = t.get(f"floor:{v}", {}).get("median_ms")
                 cells.append(f"{ms / gru:.3f}" + (f" ({ms / floor:.1f})" if floor else ""))
-            sz = "(" + ",".join(str(x) for x in r["shape"]) + ")"
-            out.append(f"| {r['size']} {sz} | {gru:.2f} | " + " | ".join(cells) + " |")
+            out.append(f"| {_size_label(r)} | {gru:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -539,8 +542,7 @@ def _roofline(results: list[dict[str, Any]], variant: str = "gru0") -> str:
             cells += [f"{target:.2f}", f"{100 * at_rate / target:.0f}%"]
         else:
             cells += ["-", "-"]
-        sz = "(" + ",".join(str(x) for x in r["shape"]) + ")"
-        lines.append(f"| {r['size']} {sz} | {r['threads']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_size_label(r)} | {r['threads']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -583,8 +585,7 @@ def _proportions(results: list[dict[str, Any]], device: str, base: str = "gru0")
             f"{t[f'{eng}:{v}']['median_ms'] / ms:.2f} ({matmul_flops(v, shape, True) / flops:.2f})"  # type: ignore[arg-type]
             for v in variants
         ]
-        sz = "(" + ",".join(str(x) for x in shape) + ")"
-        lines.append(f"| {r['size']} {sz} | {r['threads']} | {r['dtype']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_size_label(r)} | {r['threads']} | {r['dtype']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
