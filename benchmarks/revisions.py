@@ -6,8 +6,8 @@
 On a shared machine absolute times move by tens of percent between runs, so a change to the engine
 is judged by running old and new code side by side: the revision's ``src/gatedrnn`` is exported
 with ``git archive`` into ``runs/revisions/<commit>/`` as a package of another name, both layers
-get the same weights, and each round times old then new (forward without gradients, and
-forward+backward with random upstream gradients). Prints medians, new ÷ old, and the largest
+get the same weights, and each round times both, alternating which goes first (``gatedrnn._bench``'s
+interleaved timer), forward without gradients and forward+backward with random upstream gradients. Prints medians, new ÷ old, and the largest
 difference between the two input gradients (0 when the arithmetic is unchanged).
 """
 
@@ -17,11 +17,9 @@ import argparse
 import importlib
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
-import time
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from typing import Any
 import torch
 
 import gatedrnn
-from gatedrnn._bench import CPU_SIZES
+from gatedrnn._bench import CPU_SIZES, _time
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,18 +76,9 @@ def _compare(lo: torch.nn.Module, ln: torch.nn.Module, x: torch.Tensor, gy: torc
 
     cells = []
     for fn in (fwd, fwdbwd):
-        for _ in range(3):  # warm-up: compile, first touches
-            fn(lo)
-            fn(ln)
-        to, tn = [], []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(lo)
-            t1 = time.perf_counter()
-            fn(ln)
-            tn.append(time.perf_counter() - t1)
-            to.append(t1 - t0)
-        mo, mn = statistics.median(to) * 1e3, statistics.median(tn) * 1e3
+        # 3 warm-up rounds (compile, first touches), then interleaved rounds: the benchmark's own timer
+        times = _time({"old": lambda fn=fn: fn(lo), "new": lambda fn=fn: fn(ln)}, repeats, 3, lambda: None)
+        mo, mn = times["old"]["median_ms"], times["new"]["median_ms"]
         cells += [f"{mo:.3f}", f"{mn:.3f}", f"{mn / mo:.3f}"]
     grads = []
     for layer in (lo, ln):
