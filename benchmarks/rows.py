@@ -30,7 +30,7 @@ from gatedrnn._engines import _fused
 @contextmanager
 def _loop_timer() -> Iterator[list[float]]:
     """Collect the seconds each compiled-loop run takes (forward, then backward, per call)."""
-    runner = _fused._run_rows
+    runner = _fused.run_rows
     spent: list[float] = []
 
     def timed(run: Callable[..., None], ranges: Any, flops: int) -> None:
@@ -38,11 +38,11 @@ def _loop_timer() -> Iterator[list[float]]:
         runner(run, ranges, flops)
         spent.append(time.perf_counter() - t0)
 
-    _fused._run_rows = timed
+    _fused.run_rows = timed
     try:
         yield spent
     finally:
-        _fused._run_rows = runner
+        _fused.run_rows = runner
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ def _load(name: str):  # type: ignore[no-untyped-def]
 
 def test_rows_times_each_wiring_and_restores_the_runner(capsys):
     rows = _load("rows")
-    runner = _fused._run_rows
+    runner = _fused.run_rows
     assert (
         rows.main(
             [
@@ -44,7 +44,7 @@ def test_rows_times_each_wiring_and_restores_the_runner(capsys):
         )
         == 0
     )
-    assert _fused._run_rows is runner
+    assert _fused.run_rows is runner
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| gru0") or ln.startswith("| mingru")]
     # gru0 in both reset forms, minGRU once (no reset gate); three positive timings each
     assert [ln.split("|")[1:3] for ln in lines] == [[" gru0 ", " True "], [" gru0 ", " False "], [" mingru ", " True "]]

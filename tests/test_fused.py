@@ -102,7 +102,7 @@ PATHS = [(v, ra, p) for v, ra in WIRINGS for p in ("loops", "bwd-loops", "blas",
 def test_fused_matches_reference(
     variant: str, reset_after: bool, path: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gatedrnn._engines import _fused, _kernels
+    from gatedrnn._engines import _fused, _kernels, _pool, _threads
 
     monkeypatch.setattr(_kernels, "SMALL_MAX_BATCH", 10**6 if path in ("loops", "bwd-loops") else 0)
     monkeypatch.setattr(_fused, "SMALL_MIN_STEPS", 10**6 if path == "bwd-loops" else 0)
@@ -110,16 +110,16 @@ def test_fused_matches_reference(
     monkeypatch.setattr(_fused, "FOLD_MAX_INPUT", 10**6 if path == "fold" else 0)
     # "blas" and "split" take what they save from the pool (reused buffers hold stale numbers:
     # the backward must not read what the forward skipped, e.g. steps past a sequence's end)
-    monkeypatch.setattr(_fused, "SAVED_POOL_MIN_BYTES", 0 if path in ("blas", "split") else 1 << 62)
+    monkeypatch.setattr(_pool, "SAVED_POOL_MIN_BYTES", 0 if path in ("blas", "split") else 1 << 62)
     if path in ("split", "fold"):
-        monkeypatch.setattr(_fused, "SPLIT_MIN_ROWS", 1)
-        monkeypatch.setattr(_fused, "SPLIT_MIN_FLOPS", 0)
+        monkeypatch.setattr(_threads, "SPLIT_MIN_ROWS", 1)
+        monkeypatch.setattr(_threads, "SPLIT_MIN_FLOPS", 0)
         assert _kernels.mkl_local_threads() is not None, "the split needs torch's MKL"
-        assert _fused.openmp() is not None, "the split needs torch's GNU OpenMP"
+        assert _threads.openmp() is not None, "the split needs torch's GNU OpenMP"
         torch.set_num_threads(3)
-        assert _fused._row_ranges(4, False, 1) == [(0, 1), (1, 2), (2, 4)]
+        assert _threads.row_ranges(4, False, 1) == [(0, 1), (1, 2), (2, 4)]
     else:
-        monkeypatch.setattr(_fused, "SPLIT_MIN_ROWS", 10**6)
+        monkeypatch.setattr(_threads, "SPLIT_MIN_ROWS", 10**6)
     try:
         _check_against_reference(variant, reset_after, dtype)
     finally:
@@ -414,19 +414,19 @@ def test_scipy_blas_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_split_with_a_smaller_team_runs_every_range(monkeypatch: pytest.MonkeyPatch) -> None:
     """Inside another OpenMP region the team has one thread: it runs every row range itself."""
-    from gatedrnn._engines import _fused
+    from gatedrnn._engines import _threads
 
     calls = []
 
     def one_thread_team(body_address, data, threads, flags):
         calls.append(threads)
-        _fused._BODY(body_address.value)(data)
+        _threads._BODY(body_address.value)(data)
 
-    real = _fused.openmp()
+    real = _threads.openmp()
     assert real is not None
-    monkeypatch.setattr(_fused, "openmp", lambda: (one_thread_team, lambda: 0, lambda: 1, "fake"))
-    monkeypatch.setattr(_fused, "SPLIT_MIN_ROWS", 1)
-    monkeypatch.setattr(_fused, "SPLIT_MIN_FLOPS", 0)
+    monkeypatch.setattr(_threads, "openmp", lambda: (one_thread_team, lambda: 0, lambda: 1, "fake"))
+    monkeypatch.setattr(_threads, "SPLIT_MIN_ROWS", 1)
+    monkeypatch.setattr(_threads, "SPLIT_MIN_FLOPS", 0)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
@@ -453,16 +453,16 @@ def test_split_reraises_a_kernel_error(monkeypatch: pytest.MonkeyPatch) -> None:
             raise ValueError("boom in range 1")
 
     with pytest.raises(ValueError, match="boom in range 1"):
-        _fused._run_rows(boom, [(0, 2), (2, 4)], 0)
+        _fused.run_rows(boom, [(0, 2), (2, 4)], 0)
 
 
 @pytest.mark.parametrize("pooled", [False, True], ids=["fresh", "pooled"])
 def test_graphs_alive_together_keep_their_own_buffers(pooled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two forward passes before either backward (and a retained graph run twice) give the
     reference's gradients: no buffer of one graph is reused while it is alive."""
-    from gatedrnn._engines import _fused
+    from gatedrnn._engines import _pool
 
-    monkeypatch.setattr(_fused, "SAVED_POOL_MIN_BYTES", 0 if pooled else 1 << 62)
+    monkeypatch.setattr(_pool, "SAVED_POOL_MIN_BYTES", 0 if pooled else 1 << 62)
     for reset_after in (True, False):
         ref, fused = _pair("gru0", reset_after, torch.float64, 2, True, False)
         g = torch.Generator().manual_seed(3)
@@ -515,24 +515,24 @@ def test_saved_pool_lends_and_takes_back(monkeypatch: pytest.MonkeyPatch) -> Non
     """What a forward saves comes from the pool: lent until autograd releases it (after the
     backward, or with the dropped graph), then reused by the next forward that fits it (up to
     twice what it needs); the free arrays are capped by SAVED_POOL_MAX_BYTES."""
-    from gatedrnn._engines import _fused
+    from gatedrnn._engines import _pool
 
-    monkeypatch.setattr(_fused, "SAVED_POOL_MIN_BYTES", 0)
-    _fused.clear_saved_pool()
+    monkeypatch.setattr(_pool, "SAVED_POOL_MIN_BYTES", 0)
+    _pool.clear_saved_pool()
     gru = GRU(3, 5, engine="fused", dtype=torch.float64)
     x = torch.randn(7, 2, 3, dtype=torch.float64)
     size = _saved_size(7, 2, 5)
     y, h = gru(x)
-    assert _fused.saved_pool_bytes() == (0, size)
+    assert _pool.saved_pool_bytes() == (0, size)
     (y.sum() + h.sum()).backward()
-    assert _fused.saved_pool_bytes() == (size, 0)  # released by the backward, y still alive
-    ptr = _fused._SAVED[0].ctypes.data
+    assert _pool.saved_pool_bytes() == (size, 0)  # released by the backward, y still alive
+    ptr = _pool._SAVED[0].ctypes.data
     y2, h2 = gru(x)  # reused
-    assert _fused.saved_pool_bytes() == (0, size) and _fused._SAVED[0].ctypes.data == ptr
+    assert _pool.saved_pool_bytes() == (0, size) and _pool._SAVED[0].ctypes.data == ptr
     y3, h3 = gru(x)  # the first is lent: a second array
-    assert _fused.saved_pool_bytes() == (0, 2 * size)
+    assert _pool.saved_pool_bytes() == (0, 2 * size)
     del y2, h2, y3, h3  # graphs dropped without a backward
-    assert _fused.saved_pool_bytes() == (2 * size, 0)
+    assert _pool.saved_pool_bytes() == (2 * size, 0)
     # shorter sequences take a free array up to twice what they need (and their gradients are
     # the reference's); much shorter ones a fresh array
     assert _saved_size(5, 2, 5) < size <= 2 * _saved_size(5, 2, 5) and 2 * _saved_size(1, 2, 5) < size
@@ -542,36 +542,36 @@ def test_saved_pool_lends_and_takes_back(monkeypatch: pytest.MonkeyPatch) -> Non
     for mod in (gru, ref):
         ys, hs = mod(x[:5])
         if mod is gru:
-            assert len(_fused._SAVED) == 2 and _fused.saved_pool_bytes() == (size, size)
+            assert len(_pool._SAVED) == 2 and _pool.saved_pool_bytes() == (size, size)
         grads.append(torch.autograd.grad((ys * ys).sum() + hs.sum(), list(mod.parameters())))
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
     y1, h1 = gru(x[:1])
-    assert len(_fused._SAVED) == 3 and _fused.saved_pool_bytes() == (2 * size, _saved_size(1, 2, 5))
+    assert len(_pool._SAVED) == 3 and _pool.saved_pool_bytes() == (2 * size, _saved_size(1, 2, 5))
     del y1, h1, ys, hs
-    _fused.clear_saved_pool()
+    _pool.clear_saved_pool()
     y2, h2 = gru(x)
     y3, h3 = gru(x)
     del y2, h2, y3, h3
-    assert _fused.saved_pool_bytes() == (2 * size, 0)
-    monkeypatch.setattr(_fused, "SAVED_POOL_MAX_BYTES", size)
+    assert _pool.saved_pool_bytes() == (2 * size, 0)
+    monkeypatch.setattr(_pool, "SAVED_POOL_MAX_BYTES", size)
     y4, h4 = gru(x)  # takes one; the other one, free, fits under the cap
-    assert _fused.saved_pool_bytes() == (size, size)
-    monkeypatch.setattr(_fused, "SAVED_POOL_MAX_BYTES", 0)
+    assert _pool.saved_pool_bytes() == (size, size)
+    monkeypatch.setattr(_pool, "SAVED_POOL_MAX_BYTES", 0)
     y5, h5 = gru(x.repeat(1, 2, 1))  # another size: a fresh array, and the free one is dropped
-    assert _fused.saved_pool_bytes() == (0, size + _saved_size(7, 4, 5))
+    assert _pool.saved_pool_bytes() == (0, size + _saved_size(7, 4, 5))
     del y4, h4, y5, h5
-    _fused.clear_saved_pool()
-    assert _fused.saved_pool_bytes() == (0, 0)
+    _pool.clear_saved_pool()
+    assert _pool.saved_pool_bytes() == (0, 0)
 
 
 def test_projection_gradient_reuses_the_projection_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
     """A training step keeps two [T, B, 3H]-sized scratch buffers, not three: the backward writes
     the projection's gradient into the forward's projection scratch (dead once the forward has
     returned), which lowers the step's peak memory."""
-    from gatedrnn._engines import _fused
+    from gatedrnn._engines import _fused, _pool
 
-    monkeypatch.setattr(_fused, "SAVED_POOL_MIN_BYTES", 1 << 62)  # saved state never pooled: not counted
+    monkeypatch.setattr(_pool, "SAVED_POOL_MIN_BYTES", 1 << 62)  # saved state never pooled: not counted
     monkeypatch.setattr(_fused, "FOLD_MAX_INPUT", 0)  # the projection gradient for every step
     steps, batch, inp, hid = 50, 8, 20, 16
     mod = GRU(inp, hid, engine="fused", dtype=torch.float64)
@@ -580,7 +580,7 @@ def test_projection_gradient_reuses_the_projection_scratch(monkeypatch: pytest.M
     y, h = mod(x)
     (y.sum() + h.sum()).backward()
     projection = steps * batch * 3 * hid * 8
-    assert 2 * projection <= _fused.cached_bytes() < 2.5 * projection  # projection (+ its gradient), dgh
+    assert 2 * projection <= _pool.cached_bytes() < 2.5 * projection  # projection (+ its gradient), dgh
 
 
 @pytest.mark.parametrize(("engine", "variant"), [("fused", "gru0"), ("fused", "mingru"), ("scan", "mingru")])
@@ -610,15 +610,15 @@ def test_empty_cache_frees_what_no_call_uses(monkeypatch: pytest.MonkeyPatch) ->
     gives the reference's gradients."""
     import threading
 
-    from gatedrnn._engines import _fused
+    from gatedrnn._engines import _pool
 
-    monkeypatch.setattr(_fused, "SAVED_POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(_pool, "SAVED_POOL_MIN_BYTES", 0)
     ref, fused = _pair("gru0", True, torch.float64, 1, False, False)
     x = torch.randn(7, 2, 5, dtype=torch.float64)
     y, h = fused(x)
     (y.sum() + h.sum()).backward()  # its saved array is now free, its scratch kept
-    here = _fused.cached_bytes()
-    assert here > _fused.saved_pool_bytes()[0] > 0
+    here = _pool.cached_bytes()
+    assert here > _pool.saved_pool_bytes()[0] > 0
     ran, release = threading.Event(), threading.Event()
 
     def work() -> None:  # a forward in another thread, which then stays alive
@@ -631,11 +631,11 @@ def test_empty_cache_frees_what_no_call_uses(monkeypatch: pytest.MonkeyPatch) ->
     worker.start()
     try:
         assert ran.wait(30)
-        assert _fused.cached_bytes() > here  # the worker's scratch
-        assert gatedrnn.info()["engines"]["fused"]["cached_bytes"] == _fused.cached_bytes()
+        assert _pool.cached_bytes() > here  # the worker's scratch
+        assert gatedrnn.info()["engines"]["fused"]["cached_bytes"] == _pool.cached_bytes()
         y, h = fused(x)  # lent: survives empty_cache
         gatedrnn.empty_cache()
-        assert _fused.cached_bytes() == 0  # the worker's scratch too
+        assert _pool.cached_bytes() == 0  # the worker's scratch too
     finally:
         release.set()
         worker.join()
@@ -645,7 +645,7 @@ def test_empty_cache_frees_what_no_call_uses(monkeypatch: pytest.MonkeyPatch) ->
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
     fused(x)  # and the next call allocates afresh
-    assert _fused.cached_bytes() > 0
+    assert _pool.cached_bytes() > 0
 
 
 def test_pool_shared_by_threads_training_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -654,10 +654,10 @@ def test_pool_shared_by_threads_training_at_once(monkeypatch: pytest.MonkeyPatch
     reaches training alone, and the pool lends nothing once the graphs are gone."""
     import threading
 
-    from gatedrnn._engines import _fused
+    from gatedrnn._engines import _pool
 
-    monkeypatch.setattr(_fused, "SAVED_POOL_MIN_BYTES", 0)
-    _fused.clear_saved_pool()
+    monkeypatch.setattr(_pool, "SAVED_POOL_MIN_BYTES", 0)
+    _pool.clear_saved_pool()
 
     def train(mod: GRU, seed: int) -> None:
         g = torch.Generator().manual_seed(seed)
@@ -689,14 +689,14 @@ def test_pool_shared_by_threads_training_at_once(monkeypatch: pytest.MonkeyPatch
     for ref, fused in pairs:
         for (name, a), b in zip(fused.named_parameters(), ref.parameters(), strict=True):
             torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9, msg=lambda m, n=name: f"{n}: {m}")
-    assert _fused.saved_pool_bytes()[1] == 0
+    assert _pool.saved_pool_bytes()[1] == 0
 
 
 def test_scratch_grows_and_serves_shorter_batches() -> None:
     """Per-thread scratch only grows: packed batches whose longest sequence changes (9, 4, 9, 2
     steps) run on views of the same buffers, and every batch, trained and without gradients, gives
     the reference's outputs and gradients (a reused buffer holds the longer batch's numbers)."""
-    from gatedrnn._engines import _fused
+    from gatedrnn._engines import _pool
 
     for reset_after in (True, False):
         ref, fused = _pair("gru0", reset_after, torch.float64, 2, True, False)
@@ -709,7 +709,7 @@ def test_scratch_grows_and_serves_shorter_batches() -> None:
             gh = torch.randn(4, 3, 6, dtype=torch.float64, generator=g)
             y0, h0, g0 = _run(ref, x, None, lengths, "packed", gy, gh)
             y1, h1, g1 = _run(fused, x, None, lengths, "packed", gy, gh)
-            ptrs.append(_fused._POOL.bufs["dgh"][0].data_ptr())
+            ptrs.append(_pool._POOL.bufs["dgh"][0].data_ptr())
             torch.testing.assert_close(y1, y0, atol=1e-10, rtol=1e-10)
             torch.testing.assert_close(h1, h0, atol=1e-10, rtol=1e-10)
             for a, b in zip(g1, g0, strict=True):
@@ -745,10 +745,10 @@ def test_split_leaves_no_reference_cycles(monkeypatch: pytest.MonkeyPatch) -> No
     and page-faults, afresh)."""
     import gc
 
-    from gatedrnn._engines import _fused
+    from gatedrnn._engines import _threads
 
-    monkeypatch.setattr(_fused, "SPLIT_MIN_ROWS", 1)
-    monkeypatch.setattr(_fused, "SPLIT_MIN_FLOPS", 0)
+    monkeypatch.setattr(_threads, "SPLIT_MIN_ROWS", 1)
+    monkeypatch.setattr(_threads, "SPLIT_MIN_FLOPS", 0)
     gru = GRU(3, 5, engine="fused")
     x = torch.randn(7, 4, 3)
     threads = torch.get_num_threads()
@@ -798,13 +798,13 @@ def test_openmp_prefers_torchs_own_runtime(monkeypatch: pytest.MonkeyPatch) -> N
     import io
     import os
 
-    from gatedrnn._engines import _fused
+    from gatedrnn._engines import _threads
 
     torch_gomp = glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp*.so*"))
     system_gomp = glob.glob("/usr/lib/x86_64-linux-gnu/libgomp.so*") + glob.glob("/lib64/libgomp.so*")
     if not torch_gomp or not system_gomp:
         pytest.skip("needs torch's bundled libgomp and a system libgomp")
     maps = "".join(f"7f00-7f01 r-xp 0 0:0 0 {p}\n" for p in (system_gomp[0], torch_gomp[0]))
-    monkeypatch.setattr(_fused, "open", lambda *a, **k: io.StringIO(maps), raising=False)
-    found = _fused.openmp.__wrapped__()
+    monkeypatch.setattr(_threads, "open", lambda *a, **k: io.StringIO(maps), raising=False)
+    found = _threads.openmp.__wrapped__()
     assert found is not None and found[3] == torch_gomp[0]

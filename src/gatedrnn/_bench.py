@@ -134,8 +134,10 @@ def _gemm_floor(variant: str, reset_after: bool, size: tuple[int, int, int, int]
     import numpy as np
     import torch
 
-    from ._engines._fused import SMALL_MIN_STEPS, _row_ranges, _run_rows, _small
+    from ._engines._fused import SMALL_MIN_STEPS, _small
     from ._engines._kernels import blas, floor_nn, floor_nt
+    from ._engines._threads import row_ranges as _row_ranges
+    from ._engines._threads import run_rows as _run_rows
     from ._specs import get_spec
 
     spec = get_spec(variant)

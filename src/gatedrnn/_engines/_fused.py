@@ -6,13 +6,12 @@ are folded into it; gates that do not read ``x`` skip it), then the compiled loo
 ones for the reset-before form, and one fused elementwise pass). It saves the states, the gate
 activations (GRU3's, from the bias alone, once), the candidates and, for the reset-after form, the
 pre-reset recurrent term (one flat buffer; large ones are reused from a pool once autograd lets go
-of them, see ``SAVED_POOL_MIN_BYTES``). Without gradients nothing is saved: the gates, candidates
+of them: :mod:`gatedrnn._engines._pool`). Without gradients nothing is saved: the gates, candidates
 and pre-reset terms are one step's scratch rows, and (without lengths) the states are written
-into the outputs' memory (forward 1-8% faster, and 2.6x less scratch kept between calls, than
-``[T, B, X]`` scratch).
+into the outputs' memory.
 
 With several torch threads the batch rows are split between torch's OpenMP threads, each running
-the loop on its rows (see ``SPLIT_MIN_ROWS``).
+the loop on its rows (:mod:`gatedrnn._engines._threads`).
 
 Backward: the compiled reverse loop (one BLAS call per step) produces the gradients of the
 projection and of the recurrent products for every step, and sums them into the bias gradients
@@ -25,16 +24,8 @@ Its log-space parallel scan is the separate engine ``"scan"`` (:mod:`gatedrnn._e
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import itertools
-import math
 import os
-import sys
-import threading
-import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -44,7 +35,11 @@ from torch import Tensor
 from .. import _reference
 from .._specs import Spec
 from . import recording
+from ._pool import NP_DTYPE, cached_bytes, carve, carved_size, saved_buffer, scratch, unused, zeros
+from ._pool import empty_cache as empty_cache
 from ._second_order import first_order
+from ._threads import PARALLEL_MIN_FLOPS, SPLIT_MIN_FLOPS, SPLIT_MIN_ROWS, openmp, row_ranges
+from ._threads import run_rows as run_rows
 
 __all__ = ["ENGINE", "FusedEngine"]
 
@@ -97,209 +92,32 @@ def _biases(
     """
     gh = spec.num_gates * hid
     hh_gates = b_hh is not None and spec.torch_hh_bias and reset_after
-    bhn = b_hh[-hid:] if (reset_after and spec.has_reset and b_hh is not None) else _zeros(dt, hid)
+    bhn = b_hh[-hid:] if (reset_after and spec.has_reset and b_hh is not None) else zeros(dt, hid)
     if spec.gates_read_x and b_ih is not None and spec.gates_have_bias:
         # the common case (gru0, MGU): [b_i(gates) (+ b_h(gates)) | b_in], two operations
         pbias = b_ih.copy()
         if hh_gates:
             pbias[:gh] += b_hh[:gh]
-        return pbias, _zeros(dt, gh), bhn
+        return pbias, zeros(dt, gh), bhn
     gbias = b_ih[:gh] if (b_ih is not None and spec.gates_have_bias) else None
     if hh_gates:
         gbias = b_hh[:gh] if gbias is None else gbias + b_hh[:gh]
     nbias = b_ih[-hid:] if b_ih is not None else None
     if not spec.gates_read_x:
-        return nbias, (gbias if gbias is not None else _zeros(dt, gh)), bhn
+        return nbias, (gbias if gbias is not None else zeros(dt, gh)), bhn
     if gbias is None and nbias is None:
-        return None, _zeros(dt, gh), bhn
+        return None, zeros(dt, gh), bhn
     pbias = np.empty(gh + hid, dt)
     pbias[:gh] = gbias if gbias is not None else 0.0
     pbias[gh:] = nbias if nbias is not None else 0.0
-    return pbias, _zeros(dt, gh), bhn
+    return pbias, zeros(dt, gh), bhn
 
 
-_ZEROS: dict[tuple[type, int], np.ndarray] = {}
-
-
-def _zeros(dt: type, n: int) -> np.ndarray:
-    """A shared zero vector (callers and kernels only read it)."""
-    a = _ZEROS.get((dt, n))
-    if a is None:
-        a = _ZEROS[(dt, n)] = np.zeros(n, dt)
-    return a
-
-
-class _Scratch(dict):  # type: ignore[type-arg]
-    """One thread's scratch buffers by name: a dict that can be weakly referenced, and is hashed
-    and compared by identity (for the WeakSet of every thread's)."""
-
-    __hash__ = object.__hash__  # type: ignore[assignment]
-    __eq__ = object.__eq__  # type: ignore[assignment]
-
-
-_POOL = threading.local()
-_SCRATCH_POOLS: weakref.WeakSet[_Scratch] = weakref.WeakSet()  # every live thread's, for empty_cache
-_UNUSED: dict[tuple[type, int], np.ndarray] = {}
-_NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
-
-
-def _unused(dt: type, ndim: int) -> np.ndarray:
-    """A shared ``[1, ..., 1]`` stand-in for a kernel argument its flags say it never touches."""
-    a = _UNUSED.get((dt, ndim))
-    if a is None:
-        a = _UNUSED[(dt, ndim)] = np.zeros((1,) * ndim, dt)
-    return a
-
-
-def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[Tensor, np.ndarray]:
-    """A reused (per thread) buffer for temporaries that do not outlive one call, as a tensor and
-    its NumPy view: large fresh allocations page-fault on first touch, which costs as much as the
-    loop itself. One flat buffer per name that only grows: a smaller call (a shorter packed
-    batch) takes views of its start, so batches whose longest sequence changes do not allocate."""
-    pool = getattr(_POOL, "bufs", None)
-    if pool is None:
-        pool = _POOL.bufs = _Scratch()
-        _SCRATCH_POOLS.add(pool)
-    got = pool.get(name)  # (flat tensor, last shape, its tensor view, its array view)
-    if got is not None and got[1] == shape and got[0].dtype == dtype:
-        return got[2], got[3]
-    n = math.prod(shape)
-    # never an inference tensor (made under torch.inference_mode), nor a view made there: torch
-    # refuses writes into those outside inference mode, and the buffer outlives the call
-    with torch.inference_mode(False):
-        if got is not None and got[0].dtype == dtype and got[0].numel() >= n:
-            flat = got[0]
-        else:
-            flat = torch.empty(n, dtype=dtype)
-        view = flat[:n].view(shape)
-    got = pool[name] = (flat, shape, view, view.numpy())
-    return got[2], got[3]
-
-
-_ALIGN = 16  # elements: each carved buffer starts on a 64-byte boundary (float32)
-
-
-def _padded(shape: tuple[int, ...]) -> int:
-    """Elements a carved buffer of this shape takes, rounded up to the alignment."""
-    return -(-math.prod(shape) // _ALIGN) * _ALIGN
-
-
-def _carve(flat: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
-    """Consecutive C-contiguous views of ``flat`` with these shapes (``flat`` holds
-    ``_carved_size(shapes)`` elements)."""
-    out, at = [], 0
-    for shape in shapes:
-        out.append(flat[at : at + math.prod(shape)].reshape(shape))
-        at += _padded(shape)
-    return out
-
-
-def _carved_size(shapes: list[tuple[int, ...]]) -> int:
-    return sum(_padded(s) for s in shapes)
-
-
-# What a forward saves for its backward (states, gates, candidates: [T, B, ~6H]) is one flat buffer
-# per layer and direction, and it outlives the call, so it cannot be per-thread scratch. Fresh,
-# a large one page-faults on first touch: glibc serves allocations above 32 MiB with a new mmap,
-# and a fresh 39 MiB float32 buffer (size C, H=256) costs 17.4 ms to fill against 1.7 ms reused.
-# So buffers from SAVED_POOL_MIN_BYTES up come from a pool of NumPy arrays, wrapped for each call
-# by torch.from_numpy: the tensor's storage holds a reference to its array, so an array that only
-# the pool refers to is free (autograd has released what it saved: after the backward, or when
-# the graph is dropped). A call takes the smallest free array that fits, up to twice its size
-# (sequence lengths change from batch to batch with packed input). The pool keeps at most
-# SAVED_POOL_MAX_BYTES of free arrays, oldest dropped first.
-SAVED_POOL_MIN_BYTES = int(os.environ.get("GATEDRNN_SAVED_POOL_MIN_BYTES", 8 << 20))
-SAVED_POOL_MAX_BYTES = int(os.environ.get("GATEDRNN_SAVED_POOL_MAX_BYTES", 512 << 20))
-
-_SAVED: list[np.ndarray] = []  # lent and free arrays, oldest first
-_SAVED_LOCK = threading.Lock()
-
-
-def _is_free(i: int) -> bool:
-    # two references: the pool's and getrefcount's argument (a lent array also has its tensor's
-    # storage, or views carved from it, referring to it)
-    return sys.getrefcount(_SAVED[i]) == 2
-
-
-def _saved_buffer(numel: int, dtype: torch.dtype) -> tuple[np.ndarray, Tensor]:
-    """A flat buffer of ``numel`` elements for what a forward saves, as ``(array, tensor)`` over
-    the same memory (save the tensor). Pooled from ``SAVED_POOL_MIN_BYTES`` up; below, fresh
-    (small ones come from malloc's heap, which does not page-fault)."""
-    if numel * dtype.itemsize < SAVED_POOL_MIN_BYTES:
-        t = torch.empty(numel, dtype=dtype)
-        return t.numpy(), t
-    dt = _NP_DTYPE[dtype]
-    with _SAVED_LOCK:
-        # the smallest free array that holds numel elements and is at most twice that: sequence
-        # lengths that change from batch to batch (packed batches) still reuse arrays
-        best = None
-        for i in range(len(_SAVED)):
-            size = _SAVED[i].size
-            if numel <= size <= 2 * numel and _SAVED[i].dtype == dt and (best is None or size < _SAVED[best].size):
-                if _is_free(i):
-                    best = i
-        found = _SAVED.pop(best) if best is not None else None
-        if found is None:
-            with torch.inference_mode(False):  # never an inference tensor (see _scratch)
-                found = torch.empty(numel, dtype=dtype).numpy()  # 64-byte aligned
-        _SAVED.append(found)
-        free = [i for i in range(len(_SAVED)) if _is_free(i)]
-        total = sum(_SAVED[i].nbytes for i in free)
-        drop: set[int] = set()
-        for i in free:  # oldest first
-            if total <= SAVED_POOL_MAX_BYTES:
-                break
-            drop.add(i)
-            total -= _SAVED[i].nbytes
-        if drop:
-            _SAVED[:] = [a for i, a in enumerate(_SAVED) if i not in drop]
-    flat = found[:numel]
-    with torch.inference_mode(False):
-        return flat, torch.from_numpy(flat)
-
-
-def saved_pool_bytes() -> tuple[int, int]:
-    """``(free, lent)`` bytes of the saved-state pool."""
-    with _SAVED_LOCK:
-        free = sum(_SAVED[i].nbytes for i in range(len(_SAVED)) if _is_free(i))
-        return free, sum(a.nbytes for a in _SAVED) - free
-
-
-def clear_saved_pool() -> None:
-    """Let go of the saved-state pool's arrays (lent ones are freed when autograd releases them)."""
-    with _SAVED_LOCK:
-        _SAVED.clear()
-
-
-def cached_bytes() -> int:
-    """Bytes the engine holds for reuse and no call is using: free arrays of the saved-state pool
-    and every thread's scratch buffers."""
-    scratch = sum(got[0].nbytes for pool in list(_SCRATCH_POOLS) for got in list(pool.values()))
-    return saved_pool_bytes()[0] + scratch
-
-
-def empty_cache() -> None:
-    """Free what :func:`cached_bytes` counts (the next calls allocate afresh)."""
-    clear_saved_pool()
-    for pool in list(_SCRATCH_POOLS):
-        pool.clear()
-
-
-# Up to this many input features the backward loop also produces dx (a dot product per feature
-# and row) and dW_ih (a scaled add per feature and row, float64) while each row of the projection
-# gradient is in cache, and that gradient is never stored for all steps: with one feature
-# (pixel-by-pixel MNIST, the adding problem, sine) dx and dW_ih are otherwise two memory-bound
-# passes over a [T, B, 3H] buffer. Forward+backward, products after the loop -> folded, ms,
-# (B,T,m,H): gru0 2 threads (32,784,1,128) 100 -> 79, (64,200,2,64) 21.1 -> 19.1, (16,500,4,128)
-# 34.1 -> 31.9, but (32,100,8,128) 15.1 -> 15.7; 1 thread 143 -> 124, 27.6 -> 22.2, 50.4 -> 45.8.
+# Up to this many input features the backward loop also produces dx and dW_ih while each row of
+# the projection gradient is in cache (that gradient is then never stored for all steps): with one
+# feature (pixel-by-pixel MNIST, adding, sine) they are otherwise two memory-bound passes over a
+# [T, B, 3H] buffer.
 FOLD_MAX_INPUT = int(os.environ.get("GATEDRNN_FOLD_MAX_INPUT", 4))
-
-
-# Per-step products smaller than this (flops) run BLAS on one thread: waking a second OpenMP
-# thread for a tiny gemm costs more than it saves (and far more on a loaded machine). Measured on
-# 2 idle cores: size C's 25 MFLOP steps gain from 2 threads (gru0 fwd+bwd 176 -> 153 ms), sizes
-# A, B (6 and 3 MFLOP) are within noise either way, D and E (< 0.4 MFLOP) lose.
-PARALLEL_MIN_FLOPS = int(os.environ.get("GATEDRNN_PARALLEL_MIN_FLOPS", 16_000_000))
 
 
 def _small(products: bool, batch: int, hid: int, hhw: int) -> bool:
@@ -309,124 +127,9 @@ def _small(products: bool, batch: int, hid: int, hhw: int) -> bool:
     return products and batch <= _k().SMALL_MAX_BATCH and 2 * batch * hid * hhw < PARALLEL_MIN_FLOPS
 
 
-# The forward's row loops read a transposed copy of W_hh, made on every call: torch transposes a
-# [3H, H] float32 matrix in 14 us at H=64, 143 us at H=256, 582 us at H=512, while the loops save
-# 0.8, 7.5 and about 25 us a step over MKL. Below this many steps the forward keeps BLAS (one-step
-# streaming calls above all: B=1, H=512, T=1 took 4.8 ms with the copy, 0.3 ms for torch.nn.GRU).
-# The backward's loops read W_hh as it is and need no copy.
+# The forward's row loops read a transposed copy of W_hh, made on every call; below this many steps
+# the copy costs more than the loops save, and the forward keeps BLAS (one-step streaming calls).
 SMALL_MIN_STEPS = int(os.environ.get("GATEDRNN_SMALL_MIN_STEPS", 16))
-
-
-@contextmanager
-def _blas_threads(step_flops: int) -> Iterator[None]:
-    """Run the compiled loop's BLAS calls on one thread when the per-step products are small."""
-    setter = _k().mkl_local_threads() if step_flops < PARALLEL_MIN_FLOPS and torch.get_num_threads() > 1 else None
-    prev = setter(1) if setter is not None else None
-    try:
-        yield
-    finally:
-        if setter is not None and prev is not None:
-            setter(prev)
-
-
-# With several torch threads the batch rows are split between them: each thread runs the compiled
-# loop on its own rows (rows are independent through time) with one-thread BLAS, so the elementwise
-# passes run in parallel too and each small per-step product stays on one core. The threads are
-# torch's own OpenMP team (a ``GOMP_parallel`` region entered through ctypes): a second pool would
-# fight torch's OpenMP workers, which spin for milliseconds after each parallel op. gru0, 2 idle
-# cores, forward+backward (ms, whole -> split): A 9.6 -> 6.3, B 115 -> 77, C 162 -> 147, D 6.8 -> 5.2.
-# At least SPLIT_MIN_ROWS rows per thread, and a loop of at least SPLIT_MIN_FLOPS (recurrent
-# product flops, 2*T*B*H*width): entering the region costs about 65 us a call, measured against
-# the whole loop (gru0, fwd+bwd, us): (B,T,m,H) (32,10,32,32) 1.97 MFLOP 861 -> 954, (16,50,16,32)
-# 4.9 MFLOP 1289 -> 1032, (64,8,64,64) 12.6 MFLOP 1867 -> 1868, (128,28,28,64) 10350 -> 7597.
-# Without torch's libgomp the loop runs whole.
-SPLIT_MIN_ROWS = int(os.environ.get("GATEDRNN_SPLIT_MIN_ROWS", 4))
-SPLIT_MIN_FLOPS = int(os.environ.get("GATEDRNN_SPLIT_MIN_FLOPS", 4_000_000))
-
-_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-
-
-@functools.lru_cache(maxsize=1)
-def openmp() -> tuple[Any, Any, Any, str] | None:
-    """``(GOMP_parallel, omp_get_thread_num, omp_get_num_threads, path)`` of the GNU OpenMP
-    runtime torch has loaded (found in ``/proc/self/maps``; torch's own copy first where another
-    one is loaded too, e.g. by numba's OpenMP layer), or None where there is none."""
-    try:
-        with open("/proc/self/maps") as f:
-            found = {line.split()[-1] for line in f if "libgomp" in line and "/" in line}
-    except OSError:
-        return None
-    torch_dir = os.path.dirname(torch.__file__)
-    paths = sorted(found, key=lambda p: (not p.startswith(torch_dir), p))
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-            par, tid, num = lib.GOMP_parallel, lib.omp_get_thread_num, lib.omp_get_num_threads
-        except (OSError, AttributeError):
-            continue
-        par.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-        par.restype = None
-        tid.restype = num.restype = ctypes.c_int
-        return par, tid, num, path
-    return None
-
-
-def _row_ranges(batch: int, small: bool, loop_flops: int) -> list[tuple[int, int]]:
-    """The batch row ranges ``[(b0, b1), ...]`` the compiled loop runs on, one per thread."""
-    k = min(torch.get_num_threads(), batch // max(SPLIT_MIN_ROWS, 1))
-    if k <= 1 or small or loop_flops < SPLIT_MIN_FLOPS or _k().mkl_local_threads() is None or openmp() is None:
-        return [(0, batch)]
-    cuts = [(i * batch) // k for i in range(k + 1)]
-    return list(itertools.pairwise(cuts))
-
-
-# The regions in flight: GOMP_parallel hands each thread the key of its job. One ctypes callback
-# for all regions, made once: a callback made per call (a closure over the job) sits in a
-# reference cycle with its thunk, so every buffer the job refers to (the saved tensors among
-# them) would live until the garbage collector ran, and each step would allocate afresh.
-_JOBS: dict[int, tuple[Any, ...]] = {}
-_JOB_KEYS = itertools.count(1)
-
-
-def _region_body(key: int | None) -> None:
-    """One thread of a region: run its row ranges (``i`` = thread number, stepping by the team
-    size, so a smaller team than asked for, as inside another OpenMP region, still runs all)."""
-    run, ranges, errors, setter, thread_num, num_threads = _JOBS[int(key or 0)]
-    prev = setter(1)
-    try:
-        for i in range(thread_num(), len(ranges), max(num_threads(), 1)):
-            run(i, *ranges[i])
-    except BaseException as e:  # re-raised in the calling thread
-        errors.append(e)
-    finally:
-        setter(prev)
-
-
-@functools.lru_cache(maxsize=1)
-def _region_callback() -> Any:
-    return _BODY(_region_body)
-
-
-def _run_rows(run: Callable[[int, int, int], None], ranges: list[tuple[int, int]], step_flops: int) -> None:
-    """``run(i, b0, b1)`` for every row range ``i``: one range in this thread (BLAS threads by the
-    per-step product's size); several at once in an OpenMP region, one-thread BLAS each."""
-    if len(ranges) == 1:
-        with _blas_threads(step_flops):
-            run(0, *ranges[0])
-        return
-    omp = openmp()
-    setter = _k().mkl_local_threads()
-    assert omp is not None and setter is not None  # _row_ranges splits only with both
-    parallel, thread_num, num_threads, _ = omp
-    errors: list[BaseException] = []
-    key = next(_JOB_KEYS)
-    _JOBS[key] = (run, ranges, errors, setter, thread_num, num_threads)
-    try:
-        parallel(ctypes.cast(_region_callback(), ctypes.c_void_p), key, len(ranges), 0)
-    finally:
-        del _JOBS[key]
-    if errors:
-        raise errors[0]
 
 
 def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, save):  # type: ignore[no-untyped-def]
@@ -439,11 +142,11 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
     ra = bool(reset_after and spec.has_reset)
     ng = spec.num_gates * hid
     hhw = spec.hh_blocks() * hid
-    dt = _NP_DTYPE[x.dtype]
+    dt = NP_DTYPE[x.dtype]
     pbias, gb, bhn = _biases(
         spec, ra, _np(b_ih) if b_ih is not None else None, _np(b_hh) if b_hh is not None else None, hid, dt
     )
-    whh = _np(w_hh) if w_hh is not None else _unused(dt, 2)
+    whh = _np(w_hh) if w_hh is not None else unused(dt, 2)
     if lengths is not None:
         lens = lengths.numpy()
     else:
@@ -460,8 +163,8 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
             (steps, batch, hid),
             (steps if ra else 1, batch, hid),
         ]
-        flat, flat_t = _saved_buffer(_carved_size(shapes), x.dtype)
-        hs, gs, ns, hn = _carve(flat, shapes)
+        flat, flat_t = saved_buffer(carved_size(shapes), x.dtype)
+        hs, gs, ns, hn = carve(flat, shapes)
         # The outputs are their own tensor (not a view of the saved states): like torch.nn.GRU's,
         # they may be modified in place (e.g. ReLU(inplace=True)) without touching the saves.
         y_t = torch.empty((steps, batch, hid), dtype=x.dtype)
@@ -469,14 +172,14 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
         # inference: gates, candidates and pre-reset terms are one step's scratch rows, and
         # without lengths the states are written straight into the outputs' memory
         shapes = [(1, 1, ng) if gconst else (1, batch, ng), (1, batch, hid), (1, batch, hid)]
-        gs, ns, hn = (_scratch(n, s, x.dtype)[1] for n, s in zip(("gs", "ns", "hn"), shapes, strict=True))
+        gs, ns, hn = (scratch(n, s, x.dtype)[1] for n, s in zip(("gs", "ns", "hn"), shapes, strict=True))
         if lengths is None:
             states = torch.empty((steps + 1, batch, hid), dtype=x.dtype)
             hs, y_t, copy_y = states.numpy(), states[1:], False
         else:
-            hs = _scratch("hs", (steps + 1, batch, hid), x.dtype)[1]
+            hs = scratch("hs", (steps + 1, batch, hid), x.dtype)[1]
             y_t = torch.empty((steps, batch, hid), dtype=x.dtype)
-    xp_t, xp = _scratch("xp", (steps * batch, ihw), x.dtype)
+    xp_t, xp = scratch("xp", (steps * batch, ihw), x.dtype)
     x2, w_t = x.view(steps * batch, -1), w_ih.t()
     if pbias is None:
         torch.mm(x2, w_t, out=xp_t)
@@ -484,10 +187,10 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
         torch.addmm(torch.from_numpy(pbias), x2, w_t, out=xp_t)
     xp = xp.reshape(steps, batch, ihw)
     hs[0] = _np(h0)
-    work = _scratch("work", (batch, hhw), x.dtype)[1]
+    work = scratch("work", (batch, hhw), x.dtype)[1]
     small = _small(spec.candidate_reads_h, batch, hid, hhw)  # the backward's
     small_f = small and steps >= SMALL_MIN_STEPS
-    whh_t = w_hh.detach().t().contiguous().numpy() if small_f else _unused(dt, 2)
+    whh_t = w_hh.detach().t().contiguous().numpy() if small_f else unused(dt, 2)
     fwd, _ = _kernel_for(spec, ra, x.dtype)
     args = (
         _gemm_address(x.dtype),
@@ -498,7 +201,7 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
         bhn,
         lens,
         hs,
-        y_t.numpy() if copy_y else _unused(dt, 3),
+        y_t.numpy() if copy_y else unused(dt, 3),
         gs,
         ns,
         hn,
@@ -506,8 +209,8 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
         copy_y,
         small_f,
     )
-    ranges = _row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
-    _run_rows(lambda _, b0, b1: fwd(*args, b0, b1), ranges, 2 * batch * hid * hhw)
+    ranges = row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
+    run_rows(lambda _, b0, b1: fwd(*args, b0, b1), ranges, 2 * batch * hid * hhw)
     h_n = torch.from_numpy(hs[steps].copy())
     if save:
         ctx.spec, ctx.ra, ctx.shapes, ctx.lens, ctx.small = spec, ra, shapes, lens, small
@@ -552,42 +255,42 @@ def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
     spec: Spec = ctx.spec
     ra: bool = ctx.ra
     lens = ctx.lens
-    hs, gs, ns, hn = _carve(flat_t.numpy(), ctx.shapes)
+    hs, gs, ns, hn = carve(flat_t.numpy(), ctx.shapes)
     steps, batch, inp = x.shape
     hid = hs.shape[-1]
     ng = spec.num_gates * hid
     ihw = spec.ih_blocks() * hid
     hhw = spec.hh_blocks() * hid
-    dtype, dt = x.dtype, _NP_DTYPE[x.dtype]
+    dtype, dt = x.dtype, NP_DTYPE[x.dtype]
     gy_n = _np(gy.contiguous()) if gy is not None else np.zeros((steps, batch, hid), dt)
     ghn_n = _np(ghn.contiguous()) if ghn is not None else np.zeros((batch, hid), dt)
-    whh = _np(w_hh) if w_hh is not None else _unused(dt, 2)
+    whh = _np(w_hh) if w_hh is not None else unused(dt, 2)
     need = ctx.needs_input_grad
     # A few input features: dx and dW_ih are folded into the loop, and dgx is one step's scratch.
     fold = inp <= FOLD_MAX_INPUT
     # in the forward's projection scratch (the same shape, and dead once a forward has returned:
     # one buffer less at the peak of a training step, e.g. 19 MiB at T=100, B=64, 3H=768)
-    dgx_t, dgx = _scratch("xp", ((1 if fold else steps) * batch, ihw), dtype)
+    dgx_t, dgx = scratch("xp", ((1 if fold else steps) * batch, ihw), dtype)
     dgx = dgx.reshape(-1, batch, ihw)
-    dgh_t, dgh = _scratch("dgh", (steps, batch, hhw), dtype)
+    dgh_t, dgh = scratch("dgh", (steps, batch, hhw), dtype)
     small: bool = ctx.small
-    ranges = _row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
+    ranges = row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
     # accumulated per concurrent call (a row each), summed below
     nr = len(ranges)
     dgbs = np.zeros((nr, ng), dt)
     fold_dx, fold_dw = bool(fold and need[0]), bool(fold and need[2])
     dx_t = torch.empty((steps, batch, inp), dtype=dtype) if fold_dx else None
-    dxo = dx_t.numpy() if dx_t is not None else _unused(dt, 3)
-    dwihs = np.zeros((nr, inp, ihw)) if fold_dw else _unused(np.float64, 3)
-    wih_t = np.ascontiguousarray(_np(w_ih).T) if fold_dx else _unused(dt, 2)
-    xin = _np(x) if fold_dw else _unused(dt, 3)
+    dxo = dx_t.numpy() if dx_t is not None else unused(dt, 3)
+    dwihs = np.zeros((nr, inp, ihw)) if fold_dw else unused(np.float64, 3)
+    wih_t = np.ascontiguousarray(_np(w_ih).T) if fold_dx else unused(dt, 2)
+    xin = _np(x) if fold_dw else unused(dt, 3)
     sums = bool(need[4] or need[5])
     dbxs = np.zeros((nr, ihw))  # float64 sums: T*B terms
     dbhs = np.zeros((nr, hhw))
     two_gemm = spec.candidate_reads_h and not ra
-    qs_t, qs = _scratch("qs", (steps, batch, hid), dtype) if two_gemm else (None, _unused(dt, 3))
+    qs_t, qs = scratch("qs", (steps, batch, hid), dtype) if two_gemm else (None, unused(dt, 3))
     dh0_t = torch.empty((batch, hid), dtype=dtype)
-    dh, dhp, dzs = (_scratch(n, (batch, hid), dtype)[1] for n in ("dh", "dhp", "dzs"))
+    dh, dhp, dzs = (scratch(n, (batch, hid), dtype)[1] for n in ("dh", "dhp", "dzs"))
     _, bwd = _kernel_for(spec, ra, dtype)
     args = (_gemm_address(dtype), gy_n, ghn_n, whh, lens, hs, gs, ns, hn, dgx, dgh)
     rest = (qs, dh0_t.numpy(), dh, dhp, dzs)
@@ -596,7 +299,7 @@ def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
         sums_i = (dbxs[i], dbhs[i], sums, xin, wih_t, dxo, dwihs[i if fold_dw else 0], fold_dx, fold_dw, small)
         bwd(*args, dgbs[i], *rest, *sums_i, b0, b1)
 
-    _run_rows(run, ranges, 2 * batch * hid * hhw)
+    run_rows(run, ranges, 2 * batch * hid * hhw)
     if fold:
         dx = dx_t if need[0] else None
         dw_ih = torch.from_numpy(np.ascontiguousarray(dwihs.sum(0).T, dtype=dt)) if need[2] else None

@@ -145,11 +145,8 @@ def _gemm(fptr, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, iw, sw, cw
 
 
 # Up to this batch size the per-step products run as the compiled loops below, not MKL: with 1-3
-# rows MKL's sgemm is a poor matrix-vector product (and a call costs a few hundred ns of dispatch).
-# One core, float32, ns per step (MKL -> loop), [B, H] @ [H, 3H] forward and [B, 3H] @ [3H, H]
-# backward: B=1 H=32 794 -> 174 and 407 -> 170, B=3 H=64 3559 -> 1867 and 3224 -> 1603, B=1 H=128
-# 5440 -> 2074 and 5911 -> 3301, B=3 H=256 60699 -> 35696 and 60171 -> 38482; B=4 is even
-# (H=128: 13311 -> 12102, 13479 -> 11109) and from B=6 MKL wins (B=8 H=128: 14166 -> 16335).
+# rows MKL's sgemm is a poor matrix-vector product with a few hundred ns of dispatch a call
+# (docs/fused.md, "Tuning constants").
 SMALL_MAX_BATCH = 3
 
 
@@ -159,7 +156,7 @@ SMALL_MAX_BATCH = 3
 # 2350). The same holds for the arrays an inlined helper binds: the small helpers below, with
 # three arrays and no branches around them, measured no slower than written out, but the
 # backward's row-finishing work (bias sums, folded dW_ih and dx: eight arrays behind runtime flags)
-# cost about 150 ns a row as a helper and is written out in the loop. Offsets into a row
+# is written out in the loop instead (a helper cost measurably per row). Offsets into a row
 # (``a[t, b, off + j]``) are unsigned: numba wraps a negative signed index around with a select
 # in every access, which keeps LLVM from vectorising the loop. (Unsigned and signed integers must
 # not meet in one expression: numba makes their sum a float.)
@@ -583,7 +580,7 @@ def kernels(
         # The row-finishing work (bias sums, folded dW_ih and dx) is written out in the loop, not in
         # a helper: an inlined helper binds its array arguments to new variables, and numba's
         # reference counting of eight of them behind runtime flags (atomic, and not pruned across
-        # the loops' branches) cost about 150 ns a row.
+        # the loops' branches) costs per row.
         for t in range(steps - 1, -1, -1):
             tx = t if dgx.shape[0] == steps else 0
             tg = 0 if gconst else t  # the gates' row: one constant row for GRU3
