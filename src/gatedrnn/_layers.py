@@ -24,10 +24,10 @@ class InputError(RuntimeError, ValueError):
 
 def _check_config(variant: str, bias: bool, dropout: float, engine: str) -> None:
     spec = get_spec(variant)
-    if spec.name == "gru3" and not bias:
+    if spec.gates_need_bias and not bias:
         raise ValueError(
-            "bias: variant 'gru3' takes its gates from the bias alone; with bias=False they would be "
-            "a constant 0.5. Expected bias=True for gru3, got bias=False"
+            f"bias: variant {variant!r} takes its gates from the bias alone; with bias=False they would be "
+            f"a constant 0.5. Expected bias=True for {variant}, got bias=False"
         )
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         # torch.nn.GRU also takes 1.0, which zeroes every inter-layer activation: refused here.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._specs import Spec
+from ._specs import Spec, split
 
 __all__ = ["project", "run_layer", "step"]
 
@@ -34,22 +34,15 @@ def project(
         ``[G*H]`` for gates fed by the bias alone, or None for gates with neither x nor bias.
         ``nx``: the candidate's input side ``[..., H]`` (``W_n x + b_n``).
     """
-    gh = spec.num_gates * hidden_size
+    blocks = split(spec, w_ih, None, b_ih, b_hh, hidden_size)
     xp = x @ w_ih.t()
-    if spec.gates_read_x:
-        gx: Tensor | None = xp[..., :gh]
-        nx = xp[..., gh:]
-    else:
-        gx, nx = None, xp
-    if b_ih is not None:
-        if spec.gates_have_bias:
-            gx = b_ih[:gh] if gx is None else gx + b_ih[:gh]
-            nx = nx + b_ih[gh:]
-        else:
-            nx = nx + b_ih
-    if b_hh is not None and spec.torch_hh_bias:
-        assert gx is not None
-        gx = gx + b_hh[:gh]
+    gx: Tensor | None = xp[..., : spec.num_gates * hidden_size] if spec.gates_read_x else None
+    nx = xp[..., spec.num_gates * hidden_size :] if spec.gates_read_x else xp
+    gbias = blocks.gate_bias()
+    if gbias is not None:
+        gx = gbias if gx is None else gx + gbias
+    if blocks.b_n is not None:
+        nx = nx + blocks.b_n
     return gx, nx
 
 
@@ -75,11 +68,10 @@ def step(
         h(t), ``[B, H]``.
     """
     hidden = h.shape[-1]
-    gh = spec.num_gates * hidden
+    blocks = split(spec, None, w_hh, None, b_hh, hidden)
     pre = gx
-    if spec.gates_read_h:
-        assert w_hh is not None
-        hg = h @ w_hh[:gh].t()
+    if blocks.u_g is not None:
+        hg = h @ blocks.u_g.t()
         pre = hg if pre is None else pre + hg
     assert pre is not None, "a spec's gates read at least one of x, h, bias"
     g = torch.sigmoid(pre)
@@ -91,16 +83,15 @@ def step(
         r, z = None, g
 
     npre = nx
-    if spec.candidate_reads_h:
-        assert w_hh is not None and r is not None
-        w_n = w_hh[-hidden:]
+    if blocks.u_n is not None:
+        assert r is not None
         if reset_after:
-            hn = h @ w_n.t()
-            if b_hh is not None:
-                hn = hn + b_hh[-hidden:]
+            hn = h @ blocks.u_n.t()
+            if blocks.b_hn is not None:
+                hn = hn + blocks.b_hn
             npre = npre + r * hn
         else:
-            npre = npre + (r * h) @ w_n.t()
+            npre = npre + (r * h) @ blocks.u_n.t()
     n = torch.tanh(npre) if spec.candidate_tanh else npre
     return (1 - z) * n + z * h
 

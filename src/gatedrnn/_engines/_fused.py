@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .. import _reference
-from .._specs import Spec
+from .._specs import Spec, join_bias, split
 from . import recording
 from ._pool import NP_DTYPE, cached_bytes, carve, carved_size, saved_buffer, scratch, unused, zeros
 from ._pool import empty_cache as empty_cache
@@ -64,16 +64,7 @@ _KERNELS: Any = None
 
 @functools.cache
 def _kernel_for(spec: Spec, reset_after: bool, dtype: torch.dtype):
-    return _k().kernels(
-        spec.gates_read_x,
-        spec.gates_read_h,
-        spec.num_gates == 2,
-        spec.coupled,
-        spec.candidate_reads_h,
-        spec.candidate_tanh,
-        bool(reset_after and spec.has_reset),
-        dtype == torch.float32,
-    )
+    return _k().kernels(spec.wiring(reset_after), dtype == torch.float32)
 
 
 def _gemm_address(dtype: torch.dtype) -> int:
@@ -82,7 +73,7 @@ def _gemm_address(dtype: torch.dtype) -> int:
 
 
 def _biases(
-    spec: Spec, reset_after: bool, b_ih: np.ndarray | None, b_hh: np.ndarray | None, hid: int, dt: type
+    spec: Spec, b_ih: np.ndarray | None, b_hh: np.ndarray | None, hid: int, dt: type
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """``(projection bias [ihb*H] or None, gates' constant pre-activation [G*H], b_hn [H])``.
 
@@ -91,25 +82,16 @@ def _biases(
     kernels only read them).
     """
     gh = spec.num_gates * hid
-    hh_gates = b_hh is not None and spec.torch_hh_bias and reset_after
-    bhn = b_hh[-hid:] if (reset_after and spec.has_reset and b_hh is not None) else zeros(dt, hid)
-    if spec.gates_read_x and b_ih is not None and spec.gates_have_bias:
-        # the common case (gru0, MGU): [b_i(gates) (+ b_h(gates)) | b_in], two operations
-        pbias = b_ih.copy()
-        if hh_gates:
-            pbias[:gh] += b_hh[:gh]
-        return pbias, zeros(dt, gh), bhn
-    gbias = b_ih[:gh] if (b_ih is not None and spec.gates_have_bias) else None
-    if hh_gates:
-        gbias = b_hh[:gh] if gbias is None else gbias + b_hh[:gh]
-    nbias = b_ih[-hid:] if b_ih is not None else None
+    blocks = split(spec, None, None, b_ih, b_hh, hid)
+    bhn = blocks.b_hn if blocks.b_hn is not None else zeros(dt, hid)
+    gbias = blocks.gate_bias()
     if not spec.gates_read_x:
-        return nbias, (gbias if gbias is not None else zeros(dt, gh)), bhn
-    if gbias is None and nbias is None:
+        return blocks.b_n, (gbias if gbias is not None else zeros(dt, gh)), bhn
+    if gbias is None and blocks.b_n is None:
         return None, zeros(dt, gh), bhn
     pbias = np.empty(gh + hid, dt)
     pbias[:gh] = gbias if gbias is not None else 0.0
-    pbias[gh:] = nbias if nbias is not None else 0.0
+    pbias[gh:] = blocks.b_n if blocks.b_n is not None else 0.0
     return pbias, zeros(dt, gh), bhn
 
 
@@ -144,7 +126,7 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
     hhw = spec.hh_blocks() * hid
     dt = NP_DTYPE[x.dtype]
     pbias, gb, bhn = _biases(
-        spec, ra, _np(b_ih) if b_ih is not None else None, _np(b_hh) if b_hh is not None else None, hid, dt
+        spec, _np(b_ih) if b_ih is not None else None, _np(b_hh) if b_hh is not None else None, hid, dt
     )
     whh = _np(w_hh) if w_hh is not None else unused(dt, 2)
     if lengths is not None:
@@ -329,12 +311,9 @@ def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
             dgate = dbh[:ng]
         else:
             dgate = dgbs[0] if nr == 1 else dgbs.sum(0)
-        if need[4]:
-            dn = dbx[ihw - hid :]
-            db_ih = torch.from_numpy(np.concatenate([dgate, dn], dtype=dt) if spec.gates_have_bias else dn.astype(dt))
-        if need[5] and ra:
-            dbhn = dbh[hhw - hid :]
-            db_hh = torch.from_numpy(np.concatenate([dgate, dbhn], dtype=dt) if spec.torch_hh_bias else dbhn.astype(dt))
+        b_ih, b_hh = join_bias(spec, dgate, dbx[ihw - hid :], dbh[hhw - hid :] if ra else None, np.concatenate)
+        db_ih = torch.from_numpy(b_ih.astype(dt)) if need[4] else None
+        db_hh = torch.from_numpy(b_hh.astype(dt)) if (need[5] and b_hh is not None) else None
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .. import _reference
-from .._specs import Spec
+from .._specs import Spec, join_bias, split
 from . import recording
 from ._second_order import first_order
 
@@ -97,15 +97,7 @@ class _Config:
 
 
 def _flags(cfg: _Config) -> dict[str, Any]:
-    s = cfg.spec
-    return {
-        "G": s.num_gates,
-        "COUPLED": s.coupled,
-        "GATES_READ_H": s.gates_read_h,
-        "CAND_READS_H": s.candidate_reads_h,
-        "CAND_TANH": s.candidate_tanh,
-        "RESET_AFTER": bool(cfg.reset_after) or not s.candidate_reads_h,
-    }
+    return cfg.spec.wiring(cfg.reset_after).constexprs()
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -222,9 +214,9 @@ def _forward(
         bufs["lens"] = lengths
     if needs_hn:
         bufs["hn"] = hn
-    if not flags["RESET_AFTER"]:
+    if flags["CAND_READS_H"] and not flags["RESET_AFTER"]:
         bufs["rh"] = torch.empty(batch, hidden, device=dev, dtype=acc)
-    phases = (0,) if flags["RESET_AFTER"] else (1, 2)
+    phases = (1, 2) if flags["CAND_READS_H"] and not flags["RESET_AFTER"] else (0,)
 
     def loop(b: dict[str, Tensor]) -> None:
         hs_, n_, g_, nx_ = b["hs"], b["n"], b["g"], b["nx"]
@@ -325,7 +317,7 @@ def _backward(
     if needs_hn:
         bufs["hn"] = hn
         bufs["dhn"] = dhn
-    phases = (0,) if flags["RESET_AFTER"] else ((1, 2) if flags["GATES_READ_H"] else (1,))
+    phases = ((1, 2) if flags["GATES_READ_H"] else (1,)) if flags["CAND_READS_H"] and not flags["RESET_AFTER"] else (0,)
 
     def loop(b: dict[str, Tensor]) -> None:
         hs_, n_, dn_, dhb_ = b["hs"], b["n"], b["dn"], b["dhb"]
@@ -476,7 +468,8 @@ class _TritonLayer(torch.autograd.Function):
         if gx is not None and gx.dim() > 1:
             gx = gx.contiguous()
         nx = nx.contiguous()
-        b_hn = b_hh[-hidden:].contiguous() if b_hh is not None else None
+        b_hn = split(spec, None, None, None, b_hh, hidden).b_hn
+        b_hn = b_hn.contiguous() if b_hn is not None else None
         w = w_hh.contiguous() if w_hh is not None else None
         hs, g, n, hn = _forward(cfg, gx, nx, w, b_hn, lengths, h0)
         y = hs[1:].to(x.dtype)
@@ -546,14 +539,12 @@ class _TritonLayer(torch.autograd.Function):
                     r = g[..., :hidden].reshape(rows, hidden)
                     blocks.append(dn.reshape(rows, hidden).t() @ (r * h_prev))
             dw_hh = torch.cat(blocks, dim=0).to(w.dtype)
-        if has_bih and need[5]:
-            sn = dn.sum((0, 1))
-            db_ih = torch.cat([dg.sum((0, 1)), sn]) if spec.gates_have_bias else sn
-            db_ih = db_ih.to(w_ih.dtype)
-        if has_bhh and need[6]:
-            shn = dhn.sum((0, 1))
-            db_hh = torch.cat([dg.sum((0, 1)), shn]) if spec.torch_hh_bias else shn
-            db_hh = db_hh.to(w_ih.dtype)
+        if (has_bih and need[5]) or (has_bhh and need[6]):
+            b_ih, b_hh = join_bias(
+                spec, dg.sum((0, 1)), dn.sum((0, 1)), dhn.sum((0, 1)) if has_bhh else None, torch.cat
+            )
+            db_ih = b_ih.to(w_ih.dtype) if need[5] else None
+            db_hh = b_hh.to(w_ih.dtype) if (has_bhh and need[6] and b_hh is not None) else None
         return dx, dh0.to(wd) if need[2] else None, dw_ih, dw_hh, db_ih, db_hh
 
 

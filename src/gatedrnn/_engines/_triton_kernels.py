@@ -53,12 +53,12 @@ def _sigmoid(x):
 
 
 @triton.jit
-def _rz(g1, g2, G: tl.constexpr, COUPLED: tl.constexpr):
-    """(r, z) from the gate activations ``g1`` (first block) and ``g2`` (second block, G == 2)."""
+def _rz(g1, g2, GATES: tl.constexpr, COUPLED: tl.constexpr):
+    """(r, z) from the gate activations ``g1`` (first block) and ``g2`` (second block, GATES == 2)."""
     if COUPLED:
         r = g1
         z = 1.0 - g1
-    elif G == 2:
+    elif GATES == 2:
         r = g1
         z = g2
     else:
@@ -89,12 +89,12 @@ def _cell_bwd(dh, h, z, n, CAND_TANH: tl.constexpr):
 
 
 @triton.jit
-def _gates_bwd(dr, dz, g1, g2, G: tl.constexpr, COUPLED: tl.constexpr):
+def _gates_bwd(dr, dz, g1, g2, GATES: tl.constexpr, COUPLED: tl.constexpr):
     """Gradients of the gates' pre-activations (first block, second block)."""
     if COUPLED:
         d1 = (dr - dz) * g1 * (1.0 - g1)
         d2 = d1
-    elif G == 2:
+    elif GATES == 2:
         d1 = dr * g1 * (1.0 - g1)
         d2 = dz * g2 * (1.0 - g2)
     else:
@@ -126,8 +126,9 @@ def rnn_persistent_fwd(
     T,
     B,
     H,
-    G: tl.constexpr,
+    GATES: tl.constexpr,
     COUPLED: tl.constexpr,
+    GATES_READ_X: tl.constexpr,
     GATES_READ_H: tl.constexpr,
     CAND_READS_H: tl.constexpr,
     CAND_TANH: tl.constexpr,
@@ -164,7 +165,8 @@ def rnn_persistent_fwd(
         hn_ptr: ``[T, B, H]`` ACC out (RESET_AFTER with CAND_READS_H): ``U_n h + b_hn``.
             Reused by the backward (``dr = dnpre * hn``).
         T, B, H: sizes.
-        G, COUPLED, GATES_READ_H, CAND_READS_H, CAND_TANH, RESET_AFTER: the variant's wiring.
+        GATES, COUPLED, GATES_READ_X, GATES_READ_H, CAND_READS_H, CAND_TANH, RESET_AFTER: the variant's
+            wiring (:class:`gatedrnn._specs.Wiring`; GATES_READ_X is carried by ``HAS_GX`` here).
         HAS_GX, HAS_BHN, HAS_LEN: which optional inputs exist.
         ACC: work dtype (tl.float32 / tl.float64); PREC: tl.dot input precision; DOT: tl.dot
             operand dtype (the weights' dtype; float32 for bfloat16 under the interpreter,
@@ -184,11 +186,11 @@ def rnn_persistent_fwd(
     woff = rj[None, :] * H + rk[:, None]  # W[blk*H + j, k] laid out as [k, j] (W^T)
     if GATES_READ_H:
         w_r = tl.load(w_ptr + woff, mask=wm, other=0.0).to(DOT)
-        if G == 2:
+        if GATES == 2:
             w_z = tl.load(w_ptr + H * H + woff, mask=wm, other=0.0).to(DOT)
     if CAND_READS_H:
         if GATES_READ_H:
-            w_n = tl.load(w_ptr + G * H * H + woff, mask=wm, other=0.0).to(DOT)
+            w_n = tl.load(w_ptr + GATES * H * H + woff, mask=wm, other=0.0).to(DOT)
         else:
             w_n = tl.load(w_ptr + woff, mask=wm, other=0.0).to(DOT)
         if HAS_BHN:
@@ -201,7 +203,7 @@ def rnn_persistent_fwd(
     h = tl.load(hs_p, mask=m2, other=0.0).to(ACC)
     gx_p = gx_ptr + rb64[:, None] * s_gb + rj[None, :]
     nx_p = nx_ptr + rb64[:, None] * s_nb + rj[None, :]
-    goff = rb64[:, None] * (G * H) + rj[None, :]
+    goff = rb64[:, None] * (GATES * H) + rj[None, :]
     g_p = g_ptr + goff
     n_p = n_ptr + off
     hn_p = hn_ptr + off
@@ -209,7 +211,7 @@ def rnn_persistent_fwd(
     for t in range(T):
         if HAS_GX:
             p1 = tl.load(gx_p, mask=m2, other=0.0).to(ACC)
-            if G == 2:
+            if GATES == 2:
                 p2 = tl.load(gx_p + H, mask=m2, other=0.0).to(ACC)
             else:
                 p2 = p1
@@ -219,14 +221,14 @@ def rnn_persistent_fwd(
         if GATES_READ_H:
             hd = h.to(DOT)
             p1 += tl.dot(hd, w_r, out_dtype=ACC, input_precision=PREC)
-            if G == 2:
+            if GATES == 2:
                 p2 += tl.dot(hd, w_z, out_dtype=ACC, input_precision=PREC)
         g1 = _sigmoid(p1)
-        if G == 2:
+        if GATES == 2:
             g2 = _sigmoid(p2)
         else:
             g2 = g1
-        r, z = _rz(g1, g2, G, COUPLED)
+        r, z = _rz(g1, g2, GATES, COUPLED)
         npre = tl.load(nx_p, mask=m2, other=0.0).to(ACC)
         if CAND_READS_H:
             if RESET_AFTER:
@@ -241,7 +243,7 @@ def rnn_persistent_fwd(
         if HAS_LEN:
             hnew = tl.where((t < L)[:, None], hnew, h)
         tl.store(g_p, g1, mask=m2)
-        if G == 2:
+        if GATES == 2:
             tl.store(g_p + H, g2, mask=m2)
         tl.store(n_p, n, mask=m2)
         hs_p += BH_
@@ -249,7 +251,7 @@ def rnn_persistent_fwd(
         h = hnew
         gx_p += s_gt
         nx_p += s_nt
-        g_p += BH_ * G
+        g_p += BH_ * GATES
         n_p += BH_
         hn_p += BH_
 
@@ -271,8 +273,9 @@ def rnn_persistent_bwd(
     T,
     B,
     H,
-    G: tl.constexpr,
+    GATES: tl.constexpr,
     COUPLED: tl.constexpr,
+    GATES_READ_X: tl.constexpr,
     GATES_READ_H: tl.constexpr,
     CAND_READS_H: tl.constexpr,
     CAND_TANH: tl.constexpr,
@@ -319,18 +322,18 @@ def rnn_persistent_bwd(
     woff = rk[:, None] * H + rj[None, :]  # W[blk*H + k, j] as [k, j]
     if GATES_READ_H:
         w_r = tl.load(w_ptr + woff, mask=wm, other=0.0).to(DOT)
-        if G == 2:
+        if GATES == 2:
             w_z = tl.load(w_ptr + H * H + woff, mask=wm, other=0.0).to(DOT)
     if CAND_READS_H:
         if GATES_READ_H:
-            w_n = tl.load(w_ptr + G * H * H + woff, mask=wm, other=0.0).to(DOT)
+            w_n = tl.load(w_ptr + GATES * H * H + woff, mask=wm, other=0.0).to(DOT)
         else:
             w_n = tl.load(w_ptr + woff, mask=wm, other=0.0).to(DOT)
     if HAS_LEN:
         L = tl.load(len_ptr + rb, mask=mb, other=0)
 
     off = rb64[:, None] * H + rj[None, :]
-    goff = rb64[:, None] * (G * H) + rj[None, :]
+    goff = rb64[:, None] * (GATES * H) + rj[None, :]
     BH_ = B * H
     last = (T - 1).to(tl.int64)
     dh = tl.load(dhT_ptr + off, mask=m2, other=0.0).to(ACC)
@@ -340,8 +343,8 @@ def rnn_persistent_bwd(
     hn_p = hn_ptr + off + last * BH_
     dn_p = dn_ptr + off + last * BH_
     dhn_p = dhn_ptr + off + last * BH_
-    g_p = g_ptr + goff + last * (BH_ * G)
-    dg_p = dg_ptr + goff + last * (BH_ * G)
+    g_p = g_ptr + goff + last * (BH_ * GATES)
+    dg_p = dg_ptr + goff + last * (BH_ * GATES)
     for i in range(T):
         t = T - 1 - i
         dyt = tl.load(dy_p, mask=m2, other=0.0).to(ACC)
@@ -352,12 +355,12 @@ def rnn_persistent_bwd(
             dh = dh + dyt
         h = tl.load(hs_p, mask=m2, other=0.0)
         g1 = tl.load(g_p, mask=m2, other=0.0)
-        if G == 2:
+        if GATES == 2:
             g2 = tl.load(g_p + H, mask=m2, other=0.0)
         else:
             g2 = g1
         n = tl.load(n_p, mask=m2, other=0.0)
-        r, z = _rz(g1, g2, G, COUPLED)
+        r, z = _rz(g1, g2, GATES, COUPLED)
         dnpre, dz, dprev = _cell_bwd(dh, h, z, n, CAND_TANH)
         if HAS_LEN:
             dnpre = tl.where(alive, dnpre, 0.0)
@@ -374,13 +377,13 @@ def rnn_persistent_bwd(
                 drh = tl.dot(dnpre.to(DOT), w_n, out_dtype=ACC, input_precision=PREC)
                 dr = drh * h
                 dprev += drh * r
-        d1, d2 = _gates_bwd(dr, dz, g1, g2, G, COUPLED)
+        d1, d2 = _gates_bwd(dr, dz, g1, g2, GATES, COUPLED)
         if GATES_READ_H:
             dprev += tl.dot(d1.to(DOT), w_r, out_dtype=ACC, input_precision=PREC)
-            if G == 2:
+            if GATES == 2:
                 dprev += tl.dot(d2.to(DOT), w_z, out_dtype=ACC, input_precision=PREC)
         tl.store(dg_p, d1, mask=m2)
-        if G == 2:
+        if GATES == 2:
             tl.store(dg_p + H, d2, mask=m2)
         tl.store(dn_p, dnpre, mask=m2)
         if HAS_LEN:
@@ -393,8 +396,8 @@ def rnn_persistent_bwd(
         hn_p -= BH_
         dn_p -= BH_
         dhn_p -= BH_
-        g_p -= BH_ * G
-        dg_p -= BH_ * G
+        g_p -= BH_ * GATES
+        dg_p -= BH_ * GATES
     tl.store(dh0_ptr + off, dh, mask=m2)
 
 
@@ -421,8 +424,9 @@ def rnn_step_fwd(
     t,
     B,
     H,
-    G: tl.constexpr,
+    GATES: tl.constexpr,
     COUPLED: tl.constexpr,
+    GATES_READ_X: tl.constexpr,
     GATES_READ_H: tl.constexpr,
     CAND_READS_H: tl.constexpr,
     CAND_TANH: tl.constexpr,
@@ -475,9 +479,9 @@ def rnn_step_fwd(
     m2 = mb[:, None] & mj[None, :]
     rb64 = rb.to(tl.int64)
     off = rb64[:, None] * H + rj[None, :]
-    goff = rb64[:, None] * (G * H) + rj[None, :]
+    goff = rb64[:, None] * (GATES * H) + rj[None, :]
     if GATES_READ_H:
-        nrow = G * H
+        nrow = GATES * H
     else:
         nrow = 0
     h = tl.load(h_ptr + off, mask=m2, other=0.0)
@@ -492,11 +496,11 @@ def rnn_step_fwd(
             )
             acc_n += tl.dot(rhk.to(DOT), wn, out_dtype=ACC, input_precision=PREC)
         g1 = tl.load(g_ptr + goff, mask=m2, other=0.0)
-        if G == 2:
+        if GATES == 2:
             g2 = tl.load(g_ptr + goff + H, mask=m2, other=0.0)
         else:
             g2 = g1
-        r, z = _rz(g1, g2, G, COUPLED)
+        r, z = _rz(g1, g2, GATES, COUPLED)
         npre = tl.load(nx_ptr + rb64[:, None] * s_nb + rj[None, :], mask=m2, other=0.0).to(ACC) + acc_n
         n, hnew = _cand(npre, z, h, CAND_TANH)
         if HAS_LEN:
@@ -508,7 +512,7 @@ def rnn_step_fwd(
         if HAS_GX:
             gxo = gx_ptr + rb64[:, None] * s_gb + rj[None, :]
             p1 = tl.load(gxo, mask=m2, other=0.0).to(ACC)
-            if G == 2:
+            if GATES == 2:
                 p2 = tl.load(gxo + H, mask=m2, other=0.0).to(ACC)
             else:
                 p2 = p1
@@ -526,7 +530,7 @@ def rnn_step_fwd(
                 wr = tl.load(w_ptr + wo, mask=wm, other=0.0).to(DOT)
                 hd = hk.to(DOT)
                 p1 += tl.dot(hd, wr, out_dtype=ACC, input_precision=PREC)
-                if G == 2:
+                if GATES == 2:
                     wz = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0).to(DOT)
                     p2 += tl.dot(hd, wz, out_dtype=ACC, input_precision=PREC)
             if CAND_READS_H:
@@ -534,13 +538,13 @@ def rnn_step_fwd(
                     wn = tl.load(w_ptr + nrow * H + wo, mask=wm, other=0.0).to(DOT)
                     acc_n += tl.dot(hk.to(DOT), wn, out_dtype=ACC, input_precision=PREC)
         g1 = _sigmoid(p1)
-        if G == 2:
+        if GATES == 2:
             g2 = _sigmoid(p2)
         else:
             g2 = g1
-        r, z = _rz(g1, g2, G, COUPLED)
+        r, z = _rz(g1, g2, GATES, COUPLED)
         tl.store(g_ptr + goff, g1, mask=m2)
-        if G == 2:
+        if GATES == 2:
             tl.store(g_ptr + goff + H, g2, mask=m2)
         if PHASE == 1:
             tl.store(rh_ptr + off, r * h, mask=m2)
@@ -577,8 +581,9 @@ def rnn_step_bwd(
     t,
     B,
     H,
-    G: tl.constexpr,
+    GATES: tl.constexpr,
     COUPLED: tl.constexpr,
+    GATES_READ_X: tl.constexpr,
     GATES_READ_H: tl.constexpr,
     CAND_READS_H: tl.constexpr,
     CAND_TANH: tl.constexpr,
@@ -625,9 +630,9 @@ def rnn_step_bwd(
     m2 = mb[:, None] & mj[None, :]
     rb64 = rb.to(tl.int64)
     off = rb64[:, None] * H + rj[None, :]
-    goff = rb64[:, None] * (G * H) + rj[None, :]
+    goff = rb64[:, None] * (GATES * H) + rj[None, :]
     if GATES_READ_H:
-        nrow = G * H
+        nrow = GATES * H
     else:
         nrow = 0
     if HAS_LEN:
@@ -639,13 +644,13 @@ def rnn_step_bwd(
             rk = k0 + rk0
             mk = rk < H
             mk2 = mb[:, None] & mk[None, :]
-            kgo = rb64[:, None] * (G * H) + rk[None, :]
+            kgo = rb64[:, None] * (GATES * H) + rk[None, :]
             wm = mk[:, None] & mj[None, :]
             wo = rk[:, None] * H + rj[None, :]
             d1 = tl.load(dg_ptr + kgo, mask=mk2, other=0.0)
             wr = tl.load(w_ptr + wo, mask=wm, other=0.0).to(DOT)
             acc += tl.dot(d1.to(DOT), wr, out_dtype=ACC, input_precision=PREC)
-            if G == 2:
+            if GATES == 2:
                 d2 = tl.load(dg_ptr + kgo + H, mask=mk2, other=0.0)
                 wz = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0).to(DOT)
                 acc += tl.dot(d2.to(DOT), wz, out_dtype=ACC, input_precision=PREC)
@@ -658,7 +663,7 @@ def rnn_step_bwd(
             mk = rk < H
             mk2 = mb[:, None] & mk[None, :]
             ko = rb64[:, None] * H + rk[None, :]
-            kgo = rb64[:, None] * (G * H) + rk[None, :]
+            kgo = rb64[:, None] * (GATES * H) + rk[None, :]
             wm = mk[:, None] & mj[None, :]
             wo = rk[:, None] * H + rj[None, :]
             dhk = tl.load(dhin_ptr + ko, mask=mk2, other=0.0)
@@ -669,12 +674,12 @@ def rnn_step_bwd(
                 dhk = dhk + dyk
             hk = tl.load(h_ptr + ko, mask=mk2, other=0.0)
             g1k = tl.load(g_ptr + kgo, mask=mk2, other=0.0)
-            if G == 2:
+            if GATES == 2:
                 g2k = tl.load(g_ptr + kgo + H, mask=mk2, other=0.0)
             else:
                 g2k = g1k
             nk = tl.load(n_ptr + ko, mask=mk2, other=0.0)
-            rk_, zk = _rz(g1k, g2k, G, COUPLED)
+            rk_, zk = _rz(g1k, g2k, GATES, COUPLED)
             dnk, dzk, _unused = _cell_bwd(dhk, hk, zk, nk, CAND_TANH)
             if HAS_LEN:
                 dnk = tl.where(alive, dnk, 0.0)
@@ -690,10 +695,10 @@ def rnn_step_bwd(
                     wn = tl.load(w_ptr + nrow * H + wo, mask=wm, other=0.0).to(DOT)
                     acc += tl.dot((dnk * rk_).to(DOT), wn, out_dtype=ACC, input_precision=PREC)
                 if GATES_READ_H:
-                    d1k, d2k = _gates_bwd(drk, dzk, g1k, g2k, G, COUPLED)
+                    d1k, d2k = _gates_bwd(drk, dzk, g1k, g2k, GATES, COUPLED)
                     wr = tl.load(w_ptr + wo, mask=wm, other=0.0).to(DOT)
                     acc += tl.dot(d1k.to(DOT), wr, out_dtype=ACC, input_precision=PREC)
-                    if G == 2:
+                    if GATES == 2:
                         wz = tl.load(w_ptr + H * H + wo, mask=wm, other=0.0).to(DOT)
                         acc += tl.dot(d2k.to(DOT), wz, out_dtype=ACC, input_precision=PREC)
         # this program's own tile
@@ -705,12 +710,12 @@ def rnn_step_bwd(
             dh = dh + dy
         h = tl.load(h_ptr + off, mask=m2, other=0.0)
         g1 = tl.load(g_ptr + goff, mask=m2, other=0.0)
-        if G == 2:
+        if GATES == 2:
             g2 = tl.load(g_ptr + goff + H, mask=m2, other=0.0)
         else:
             g2 = g1
         n = tl.load(n_ptr + off, mask=m2, other=0.0)
-        r, z = _rz(g1, g2, G, COUPLED)
+        r, z = _rz(g1, g2, GATES, COUPLED)
         dnpre, dz, dprev = _cell_bwd(dh, h, z, n, CAND_TANH)
         if HAS_LEN:
             dnpre = tl.where(alive, dnpre, 0.0)
@@ -724,9 +729,9 @@ def rnn_step_bwd(
                 hn = tl.load(hn_ptr + off, mask=m2, other=0.0)
                 dr = dnpre * hn
                 tl.store(dhn_ptr + off, dnpre * r, mask=m2)
-        d1, d2 = _gates_bwd(dr, dz, g1, g2, G, COUPLED)
+        d1, d2 = _gates_bwd(dr, dz, g1, g2, GATES, COUPLED)
         tl.store(dg_ptr + goff, d1, mask=m2)
-        if G == 2:
+        if GATES == 2:
             tl.store(dg_ptr + goff + H, d2, mask=m2)
         tl.store(dn_ptr + off, dnpre, mask=m2)
         if PHASE == 0:

@@ -413,7 +413,7 @@ def from_keras(
 def _check_exportable(model: Any) -> None:
     if not isinstance(model, GRU):
         raise TypeError(f"model: expected a gatedrnn.GRU, got {type(model).__name__}")
-    if model.variant != "gru0":
+    if not model.spec.is_classic:
         raise ValueError(
             f"model: Keras only has the classic GRU (variant 'gru0'); variant {model.variant!r} has no Keras layer. "
             "Use gatedrnn.save (safetensors) or gatedrnn.export_onnx for it"

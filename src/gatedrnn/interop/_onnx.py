@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .._layers import GRU, GRUCell
-from .._specs import Spec
+from .._specs import Spec, split
 
 __all__ = ["export_onnx"]
 
@@ -89,29 +89,31 @@ class _StepWeights:
     ) -> None:
         w_ih, w_hh, b_ih, b_hh = _np(weight_ih), _np(weight_hh), _np(bias_ih), _np(bias_hh)
         assert w_ih is not None
-        ng = spec.num_gates
+        blocks = split(spec, w_ih, w_hh, b_ih, b_hh, h)
+        gbias = blocks.gate_bias()  # gru0's b_hr, b_hz fold into the gates' bias
         self.proj = g.const(f"{tag}_W_ih_T", w_ih.T)
-        bias = None
-        if b_ih is not None:
-            bias = b_ih.copy() if spec.gates_read_x or not spec.gates_have_bias else b_ih[ng * h :].copy()
-            if spec.torch_hh_bias and b_hh is not None and reset_after:
-                bias[: ng * h] += b_hh[: ng * h]  # gru0: b_hr, b_hz fold into the input side
+        bias = blocks.b_n
+        if spec.gates_read_x and (gbias is not None or bias is not None):
+            zero = np.zeros(h, np.float32)
+            bias = np.concatenate(
+                [gbias if gbias is not None else np.tile(zero, spec.num_gates), bias if bias is not None else zero]
+            )
         self.proj_bias = None if bias is None else g.const(f"{tag}_b_proj", bias)
-        n_x = ng + 1 if spec.gates_read_x else 1
+        n_x = spec.num_gates + 1 if spec.gates_read_x else 1
         self.slices = [(i * h, (i + 1) * h) for i in range(n_x)]
         self.gate_from_x = spec.gates_read_x
         self.u_gate = (
-            [g.const(f"{tag}_U_{spec.gates[j]}_T", u.T) for j, u in enumerate(_blocks(w_hh[: ng * h], h))]
-            if spec.gates_read_h and w_hh is not None
+            [g.const(f"{tag}_U_{spec.gates[j]}_T", u.T) for j, u in enumerate(_blocks(blocks.u_g, h))]
+            if blocks.u_g is not None
             else None
         )
         self.b_gate = (
-            [g.const(f"{tag}_b_{spec.gates[j]}", b) for j, b in enumerate(_blocks(b_ih[: ng * h], h))]
-            if (not spec.gates_read_x and spec.gates_have_bias and b_ih is not None)
+            [g.const(f"{tag}_b_{spec.gates[j]}", b) for j, b in enumerate(_blocks(gbias, h))]
+            if (not spec.gates_read_x and gbias is not None)
             else None
         )
-        self.u_n = g.const(f"{tag}_U_n_T", w_hh[-h:].T) if spec.candidate_reads_h and w_hh is not None else None
-        self.b_hn = g.const(f"{tag}_b_hn", b_hh[-h:]) if (reset_after and b_hh is not None) else None
+        self.u_n = g.const(f"{tag}_U_n_T", blocks.u_n.T) if blocks.u_n is not None else None
+        self.b_hn = g.const(f"{tag}_b_hn", blocks.b_hn) if blocks.b_hn is not None else None
 
 
 def _project(g: _Graph, sw: _StepWeights, x: str) -> list[str]:
@@ -344,7 +346,7 @@ def export_onnx(
         if model.batch_first:
             x = g.op("Transpose", [x], perm=[1, 0, 2])
         finals: list[str] = []
-        gru_op = spec.name == "gru0" and use_gru_op
+        gru_op = spec.is_classic and use_gru_op
         # (only when a node will read it: runtimes warn about unused initializers)
         axis0 = "" if gru_op and not initial_state else g.const("axis0", np.array([0], np.int64))
         seq_lens = mask = None
