@@ -306,9 +306,15 @@ def get_spec(variant: str) -> Spec:
 
 
 def param_shapes(
-    variant: str | Spec, input_size: int, hidden_size: int, bias: bool = True, reset_after: bool = True
+    variant: str | Spec,
+    input_size: int,
+    hidden_size: int,
+    bias: bool = True,
+    reset_after: bool = True,
+    layer_norm: bool = False,
 ) -> dict[str, tuple[int, ...]]:
-    """Shapes of one layer-direction's parameters, keyed by base name (``weight_ih`` ...)."""
+    """Shapes of one layer-direction's parameters, keyed by base name (``weight_ih`` ...); with
+    ``layer_norm`` also its gains and shifts (:mod:`gatedrnn._options`)."""
     spec = variant if isinstance(variant, Spec) else get_spec(variant)
     h = hidden_size
     shapes: dict[str, tuple[int, ...]] = {"weight_ih": (spec.ih_blocks() * h, input_size)}
@@ -318,22 +324,33 @@ def param_shapes(
         shapes["bias_ih"] = (spec.bias_ih_blocks() * h,)
         if spec.bias_hh_blocks(reset_after):
             shapes["bias_hh"] = (spec.bias_hh_blocks(reset_after) * h,)
+    if layer_norm:
+        shapes["ln_weight_ih"] = shapes["ln_bias_ih"] = (spec.ih_blocks() * h,)
+        if spec.hh_blocks():
+            shapes["ln_weight_hh"] = shapes["ln_bias_hh"] = (spec.hh_blocks() * h,)
     return shapes
 
 
 def count_parameters(
-    variant: str, input_size: int, hidden_size: int, reset_after: bool = True, bias: bool = True
+    variant: str,
+    input_size: int,
+    hidden_size: int,
+    reset_after: bool = True,
+    bias: bool = True,
+    layer_norm: bool = False,
 ) -> int:
     """Parameters of a one-layer, one-direction layer of ``variant``.
 
     With ``reset_after=False`` and a bias these are Dey & Salem's counts (m inputs, n units):
     gru0 3(n²+nm+n), gru1 3n²+nm+3n, gru2 3n²+nm+n, gru3 n²+nm+3n; MGU 2(n²+nm+n);
     minGRU 2(nm+n). With ``reset_after=True`` gru0 has ``torch.nn.GRU``'s 3(n²+nm)+6n and the
-    other variants with a reset gate one more vector of n (``b_hn``).
+    other variants with a reset gate one more vector of n (``b_hn``). ``layer_norm`` adds a gain
+    and a shift per pre-activation: 2(ih_blocks + hh_blocks)·n (gru0: 12n).
     """
     check_int("input_size", input_size, 1)
     check_int("hidden_size", hidden_size, 1)
-    return sum(math.prod(shape) for shape in param_shapes(variant, input_size, hidden_size, bias, reset_after).values())
+    shapes = param_shapes(variant, input_size, hidden_size, bias, reset_after, layer_norm)
+    return sum(math.prod(shape) for shape in shapes.values())
 
 
 # ------------------------------------------------------------------------------------- the layout

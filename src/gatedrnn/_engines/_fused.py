@@ -33,8 +33,9 @@ import torch
 from torch import Tensor
 
 from .. import _reference
+from .._options import NONE, Extras
 from .._specs import Spec, join_bias, split
-from . import recording
+from . import not_yet, recording
 from ._pool import NP_DTYPE, cached_bytes, carve, carved_size, saved_buffer, scratch, unused, zeros
 from ._pool import empty_cache as empty_cache
 from ._second_order import first_order
@@ -337,7 +338,10 @@ class FusedEngine:
     name = "fused"
     traceable = False  # NumPy views and numba calls: run eagerly under torch.compile
 
-    def unavailable(self, spec: Spec, x: Tensor) -> str | None:
+    def unavailable(self, spec: Spec, x: Tensor, extras: Extras = NONE) -> str | None:
+        why = not_yet(extras)
+        if why is not None:
+            return why
         rec = recording()
         if rec is not None:
             return (
@@ -378,8 +382,9 @@ class FusedEngine:
         b_ih: Tensor | None,
         b_hh: Tensor | None,
         lengths: Tensor | None,
+        extras: Extras = NONE,
     ) -> tuple[Tensor, Tensor]:
-        why = self.unavailable(spec, x)
+        why = self.unavailable(spec, x, extras)
         if why is not None:
             raise RuntimeError(f"engine='fused' cannot run here: {why}")
         for name, t in (("h0", h0), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):

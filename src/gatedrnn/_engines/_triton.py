@@ -29,8 +29,9 @@ import torch
 from torch import Tensor
 
 from .. import _reference
+from .._options import NONE, Extras
 from .._specs import Spec, join_bias, split
-from . import recording
+from . import not_yet, recording
 from ._second_order import first_order
 
 __all__ = ["ENGINE", "PERSISTENT_MAX_H", "TritonEngine", "run"]
@@ -554,7 +555,10 @@ class TritonEngine:
     name = "triton"
     traceable = False  # imports, Triton's mode, launches of our own: run eagerly under torch.compile
 
-    def unavailable(self, spec: Spec, x: Tensor) -> str | None:
+    def unavailable(self, spec: Spec, x: Tensor, extras: Extras = NONE) -> str | None:
+        why = not_yet(extras)
+        if why is not None:
+            return why
         rec = recording()
         if rec is not None:
             return (
@@ -591,8 +595,9 @@ class TritonEngine:
         b_ih: Tensor | None,
         b_hh: Tensor | None,
         lengths: Tensor | None,
+        extras: Extras = NONE,
     ) -> tuple[Tensor, Tensor]:
-        why = self.unavailable(spec, x)
+        why = self.unavailable(spec, x, extras)
         if why is not None:
             raise RuntimeError(f"engine='triton' cannot run here: {why}")
         return run(spec, reset_after, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
