@@ -29,10 +29,13 @@ def test_readme_python_blocks_run_and_comments_hold(capsys):
     h = ns["cell"](x[:, 0], torch.zeros(64, 128))
     assert tuple(h.shape) == (64, 128)
     # the Interop example: every conversion computes the same function
-    io = spaces[1]
+    io = next(s for s in spaces if "back" in s)
     x = torch.randn(5, 3, 8)
     torch.testing.assert_close(io["back"](x)[0], io["native"](x)[0])
     torch.testing.assert_close(io["gru"](x)[0], io["native"](x)[0])
     torch.testing.assert_close(io["same"](x)[0], io["mgu"](x)[0], rtol=0, atol=0)
     xb = torch.randn(3, 5, 8)
     torch.testing.assert_close(io["again"](xb)[0], io["one"](xb)[0])
+    # the options example: shapes as a torch.nn.GRU's
+    opt = next(s for s in spaces if "episode_starts" in s)
+    assert tuple(opt["y"].shape) == (50, 8, 32) and tuple(opt["h"].shape) == (2, 8, 32)
