@@ -406,11 +406,12 @@ class FusedEngine:
         for name, t in (("h0", h0), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
             if t is not None and t.dtype != x.dtype:
                 raise ValueError(f"{name}: expected dtype {x.dtype} (the input's), got {t.dtype}")
-        if lengths is not None:
-            lengths = lengths.to(torch.int64).contiguous()
         save = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)
         )
+        if lengths is not None:
+            # the backward reads it: its own copy, as the caller may refill theirs before backward()
+            lengths = lengths.to(dtype=torch.int64, memory_format=torch.contiguous_format, copy=save)
         args = (
             x.contiguous(),
             h0.contiguous(),
