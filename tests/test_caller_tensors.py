@@ -119,3 +119,19 @@ def test_in_place_change_of_inputs_raises_as_torch(engine_case) -> None:
             backward_after_change(native, which)
         with pytest.raises(type(want.value), match="modified by an inplace operation"):
             backward_after_change(layer, which)
+
+
+@pytest.mark.parametrize("inp", [2, 5], ids=["I2", "I5"])  # the fused engine folds dW_ih into its loop up to 4
+@pytest.mark.parametrize("engine_case", CASES, ids=IDS, indirect=True)
+def test_nan_and_inf_in_the_padding_reach_nothing(engine_case, inp: int) -> None:
+    """NaN, inf and -inf past ``lengths`` (a batch made with ``torch.empty``): outputs and every
+    gradient finite and equal to the run with zero padding."""
+    layer = _layer(engine_case, inp)
+    lengths = torch.tensor(LENGTHS)
+    padding = (torch.arange(T).unsqueeze(1) >= lengths).unsqueeze(-1).expand(T, B, inp)
+    x = torch.randn(T, B, inp, dtype=torch.float64).masked_fill(padding, 0)
+    want = _run(layer, x, lengths)
+    junk = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=x.dtype)[torch.arange(x.numel()) % 3]
+    poisoned = torch.where(padding, junk.view_as(x), x)
+    assert not bool(poisoned.isfinite().all())
+    _assert_same(_run(layer, poisoned, lengths), want)

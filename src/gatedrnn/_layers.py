@@ -126,8 +126,9 @@ class GRU(_Family):
 
     ``forward(input, hx=None, lengths=None, enforce_sorted=False)``: ``input`` is ``[T, B, I]``
     (``[B, T, I]`` with ``batch_first``), ``[T, I]`` unbatched, or a ``PackedSequence``;
-    ``lengths`` (padded input only) gives each sequence's length: outputs past it are zero and
-    ``h_n`` is the state at its last step. Returns ``(output, h_n)`` like ``torch.nn.GRU``.
+    ``lengths`` (padded input only) gives each sequence's length: outputs past it are zero,
+    ``h_n`` is the state at its last step, and what the input holds past it (even NaN or inf)
+    reaches no output and no gradient. Returns ``(output, h_n)`` like ``torch.nn.GRU``.
     """
 
     def __init__(

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ._specs import Spec
 
-__all__ = ["project", "run_layer", "step"]
+__all__ = ["mask_padding", "project", "run_layer", "step"]
 
 
 def project(
@@ -105,6 +105,17 @@ def step(
     return (1 - z) * n + z * h
 
 
+def mask_padding(x: Tensor, lengths: Tensor) -> Tensor:
+    """``x`` ``[T, B, *]`` with zeros at ``t >= lengths[b]``, whatever the padding held.
+
+    No state reads the padding, but a backward multiplies the zero gradient it gets there by what
+    was computed from it (``0 * NaN`` is NaN): NaN or inf past ``lengths`` (a batch made with
+    ``torch.empty``) would reach every weight's gradient. ``masked_fill``'s backward only zeroes.
+    """
+    padding = torch.arange(x.shape[0], device=x.device).unsqueeze(1) >= lengths.unsqueeze(0)
+    return x.masked_fill(padding.view(*padding.shape, *([1] * (x.dim() - 2))), 0)
+
+
 def run_layer(
     spec: Spec,
     reset_after: bool,
@@ -122,11 +133,14 @@ def run_layer(
         x: ``[T, B, I]``.
         h0: ``[B, H]``.
         lengths: ``[B]`` int64 on x's device, or None (all sequences have length T). At
-            ``t >= lengths[b]`` the state of sequence ``b`` is frozen and its output is zero.
+            ``t >= lengths[b]`` the state of sequence ``b`` is frozen and its output is zero;
+            what ``x`` holds there is never read (:func:`mask_padding`).
 
     Returns:
         ``y`` ``[T, B, H]`` and ``h_n`` ``[B, H]``.
     """
+    if lengths is not None:
+        x = mask_padding(x, lengths)
     gx, nx = project(spec, x, w_ih, b_ih, b_hh, h0.shape[-1])
     h = h0
     ys = []
