@@ -29,9 +29,9 @@ def _check_config(variant: str, bias: bool, dropout: float, engine: str) -> None
             "bias: variant 'gru3' takes its gates from the bias alone; with bias=False they would be "
             "a constant 0.5. Expected bias=True for gru3, got bias=False"
         )
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        # torch.nn.GRU also takes 1.0, which zeroes every inter-layer activation: refused here.
-        raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
+        # 1.0, as in torch.nn.GRU, zeroes every inter-layer activation in training
+        raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
     check_engine_name(engine)
 
 
@@ -150,6 +150,9 @@ class GRU(_Family):
         check_int("input_size", input_size, 1)
         check_int("hidden_size", hidden_size, 1)
         check_int("num_layers", num_layers, 1)
+        for flag, value in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(value, bool):  # torch.nn.GRU's check and message (GRUCell has none)
+                raise TypeError(f"{flag} should be of type bool, got: {type(value).__name__}")
         _check_config(variant, bias, dropout, engine)
         if dropout > 0 and num_layers == 1:
             warnings.warn(  # torch.nn.GRU's warning, word for word
@@ -284,23 +287,21 @@ class GRU(_Family):
             _check_like("hx", hx, w, "layer")
             h0 = hx.unsqueeze(1) if unbatched else hx
 
-        if batch == 0:
-            y = x.new_zeros((steps, 0, self.num_directions * self.hidden_size))
-            h_n = h0 + 0
-        else:
-            y, h_n, ran = rnn(
-                x,
-                h0,
-                self.layer_weights(),
-                self.spec,
-                self.reset_after,
-                dropout=self.dropout,
-                training=self.training,
-                engine=self.engine,
-                lengths=seq_lengths,
-            )
-            # a plain attribute: set past nn.Module.__setattr__'s parameter/buffer/module checks
-            object.__setattr__(self, "last_engine", ran)
+        y, h_n, ran = rnn(
+            x,
+            h0,
+            self.layer_weights(),
+            self.spec,
+            self.reset_after,
+            dropout=self.dropout,
+            training=self.training,
+            # an empty batch has nothing to compute: the reference's torch operations take it and
+            # connect the (empty) results to every parameter, as torch.nn.GRU's do
+            engine=self.engine if batch else "reference",
+            lengths=seq_lengths,
+        )
+        # a plain attribute: set past nn.Module.__setattr__'s parameter/buffer/module checks
+        object.__setattr__(self, "last_engine", ran)
         if packed_index is not None:
             assert isinstance(input, PackedSequence)
             out = PackedSequence(y[packed_index], input.batch_sizes, input.sorted_indices, input.unsorted_indices)
