@@ -282,3 +282,160 @@ def test_nested_model(tmp_path: Path) -> None:
     x = np.random.default_rng(9).standard_normal((2, 5, 3)).astype(np.float32)
     with torch.no_grad():
         np.testing.assert_allclose(_np(sub(x)), ours(torch.from_numpy(x))[0].numpy(), atol=TOL)
+
+
+def _weights_of(model, skip: str) -> dict[str, list[np.ndarray]]:
+    return {
+        layer.name: [np.array(w) for w in layer.get_weights()]
+        for layer in model.layers
+        if layer.weights and layer.name != skip
+    }
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".weights.h5"])
+def test_file_with_other_recurrent_layers(suffix: str, tmp_path: Path) -> None:
+    """LSTM, SimpleRNN, Bidirectional(LSTM) and an RNN of stacked GRU cells beside one GRU: listed
+    as what they are, skipped, never read as a GRU; the one GRU needs no name."""
+    keras.utils.set_random_seed(12)
+
+    def build():
+        inp = keras.Input((None, 3))
+        a = keras.layers.LSTM(4, return_sequences=True, name="lstm")(inp)
+        b = keras.layers.GRU(5, return_sequences=True, name="enc")(a)
+        c = keras.layers.SimpleRNN(3, return_sequences=True, name="simple")(b)
+        d = keras.layers.Bidirectional(keras.layers.LSTM(2, return_sequences=True), name="bilstm")(c)
+        cells = [keras.layers.GRUCell(2), keras.layers.GRUCell(2)]
+        e = keras.layers.RNN(keras.layers.StackedRNNCells(cells), return_sequences=True, name="cells")(d)
+        return keras.Model(inp, keras.layers.Dense(2, name="head")(e))
+
+    model = build()
+    for w in model.weights:
+        w.assign(np.random.default_rng(len(w.path)).uniform(-0.5, 0.5, w.shape).astype(np.float32))
+    path = tmp_path / ("m" + suffix)
+    model.save(path) if suffix == ".keras" else model.save_weights(path)
+
+    info = {i["name"]: i for i in keras_layers(path)}
+    assert set(info) == {"lstm", "enc", "simple", "bilstm", "cells"}
+    assert [n for n, i in info.items() if i["gru"]] == ["enc"]
+    cells = {"lstm": "LSTMCell", "enc": "GRUCell", "simple": "SimpleRNNCell", "bilstm": "LSTMCell"}
+    assert {n: info[n]["cell"] for n in cells} == cells and info["cells"]["cell"] == "StackedRNNCells"
+    assert (info["enc"]["input_size"], info["enc"]["hidden_size"], info["lstm"]["hidden_size"]) == (4, 5, 4)
+    if suffix == ".keras":
+        assert [i["class_name"] for i in keras_layers(path)] == [
+            "LSTM",
+            "GRU",
+            "SimpleRNN",
+            "Bidirectional(LSTM)",
+            "RNN(StackedRNNCells)",
+        ]
+    with pytest.raises(KerasFileError, match=r"'lstm' .* is not a GRU"):
+        from_keras(path, "lstm")
+
+    x = np.random.default_rng(13).standard_normal((2, 6, 3)).astype(np.float32)
+    into_gru = _np(keras.Model(model.inputs[0], model.get_layer("lstm").output)(x))
+    ours = from_keras(path)  # the file's only GRU
+    with torch.no_grad():
+        y = ours(torch.from_numpy(into_gru))[0].numpy()
+    np.testing.assert_allclose(y, _np(keras.Model(model.inputs[0], model.get_layer("enc").output)(x)), atol=TOL)
+
+    torch.manual_seed(14)
+    new = gatedrnn.GRU(4, 5, batch_first=True)
+    to_keras(new, path)  # no name needed either
+    if suffix == ".keras":
+        loaded = keras.saving.load_model(path)
+    else:
+        loaded = build()
+        loaded.load_weights(path)
+    with torch.no_grad():
+        want = new(torch.from_numpy(into_gru))[0].numpy()
+    np.testing.assert_allclose(_np(keras.Model(loaded.inputs[0], loaded.get_layer("enc").output)(x)), want, atol=TOL)
+    before, after = _weights_of(model, "enc"), _weights_of(loaded, "enc")
+    for name in before:
+        for a, b in zip(after[name], before[name], strict=True):
+            np.testing.assert_array_equal(a, b)  # every other layer untouched
+
+
+@pytest.mark.parametrize(
+    ("reset_after", "use_bias", "go_backwards"), [(True, True, False), (False, True, True), (True, False, True)]
+)
+def test_rnn_of_gru_cell(reset_after: bool, use_bias: bool, go_backwards: bool, tmp_path: Path) -> None:
+    """``RNN(GRUCell(...))``, alone and in a Bidirectional: its settings are read (direction, reset
+    form, bias) and it computes as the GRU layer with the same settings."""
+    keras.utils.set_random_seed(15)
+
+    def cell(units: int):
+        return keras.layers.GRUCell(units, reset_after=reset_after, use_bias=use_bias)
+
+    inp = keras.Input((None, 3))
+    r = keras.layers.RNN(cell(4), return_sequences=True, go_backwards=go_backwards, name="r")(inp)
+    bi = keras.layers.Bidirectional(keras.layers.RNN(cell(2), return_sequences=True), name="bi")(r)
+    model = keras.Model(inp, bi)
+    for w in model.weights:
+        w.assign(np.random.default_rng(len(w.path)).uniform(-0.6, 0.6, w.shape).astype(np.float32))
+    path = tmp_path / "m.keras"
+    model.save(path)
+
+    info = {i["name"]: i for i in keras_layers(path)}
+    assert info["r"]["class_name"] == "RNN(GRUCell)" and info["bi"]["class_name"] == "Bidirectional(RNN(GRUCell))"
+    assert (info["r"]["go_backwards"], info["r"]["reset_after"], info["r"]["use_bias"]) == (
+        go_backwards,
+        reset_after,
+        use_bias,
+    )
+    assert info["bi"]["bidirectional"] and info["bi"]["go_backwards"] is False
+
+    x = np.random.default_rng(16).standard_normal((2, 7, 3)).astype(np.float32)
+    want_r = _np(keras.Model(inp, r)(x))
+    if go_backwards:
+        with pytest.raises(KerasFileError, match="go_backwards=True"):
+            from_keras(path, "r")
+    else:
+        with pytest.raises(KerasFileError, match=r"go_backwards: .* has go_backwards=False"):
+            from_keras(path, "r", go_backwards=True)
+    kw = {"go_backwards": True} if go_backwards else {}
+    read_r, read_bi = from_keras(path, "r", **kw), from_keras(path, "bi")
+    assert (read_r.reset_after, read_r.bias, read_bi.bidirectional) == (reset_after, use_bias, True)
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        np.testing.assert_allclose(read_r(xt.flip(1) if go_backwards else xt)[0].numpy(), want_r, atol=TOL)
+        np.testing.assert_allclose(read_bi(torch.from_numpy(want_r))[0].numpy(), _np(model(x)), atol=TOL)
+
+    torch.manual_seed(17)
+    new = gatedrnn.GRU(3, 4, batch_first=True, bias=use_bias, reset_after=reset_after)
+    with torch.no_grad():
+        for p in new.parameters():
+            p.uniform_(-0.6, 0.6)
+    to_keras(new, path, "r", **kw)
+    loaded = keras.saving.load_model(path)
+    with torch.no_grad():
+        want = new(xt.flip(1) if go_backwards else xt)[0].numpy()
+    np.testing.assert_allclose(_np(keras.Model(loaded.inputs[0], loaded.get_layer("r").output)(x)), want, atol=TOL)
+
+
+@pytest.mark.parametrize(
+    ("layer", "setting"),
+    [
+        (
+            lambda: keras.layers.RNN(keras.layers.GRUCell(4, activation="relu"), return_sequences=True),
+            "activation='relu'",
+        ),
+        (
+            lambda: keras.layers.RNN(keras.layers.GRUCell(4, recurrent_activation="hard_sigmoid")),
+            "recurrent_activation='hard_sigmoid'",
+        ),
+        (lambda: keras.layers.GRU(4, recurrent_activation="relu"), "recurrent_activation='relu'"),
+        (
+            lambda: keras.layers.Bidirectional(keras.layers.RNN(keras.layers.GRUCell(4, activation="sigmoid"))),
+            "activation='sigmoid'",
+        ),
+    ],
+    ids=["rnn-activation", "rnn-recurrent_activation", "gru-recurrent_activation", "bidirectional-rnn-activation"],
+)
+def test_settings_gatedrnn_cannot_compute_are_refused(layer, setting: str, tmp_path: Path) -> None:
+    path = tmp_path / "m.keras"
+    keras.Sequential([keras.Input((None, 3)), layer()]).save(path)
+    with pytest.raises(KerasFileError, match=setting.replace("(", r"\(")):
+        from_keras(path)
+    bidirectional = keras_layers(path)[0]["bidirectional"]
+    with pytest.raises(KerasFileError, match=setting):
+        to_keras(gatedrnn.GRU(3, 4, bidirectional=bidirectional), path)
