@@ -439,3 +439,56 @@ def test_settings_gatedrnn_cannot_compute_are_refused(layer, setting: str, tmp_p
     bidirectional = keras_layers(path)[0]["bidirectional"]
     with pytest.raises(KerasFileError, match=setting):
         to_keras(gatedrnn.GRU(3, 4, bidirectional=bidirectional), path)
+
+
+def test_stacks_of_reversed_layers_are_refused(tmp_path: Path) -> None:
+    """Two go_backwards=True layers: the second reads the first's outputs reversed again, so no
+    gatedrnn stack computes them; each layer on its own input flipped in time does."""
+    keras.utils.set_random_seed(18)
+    model = keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            keras.layers.GRU(4, return_sequences=True, go_backwards=True, name="a"),
+            keras.layers.GRU(4, return_sequences=True, go_backwards=True, name="b"),
+        ]
+    )
+    for w in model.weights:
+        w.assign(np.random.default_rng(len(w.path)).uniform(-0.6, 0.6, w.shape).astype(np.float32))
+    model.save(tmp_path / "m.keras")
+    model.save_weights(tmp_path / "m.weights.h5")
+    for path in (tmp_path / "m.keras", tmp_path / "m.weights.h5"):
+        with pytest.raises(KerasFileError, match=r"\['a', 'b'\] .* go_backwards=True"):
+            from_keras(path, ["a", "b"], go_backwards=True)
+        with pytest.raises(KerasFileError, match=r"\['a', 'b'\] .* go_backwards=True"):
+            to_keras(gatedrnn.GRU(3, 4, num_layers=2, batch_first=True), path, ["a", "b"], go_backwards=True)
+    # the documented way: each layer on its own input, flipped in time
+    a, b = (from_keras(tmp_path / "m.keras", name, go_backwards=True) for name in "ab")
+    x = np.random.default_rng(19).standard_normal((2, 6, 3)).astype(np.float32)
+    with torch.no_grad():
+        ya = a(torch.from_numpy(x).flip(1))[0]
+        y = b(ya.flip(1))[0].numpy()
+    np.testing.assert_allclose(y, _np(model(x)), atol=TOL)
+
+    # a forward layer under a reversed one, and a layer that outputs its last state only
+    mixed = keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            keras.layers.GRU(4, return_sequences=True, name="f"),
+            keras.layers.GRU(4, return_sequences=True, go_backwards=True, name="r"),
+        ]
+    )
+    mixed.save(tmp_path / "mixed.keras")
+    with pytest.raises(KerasFileError, match=r"\['r'\] .* go_backwards=True"):
+        from_keras(tmp_path / "mixed.keras", ["f", "r"])
+    last = keras.Sequential(
+        [
+            keras.Input((5, 3)),
+            keras.layers.GRU(4, name="g1"),
+            keras.layers.RepeatVector(5),
+            keras.layers.GRU(4, return_sequences=True, name="g2"),
+        ]
+    )
+    last.save(tmp_path / "last.keras")
+    with pytest.raises(KerasFileError, match=r"\['g1'\] .* return_sequences=False"):
+        from_keras(tmp_path / "last.keras", ["g1", "g2"])
+    assert from_keras(tmp_path / "last.keras", "g1").num_layers == 1  # alone it is a GRU: h_n is its output

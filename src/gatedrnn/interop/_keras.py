@@ -329,6 +329,28 @@ def _check_slot_config(path: str, slot: _Slot, go_backwards: bool | None) -> boo
     return forms.pop()
 
 
+def _check_stack(path: str, slots: list[_Slot], go_backwards: bool | None) -> None:
+    """Refuse Keras layers that do not form one gatedrnn stack (each must take every step of the
+    previous one's output, in order)."""
+    if len(slots) < 2:
+        return
+    names = [s.name for s in slots]
+    back = [s.name for s in slots if not s.bidirectional and (go_backwards or (s.settings or {}).get("go_backwards"))]
+    if back:
+        raise KerasFileError(
+            f"layer: {back} in the stack {names} of {path} read their input backwards (go_backwards=True): each "
+            "such Keras layer reverses its own input and returns its outputs in that reversed order, which the "
+            "next layer reads reversed again. No gatedrnn stack computes that; read each layer on its own "
+            "(from_keras(path, name, go_backwards=True)) and run each on its own input flipped in time"
+        )
+    last = [s.name for s in slots[:-1] if (s.settings or {}).get("return_sequences", True) is False]
+    if last:
+        raise KerasFileError(
+            f"layer: {last} in the stack {names} of {path} have return_sequences=False (they output their last "
+            "state only); in a stack every layer but the last must output every step"
+        )
+
+
 def _read_cell(f: Any, path: str, group: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     v = f[group]["cell"]["vars"]
     k, rk = np.asarray(v["0"][...]), np.asarray(v["1"][...])
@@ -426,11 +448,13 @@ def from_keras(
     Raises:
         KerasFileError: no such layer, a layer that is not a GRU, an ambiguous choice, activations
             other than tanh/sigmoid, a merge_mode other than concat, go_backwards unconfirmed,
-            layers that do not stack, a reset form that disagrees with ``reset_after``.
+            layers that do not stack (go_backwards layers, return_sequences=False before the
+            last, sizes that do not chain), a reset form that disagrees with ``reset_after``.
     """
     src = _Source(path)
     with src.open() as f:
         slots = _select(src.path, src.slots(f), layer, None)
+        _check_stack(src.path, slots, go_backwards)
         layers_w = []
         forms = set()
         for s in slots:
@@ -705,7 +729,7 @@ def to_keras(
         ValueError: a variant other than ``gru0`` (Keras has only the classic GRU).
         KerasFileError: no matching layer, a layer that is not a GRU, shapes, settings or reset
             form that differ, non-zero biases into a Keras layer without bias, go_backwards
-            unconfirmed.
+            unconfirmed, Keras layers that do not form one stack (as for :func:`from_keras`).
     """
     _check_exportable(model)
     path = os.fspath(path)
@@ -731,6 +755,7 @@ def to_keras(
     src = _Source(path)
     with src.open() as f:
         slots = _select(path, src.slots(f), layer, model.num_layers)
+    _check_stack(path, slots, go_backwards)
     bio = io.BytesIO(src.h5_bytes)
     with h5py.File(bio, "r+") as f:
         _write_into(f, path, model, slots, go_backwards)
