@@ -1,4 +1,6 @@
-"""Keras GRU files ⇄ gatedrnn, checked in Keras itself (torch backend, no TensorFlow).
+"""Keras GRU files ⇄ gatedrnn, checked in Keras itself: on its torch backend in this process, and
+on TensorFlow (where it is installed) by running this file again in a process of its own with
+``KERAS_BACKEND=tensorflow`` (Keras picks its backend once, when it is imported).
 
 Keras numbers are first checked against Keras' GRU equations written out here (float64), so
 that a wrong gate order, transposition or bias row is caught by two independent references.
@@ -6,10 +8,11 @@ that a wrong gate order, transposition or bias row is caught by two independent 
 
 from __future__ import annotations
 
+import importlib.util
 import os
-
-os.environ["KERAS_BACKEND"] = "torch"
-
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,13 @@ import torch
 
 import gatedrnn
 from gatedrnn.interop import KerasFileError, from_keras, from_torch, keras_layers, to_keras, to_torch
+
+HAS_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
+BACKEND = os.environ.setdefault("KERAS_BACKEND", "torch")
+if BACKEND == "torch":
+    # Keras imports TensorFlow, when it is installed, even on the torch backend (to check types
+    # while saving): keep it (its threads and seconds of start-up) out of the torch test process.
+    sys.modules.setdefault("tensorflow", None)  # type: ignore[arg-type]
 
 keras = pytest.importorskip("keras")
 pytest.importorskip("h5py")
@@ -492,3 +502,20 @@ def test_stacks_of_reversed_layers_are_refused(tmp_path: Path) -> None:
     with pytest.raises(KerasFileError, match=r"\['g1'\] .* return_sequences=False"):
         from_keras(tmp_path / "last.keras", ["g1", "g2"])
     assert from_keras(tmp_path / "last.keras", "g1").num_layers == 1  # alone it is a GRU: h_n is its output
+
+
+def test_keras_runs_the_backend_asked_for() -> None:
+    assert keras.backend.backend() == BACKEND
+
+
+@pytest.mark.skipif(not HAS_TENSORFLOW, reason="tensorflow is not installed")
+@pytest.mark.skipif(BACKEND != "torch", reason="started from the torch-backend run")
+def test_every_case_on_the_tensorflow_backend() -> None:
+    """This whole file again, with Keras on TensorFlow: every file gatedrnn writes loads there
+    with the same outputs, and files TensorFlow-backed Keras writes read the same."""
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "not tensorflow_backend"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=1200)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    summary = run.stdout.strip().splitlines()[-1]
+    assert re.search(r"\b\d+ passed\b", summary) and "skipped" not in summary, summary
