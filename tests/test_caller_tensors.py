@@ -135,3 +135,20 @@ def test_nan_and_inf_in_the_padding_reach_nothing(engine_case, inp: int) -> None
     poisoned = torch.where(padding, junk.view_as(x), x)
     assert not bool(poisoned.isfinite().all())
     _assert_same(_run(layer, poisoned, lengths), want)
+
+
+def test_cell_in_place_change_of_inputs_raises_as_torch() -> None:
+    """GRUCell: x and h changed in place between forward and backward raise as for torch.nn.GRUCell."""
+
+    def backward_after_change(cell: torch.nn.Module, which: int) -> None:
+        x = torch.randn(B, 3, dtype=torch.float64, requires_grad=True) * 1
+        h = torch.randn(B, H, dtype=torch.float64, requires_grad=True) * 1
+        out = cell(x, h)
+        (x, h)[which].mul_(2)
+        out.sum().backward()
+
+    for which in (0, 1):
+        with pytest.raises(RuntimeError, match="inplace") as want:
+            backward_after_change(torch.nn.GRUCell(3, H).double(), which)
+        with pytest.raises(type(want.value), match="inplace"):
+            backward_after_change(gatedrnn.GRUCell(3, H).double(), which)
