@@ -1,4 +1,6 @@
-"""Keras GRU files ⇄ gatedrnn, checked in Keras itself (torch backend, no TensorFlow).
+"""Keras GRU files ⇄ gatedrnn, checked in Keras itself: on its torch backend in this process, and
+on TensorFlow (where it is installed) by running this file again in a process of its own with
+``KERAS_BACKEND=tensorflow`` (Keras picks its backend once, when it is imported).
 
 Keras numbers are first checked against Keras' GRU equations written out here (float64), so
 that a wrong gate order, transposition or bias row is caught by two independent references.
@@ -6,10 +8,11 @@ that a wrong gate order, transposition or bias row is caught by two independent 
 
 from __future__ import annotations
 
+import importlib.util
 import os
-
-os.environ["KERAS_BACKEND"] = "torch"
-
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,13 @@ import torch
 
 import gatedrnn
 from gatedrnn.interop import KerasFileError, from_keras, from_torch, keras_layers, to_keras, to_torch
+
+HAS_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
+BACKEND = os.environ.setdefault("KERAS_BACKEND", "torch")
+if BACKEND == "torch":
+    # Keras imports TensorFlow, when it is installed, even on the torch backend (to check types
+    # while saving): keep it (its threads and seconds of start-up) out of the torch test process.
+    sys.modules.setdefault("tensorflow", None)  # type: ignore[arg-type]
 
 keras = pytest.importorskip("keras")
 pytest.importorskip("h5py")
@@ -282,3 +292,230 @@ def test_nested_model(tmp_path: Path) -> None:
     x = np.random.default_rng(9).standard_normal((2, 5, 3)).astype(np.float32)
     with torch.no_grad():
         np.testing.assert_allclose(_np(sub(x)), ours(torch.from_numpy(x))[0].numpy(), atol=TOL)
+
+
+def _weights_of(model, skip: str) -> dict[str, list[np.ndarray]]:
+    return {
+        layer.name: [np.array(w) for w in layer.get_weights()]
+        for layer in model.layers
+        if layer.weights and layer.name != skip
+    }
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".weights.h5"])
+def test_file_with_other_recurrent_layers(suffix: str, tmp_path: Path) -> None:
+    """LSTM, SimpleRNN, Bidirectional(LSTM) and an RNN of stacked GRU cells beside one GRU: listed
+    as what they are, skipped, never read as a GRU; the one GRU needs no name."""
+    keras.utils.set_random_seed(12)
+
+    def build():
+        inp = keras.Input((None, 3))
+        a = keras.layers.LSTM(4, return_sequences=True, name="lstm")(inp)
+        b = keras.layers.GRU(5, return_sequences=True, name="enc")(a)
+        c = keras.layers.SimpleRNN(3, return_sequences=True, name="simple")(b)
+        d = keras.layers.Bidirectional(keras.layers.LSTM(2, return_sequences=True), name="bilstm")(c)
+        cells = [keras.layers.GRUCell(2), keras.layers.GRUCell(2)]
+        e = keras.layers.RNN(keras.layers.StackedRNNCells(cells), return_sequences=True, name="cells")(d)
+        return keras.Model(inp, keras.layers.Dense(2, name="head")(e))
+
+    model = build()
+    for w in model.weights:
+        w.assign(np.random.default_rng(len(w.path)).uniform(-0.5, 0.5, w.shape).astype(np.float32))
+    path = tmp_path / ("m" + suffix)
+    model.save(path) if suffix == ".keras" else model.save_weights(path)
+
+    info = {i["name"]: i for i in keras_layers(path)}
+    assert set(info) == {"lstm", "enc", "simple", "bilstm", "cells"}
+    assert [n for n, i in info.items() if i["gru"]] == ["enc"]
+    cells = {"lstm": "LSTMCell", "enc": "GRUCell", "simple": "SimpleRNNCell", "bilstm": "LSTMCell"}
+    assert {n: info[n]["cell"] for n in cells} == cells and info["cells"]["cell"] == "StackedRNNCells"
+    assert (info["enc"]["input_size"], info["enc"]["hidden_size"], info["lstm"]["hidden_size"]) == (4, 5, 4)
+    if suffix == ".keras":
+        assert [i["class_name"] for i in keras_layers(path)] == [
+            "LSTM",
+            "GRU",
+            "SimpleRNN",
+            "Bidirectional(LSTM)",
+            "RNN(StackedRNNCells)",
+        ]
+    with pytest.raises(KerasFileError, match=r"'lstm' .* is not a GRU"):
+        from_keras(path, "lstm")
+
+    x = np.random.default_rng(13).standard_normal((2, 6, 3)).astype(np.float32)
+    into_gru = _np(keras.Model(model.inputs[0], model.get_layer("lstm").output)(x))
+    ours = from_keras(path)  # the file's only GRU
+    with torch.no_grad():
+        y = ours(torch.from_numpy(into_gru))[0].numpy()
+    np.testing.assert_allclose(y, _np(keras.Model(model.inputs[0], model.get_layer("enc").output)(x)), atol=TOL)
+
+    torch.manual_seed(14)
+    new = gatedrnn.GRU(4, 5, batch_first=True)
+    to_keras(new, path)  # no name needed either
+    if suffix == ".keras":
+        loaded = keras.saving.load_model(path)
+    else:
+        loaded = build()
+        loaded.load_weights(path)
+    with torch.no_grad():
+        want = new(torch.from_numpy(into_gru))[0].numpy()
+    np.testing.assert_allclose(_np(keras.Model(loaded.inputs[0], loaded.get_layer("enc").output)(x)), want, atol=TOL)
+    before, after = _weights_of(model, "enc"), _weights_of(loaded, "enc")
+    for name in before:
+        for a, b in zip(after[name], before[name], strict=True):
+            np.testing.assert_array_equal(a, b)  # every other layer untouched
+
+
+@pytest.mark.parametrize(
+    ("reset_after", "use_bias", "go_backwards"), [(True, True, False), (False, True, True), (True, False, True)]
+)
+def test_rnn_of_gru_cell(reset_after: bool, use_bias: bool, go_backwards: bool, tmp_path: Path) -> None:
+    """``RNN(GRUCell(...))``, alone and in a Bidirectional: its settings are read (direction, reset
+    form, bias) and it computes as the GRU layer with the same settings."""
+    keras.utils.set_random_seed(15)
+
+    def cell(units: int):
+        return keras.layers.GRUCell(units, reset_after=reset_after, use_bias=use_bias)
+
+    inp = keras.Input((None, 3))
+    r = keras.layers.RNN(cell(4), return_sequences=True, go_backwards=go_backwards, name="r")(inp)
+    bi = keras.layers.Bidirectional(keras.layers.RNN(cell(2), return_sequences=True), name="bi")(r)
+    model = keras.Model(inp, bi)
+    for w in model.weights:
+        w.assign(np.random.default_rng(len(w.path)).uniform(-0.6, 0.6, w.shape).astype(np.float32))
+    path = tmp_path / "m.keras"
+    model.save(path)
+
+    info = {i["name"]: i for i in keras_layers(path)}
+    assert info["r"]["class_name"] == "RNN(GRUCell)" and info["bi"]["class_name"] == "Bidirectional(RNN(GRUCell))"
+    assert (info["r"]["go_backwards"], info["r"]["reset_after"], info["r"]["use_bias"]) == (
+        go_backwards,
+        reset_after,
+        use_bias,
+    )
+    assert info["bi"]["bidirectional"] and info["bi"]["go_backwards"] is False
+
+    x = np.random.default_rng(16).standard_normal((2, 7, 3)).astype(np.float32)
+    want_r = _np(keras.Model(inp, r)(x))
+    if go_backwards:
+        with pytest.raises(KerasFileError, match="go_backwards=True"):
+            from_keras(path, "r")
+    else:
+        with pytest.raises(KerasFileError, match=r"go_backwards: .* has go_backwards=False"):
+            from_keras(path, "r", go_backwards=True)
+    kw = {"go_backwards": True} if go_backwards else {}
+    read_r, read_bi = from_keras(path, "r", **kw), from_keras(path, "bi")
+    assert (read_r.reset_after, read_r.bias, read_bi.bidirectional) == (reset_after, use_bias, True)
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        np.testing.assert_allclose(read_r(xt.flip(1) if go_backwards else xt)[0].numpy(), want_r, atol=TOL)
+        np.testing.assert_allclose(read_bi(torch.from_numpy(want_r))[0].numpy(), _np(model(x)), atol=TOL)
+
+    torch.manual_seed(17)
+    new = gatedrnn.GRU(3, 4, batch_first=True, bias=use_bias, reset_after=reset_after)
+    with torch.no_grad():
+        for p in new.parameters():
+            p.uniform_(-0.6, 0.6)
+    to_keras(new, path, "r", **kw)
+    loaded = keras.saving.load_model(path)
+    with torch.no_grad():
+        want = new(xt.flip(1) if go_backwards else xt)[0].numpy()
+    np.testing.assert_allclose(_np(keras.Model(loaded.inputs[0], loaded.get_layer("r").output)(x)), want, atol=TOL)
+
+
+@pytest.mark.parametrize(
+    ("layer", "setting"),
+    [
+        (
+            lambda: keras.layers.RNN(keras.layers.GRUCell(4, activation="relu"), return_sequences=True),
+            "activation='relu'",
+        ),
+        (
+            lambda: keras.layers.RNN(keras.layers.GRUCell(4, recurrent_activation="hard_sigmoid")),
+            "recurrent_activation='hard_sigmoid'",
+        ),
+        (lambda: keras.layers.GRU(4, recurrent_activation="relu"), "recurrent_activation='relu'"),
+        (
+            lambda: keras.layers.Bidirectional(keras.layers.RNN(keras.layers.GRUCell(4, activation="sigmoid"))),
+            "activation='sigmoid'",
+        ),
+    ],
+    ids=["rnn-activation", "rnn-recurrent_activation", "gru-recurrent_activation", "bidirectional-rnn-activation"],
+)
+def test_settings_gatedrnn_cannot_compute_are_refused(layer, setting: str, tmp_path: Path) -> None:
+    path = tmp_path / "m.keras"
+    keras.Sequential([keras.Input((None, 3)), layer()]).save(path)
+    with pytest.raises(KerasFileError, match=setting.replace("(", r"\(")):
+        from_keras(path)
+    bidirectional = keras_layers(path)[0]["bidirectional"]
+    with pytest.raises(KerasFileError, match=setting):
+        to_keras(gatedrnn.GRU(3, 4, bidirectional=bidirectional), path)
+
+
+def test_stacks_of_reversed_layers_are_refused(tmp_path: Path) -> None:
+    """Two go_backwards=True layers: the second reads the first's outputs reversed again, so no
+    gatedrnn stack computes them; each layer on its own input flipped in time does."""
+    keras.utils.set_random_seed(18)
+    model = keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            keras.layers.GRU(4, return_sequences=True, go_backwards=True, name="a"),
+            keras.layers.GRU(4, return_sequences=True, go_backwards=True, name="b"),
+        ]
+    )
+    for w in model.weights:
+        w.assign(np.random.default_rng(len(w.path)).uniform(-0.6, 0.6, w.shape).astype(np.float32))
+    model.save(tmp_path / "m.keras")
+    model.save_weights(tmp_path / "m.weights.h5")
+    for path in (tmp_path / "m.keras", tmp_path / "m.weights.h5"):
+        with pytest.raises(KerasFileError, match=r"\['a', 'b'\] .* go_backwards=True"):
+            from_keras(path, ["a", "b"], go_backwards=True)
+        with pytest.raises(KerasFileError, match=r"\['a', 'b'\] .* go_backwards=True"):
+            to_keras(gatedrnn.GRU(3, 4, num_layers=2, batch_first=True), path, ["a", "b"], go_backwards=True)
+    # the documented way: each layer on its own input, flipped in time
+    a, b = (from_keras(tmp_path / "m.keras", name, go_backwards=True) for name in "ab")
+    x = np.random.default_rng(19).standard_normal((2, 6, 3)).astype(np.float32)
+    with torch.no_grad():
+        ya = a(torch.from_numpy(x).flip(1))[0]
+        y = b(ya.flip(1))[0].numpy()
+    np.testing.assert_allclose(y, _np(model(x)), atol=TOL)
+
+    # a forward layer under a reversed one, and a layer that outputs its last state only
+    mixed = keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            keras.layers.GRU(4, return_sequences=True, name="f"),
+            keras.layers.GRU(4, return_sequences=True, go_backwards=True, name="r"),
+        ]
+    )
+    mixed.save(tmp_path / "mixed.keras")
+    with pytest.raises(KerasFileError, match=r"\['r'\] .* go_backwards=True"):
+        from_keras(tmp_path / "mixed.keras", ["f", "r"])
+    last = keras.Sequential(
+        [
+            keras.Input((5, 3)),
+            keras.layers.GRU(4, name="g1"),
+            keras.layers.RepeatVector(5),
+            keras.layers.GRU(4, return_sequences=True, name="g2"),
+        ]
+    )
+    last.save(tmp_path / "last.keras")
+    with pytest.raises(KerasFileError, match=r"\['g1'\] .* return_sequences=False"):
+        from_keras(tmp_path / "last.keras", ["g1", "g2"])
+    assert from_keras(tmp_path / "last.keras", "g1").num_layers == 1  # alone it is a GRU: h_n is its output
+
+
+def test_keras_runs_the_backend_asked_for() -> None:
+    assert keras.backend.backend() == BACKEND
+
+
+@pytest.mark.skipif(not HAS_TENSORFLOW, reason="tensorflow is not installed")
+@pytest.mark.skipif(BACKEND != "torch", reason="started from the torch-backend run")
+def test_every_case_on_the_tensorflow_backend() -> None:
+    """This whole file again, with Keras on TensorFlow: every file gatedrnn writes loads there
+    with the same outputs, and files TensorFlow-backed Keras writes read the same."""
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "not tensorflow_backend"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=1200)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    summary = run.stdout.strip().splitlines()[-1]
+    assert re.search(r"\b\d+ passed\b", summary) and "skipped" not in summary, summary

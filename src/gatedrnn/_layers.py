@@ -30,9 +30,9 @@ def _check_config(variant: str, bias: bool, dropout: float, engine: str) -> None
             f"bias: variant {variant!r} takes its gates from the bias alone; with bias=False they would be "
             f"a constant 0.5. Expected bias=True for {variant}, got bias=False"
         )
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        # torch.nn.GRU also takes 1.0, which zeroes every inter-layer activation: refused here.
-        raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
+        # 1.0, as in torch.nn.GRU, zeroes every inter-layer activation in training
+        raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
     check_engine_name(engine)
 
 
@@ -204,11 +204,12 @@ class GRU(_Family):
     ``forward(input, hx=None, lengths=None, enforce_sorted=False, resets=None)``: ``input`` is
     ``[T, B, I]`` (``[B, T, I]`` with ``batch_first``), ``[T, I]`` unbatched, or a
     ``PackedSequence``; ``lengths`` (padded input only) gives each sequence's length: outputs past it
-    are zero and ``h_n`` is the state at its last step. ``resets``: a bool tensor shaped like the
-    input's time and batch axes (``[T, B]``, ``[B, T]`` with ``batch_first``, ``[T]`` unbatched, or a
-    ``PackedSequence`` of bools packed like ``input``): where true, the state is set to zero
-    before that step (episode boundaries), and no gradient flows across. Returns
-    ``(output, h_n)`` like ``torch.nn.GRU``.
+    are zero, ``h_n`` is the state at its last step, and what the input holds past it (even NaN or
+    inf) reaches no output and no gradient. ``resets``: a bool tensor shaped like the input's time
+    and batch axes (``[T, B]``, ``[B, T]`` with ``batch_first``, ``[T]`` unbatched, or a
+    ``PackedSequence`` of bools packed like ``input``): where true, the state is set to zero before
+    that step (episode boundaries), and no gradient flows across. Returns ``(output, h_n)`` like
+    ``torch.nn.GRU``.
     """
 
     def __init__(
@@ -235,6 +236,9 @@ class GRU(_Family):
         check_int("input_size", input_size, 1)
         check_int("hidden_size", hidden_size, 1)
         check_int("num_layers", num_layers, 1)
+        for flag, value in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(value, bool):  # torch.nn.GRU's check and message (GRUCell has none)
+                raise TypeError(f"{flag} should be of type bool, got: {type(value).__name__}")
         _check_config(variant, bias, dropout, engine)
         self.options = Options(layer_norm, recurrent_dropout, input_dropout, zoneout, weight_drop)
         if dropout > 0 and num_layers == 1:
@@ -382,25 +386,23 @@ class GRU(_Family):
             _check_like("hx", hx, w, "layer")
             h0 = hx.unsqueeze(1) if unbatched else hx
 
-        if batch == 0:
-            y = x.new_zeros((steps, 0, self.num_directions * self.hidden_size))
-            h_n = h0 + 0
-        else:
-            y, h_n, ran = rnn(
-                x,
-                h0,
-                self.layer_weights(),
-                self.spec,
-                self.reset_after,
-                dropout=self.dropout,
-                training=self.training,
-                engine=self.engine,
-                lengths=seq_lengths,
-                options=self.options,
-                resets=resets,
-            )
-            # a plain attribute: set past nn.Module.__setattr__'s parameter/buffer/module checks
-            object.__setattr__(self, "last_engine", ran)
+        y, h_n, ran = rnn(
+            x,
+            h0,
+            self.layer_weights(),
+            self.spec,
+            self.reset_after,
+            dropout=self.dropout,
+            training=self.training,
+            # an empty batch has nothing to compute: the reference's torch operations take it and
+            # connect the (empty) results to every parameter, as torch.nn.GRU's do
+            engine=self.engine if batch else "reference",
+            lengths=seq_lengths,
+            options=self.options,
+            resets=resets,
+        )
+        # a plain attribute: set past nn.Module.__setattr__'s parameter/buffer/module checks
+        object.__setattr__(self, "last_engine", ran)
         if packed_index is not None:
             assert isinstance(input, PackedSequence)
             out = PackedSequence(y[packed_index], input.batch_sizes, input.sorted_indices, input.unsorted_indices)

@@ -16,7 +16,7 @@ from torch import Tensor
 from ._options import LN_EPS, NONE, Extras
 from ._specs import Spec, split
 
-__all__ = ["carry", "layer_norm", "project", "run_layer", "step"]
+__all__ = ["carry", "layer_norm", "mask_padding", "project", "run_layer", "step"]
 
 
 def layer_norm(a: Tensor, gain_shift: tuple[Tensor, Tensor] | None, start: int = 0, stop: int | None = None) -> Tensor:
@@ -137,6 +137,17 @@ def carry(h_prev: Tensor, h_new: Tensor, zoneout: Tensor | float | None) -> Tens
     return zoneout * h_prev + (1 - zoneout) * h_new
 
 
+def mask_padding(x: Tensor, lengths: Tensor) -> Tensor:
+    """``x`` ``[T, B, *]`` with zeros at ``t >= lengths[b]``, whatever the padding held.
+
+    No state reads the padding, but a backward multiplies the zero gradient it gets there by what
+    was computed from it (``0 * NaN`` is NaN): NaN or inf past ``lengths`` (a batch made with
+    ``torch.empty``) would reach every weight's gradient. ``masked_fill``'s backward only zeroes.
+    """
+    padding = torch.arange(x.shape[0], device=x.device).unsqueeze(1) >= lengths.unsqueeze(0)
+    return x.masked_fill(padding.view(*padding.shape, *([1] * (x.dim() - 2))), 0)
+
+
 def run_layer(
     spec: Spec,
     reset_after: bool,
@@ -155,12 +166,15 @@ def run_layer(
         x: ``[T, B, I]``.
         h0: ``[B, H]``.
         lengths: ``[B]`` int64 on x's device, or None (all sequences have length T). At
-            ``t >= lengths[b]`` the state of sequence ``b`` is frozen and its output is zero.
+            ``t >= lengths[b]`` the state of sequence ``b`` is frozen and its output is zero;
+            what ``x`` holds there is never read (:func:`mask_padding`).
         extras: the options' per-call inputs (:class:`gatedrnn._options.Extras`).
 
     Returns:
         ``y`` ``[T, B, H]`` and ``h_n`` ``[B, H]``.
     """
+    if lengths is not None:
+        x = mask_padding(x, lengths)
     gx, nx = project(spec, x, w_ih, b_ih, b_hh, h0.shape[-1], extras.ln_ih)
     zoneout = extras.zoneout
     h = h0

@@ -46,6 +46,9 @@ class Engine(Protocol):
         lengths: ``[B]`` int64 or None; steps ``t >= lengths[b]`` keep the state, output 0.
         extras: the options' per-call inputs (:class:`gatedrnn._options.Extras`; default none).
     and returns ``(y [T, B, H], h_n [B, H])``, differentiable in x, h0 and every weight.
+    A backward never reads the caller's ``lengths`` (it may be refilled before ``backward()``):
+    an engine whose backward needs it keeps a copy. What ``x`` holds at ``t >= lengths[b]``
+    (NaN or inf included) reaches no output and no gradient.
     """
 
     name: str

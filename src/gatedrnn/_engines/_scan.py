@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._options import NONE, Extras
+from .._reference import mask_padding
 from .._specs import Spec
 from . import FORWARD_AD, FUNC_TRANSFORM, not_yet, recording
 from ._second_order import first_order
@@ -118,6 +119,8 @@ def mingru_layer(
         ``y`` ``[T, B, H]`` and ``h_n`` ``[B, H]``, differentiable by autograd.
     """
     hid = h0.shape[-1]
+    if lengths is not None:
+        x = mask_padding(x, lengths)  # padding never reaches a gradient, whatever it holds
     pre = F.linear(x, w_ih, b_ih)
     zpre, n = pre[..., :hid], pre[..., hid:]
     log_a = F.logsigmoid(zpre)

@@ -650,6 +650,10 @@ def run(
     if graphs is None:
         graphs = _graphs_enabled()
     cfg = _Config(spec, bool(reset_after), persistent, bool(graphs))
+    if lengths is not None:  # a copy: the backward reads it, and the caller may refill theirs before it runs
+        lengths = lengths.clone(memory_format=torch.contiguous_format)
+        # the dW_ih product multiplies the padding by its zero gradient: zeros there, not NaN
+        x = _reference.mask_padding(x, lengths)
     if x.is_cuda:
         with torch.cuda.device(x.device):  # Triton launches on the current device
             return _TritonLayer.apply(cfg, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
