@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import signal
+import stat
 import statistics
 import subprocess
 import sys
@@ -73,6 +74,18 @@ def test_compare_on_digits_learns_and_writes_every_artefact(tmp_path):
     again = Config.from_dict(load_toml(out / "config.toml"))
     assert again == cfg
     assert json.loads((out / "config.json").read_text()) == cfg.to_dict()
+
+
+def test_run_files_get_the_mode_of_any_file_the_user_writes(tmp_path):
+    """0o666 & ~umask (0o644 under umask 022), as open() gives, not mkstemp's private 0o600."""
+    old = os.umask(0o022)
+    try:
+        out, _, _ = run_compare(small(tmp_path, cells=["gru3"], epochs=1, train_limit=64, test_limit=32), say=None)
+    finally:
+        os.umask(old)
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert Path("checkpoints/gru3_lr0.01_s0.pt") in files and Path("summary.md") in files
+    assert {str(f): oct(stat.S_IMODE((out / f).stat().st_mode)) for f in files} == {str(f): "0o644" for f in files}
 
 
 def _model_params(cell: str, hidden: int):

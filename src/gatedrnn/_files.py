@@ -1,4 +1,4 @@
-"""Atomic file writes, shared by model files (interop) and downloaded / cached data (experiments).
+"""Atomic file writes: the one writer of model files (interop), run folders, downloads and caches.
 
 A file is written under a temporary name beside its destination, flushed and fsynced, then moved
 onto the destination with ``os.replace``; on any error the temporary file is removed and the
@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Iterator
 from typing import IO
 
-__all__ = ["atomic_file", "atomic_write", "fsync_dir"]
+__all__ = ["atomic_file", "atomic_write", "atomic_write_text", "fsync_dir"]
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:
@@ -69,3 +69,8 @@ def atomic_write(dest: str | os.PathLike[str], data: bytes, *, parents: bool = F
     """Write ``data`` to ``dest`` atomically (see :func:`atomic_file`)."""
     with atomic_file(dest, parents=parents) as handle:
         handle.write(data)
+
+
+def atomic_write_text(dest: str | os.PathLike[str], text: str, *, parents: bool = False) -> None:
+    """Write ``text`` (UTF-8) to ``dest`` atomically (see :func:`atomic_file`)."""
+    atomic_write(dest, text.encode("utf-8"), parents=parents)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._io import atomic_write_bytes, atomic_write_text
+from .._files import atomic_write, atomic_write_text
 from .config import Config, ConfigError, to_toml
 from .models import SequenceModel, default_dtype, model_for
 from .report import write_metrics
@@ -74,7 +74,7 @@ def _plot(curves: dict[str, dict[str, list[float]]], path: Path, title: str) -> 
     fig.suptitle(title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue(), parents=True)
 
 
 def run_gradients(cfg: Config, batch: int = 256) -> tuple[Path, str]:
@@ -105,7 +105,7 @@ def _run(cfg: Config, task: Task, batch: int) -> tuple[Path, str]:
     if data.tokens:
         raise ConfigError(f"task: gradient flow is measured on float inputs, not on text ({task.name!r})")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.toml", to_toml(cfg))
+    atomic_write_text(out / "config.toml", to_toml(cfg), parents=True)
     dtype, device = default_dtype(cfg.dtype), check_device(cfg.device)
     n = min(batch, len(data.test))
     x = data.test.x[:n].to(device=device, dtype=dtype)
@@ -127,12 +127,14 @@ def _run(cfg: Config, task: Task, batch: int) -> tuple[Path, str]:
         rows.append((cell, float(init[0] / init[-1]), float(trained[0] / trained[-1]), final.get("test_metric")))
     write_metrics(records, out)
     steps = x.shape[1]
-    atomic_write_text(out / "gradients.json", json.dumps({"task": cfg.task, "steps": steps, "norms": curves}) + "\n")
+    atomic_write_text(
+        out / "gradients.json", json.dumps({"task": cfg.task, "steps": steps, "norms": curves}) + "\n", parents=True
+    )
     lines = ["cell,stage,t,norm"]
     for cell, by_stage in curves.items():
         for stage, norms in by_stage.items():
             lines += [f"{cell},{stage},{t},{v!r}" for t, v in enumerate(norms, 1)]
-    atomic_write_text(out / "gradients.csv", "\n".join(lines) + "\n")
+    atomic_write_text(out / "gradients.csv", "\n".join(lines) + "\n", parents=True)
     title = f"gradient flow on {cfg.task} ({steps} steps), hidden {cfg.hidden}, {cfg.epochs} epochs"
     _plot(curves, out / "gradients.png", title)
     metric = task.metric
@@ -144,5 +146,5 @@ def _run(cfg: Config, task: Task, batch: int) -> tuple[Path, str]:
         shown = "" if value is None else (f"{100 * value:.1f}%" if metric == "accuracy" else f"{value:.4g}")
         table.append(f"| {cell} | {r_init:.3g} | {r_trained:.3g} | {shown} |")
     text = "\n".join(table) + "\n"
-    atomic_write_text(out / "gradients.md", f"# {title}\n\n{text}")
+    atomic_write_text(out / "gradients.md", f"# {title}\n\n{text}", parents=True)
     return out, text

@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write_bytes, atomic_write_text
+from .._files import atomic_write, atomic_write_text
 
 __all__ = ["format_table", "plot_curves", "read_metrics", "redraw", "summarize", "write_metrics"]
 
@@ -31,12 +31,14 @@ _CSV_FIELDS = [
 def write_metrics(records: list[dict[str, Any]], folder: str | Path) -> None:
     """``metrics.jsonl`` and ``metrics.csv`` from every epoch record so far (atomic rewrites)."""
     folder = Path(folder)
-    atomic_write_text(folder / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    atomic_write_text(
+        folder / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records), parents=True
+    )
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(records)
-    atomic_write_text(folder / "metrics.csv", buf.getvalue())
+    atomic_write_text(folder / "metrics.csv", buf.getvalue(), parents=True)
 
 
 def read_metrics(folder: str | Path) -> list[dict[str, Any]]:
@@ -130,13 +132,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def write_summary(rows: list[dict[str, Any]], folder: str | Path, title: str) -> str:
     table = format_table(rows)
     folder = Path(folder)
-    atomic_write_text(folder / "summary.md", f"# {title}\n\n{table}")
+    atomic_write_text(folder / "summary.md", f"# {title}\n\n{table}", parents=True)
     buf = io.StringIO()
     if rows:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    atomic_write_text(folder / "summary.csv", buf.getvalue())
+    atomic_write_text(folder / "summary.csv", buf.getvalue(), parents=True)
     return table
 
 
@@ -181,7 +183,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = ""
         fig.suptitle(title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue(), parents=True)
 
 
 def title_of(config: dict[str, Any]) -> str:

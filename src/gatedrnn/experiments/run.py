@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from .._files import atomic_write_text
 from . import distributed as dd
-from ._io import atomic_write_text
 from .config import Config, to_toml
 from .report import write_all, write_metrics
 from .tasks import build_task, get_task
@@ -74,8 +74,8 @@ def _run_compare(cfg: Config, resume: bool, say: Callable[[str], None] | None) -
     data = build_task(cfg)
     if dd.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.toml", to_toml(cfg))
-        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        atomic_write_text(out / "config.toml", to_toml(cfg), parents=True)
+        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n", parents=True)
         if say is not None:
             note = f" ({data.note})" if data.note else ""
             say(f"{task.name}: {len(data.train)} train / {len(data.test)} test examples{note}; run folder {out}")

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .._files import atomic_write
 from . import distributed as dd
-from ._io import atomic_write_bytes
 from .config import Config, ConfigError
 from .models import SequenceModel, count_params, default_dtype, model_for
 from .tasks import Split, Task, TaskData
@@ -296,4 +296,4 @@ def save_checkpoint(
         state["cuda_rng"] = torch.cuda.get_rng_state()
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue(), parents=True)
