@@ -3,8 +3,8 @@
 Every file here is built by the test itself (tiny IDX files, aclImdb folders and tarballs), with
 expected values written by hand or packed independently with ``struct``; downloads go through
 ``file://`` URLs or a fake opener, and a fixture makes any socket use fail, so no test touches the
-network. The real data sets in ``shared/data`` (beside the checkout) are read at the end; those
-tests skip when that folder is absent.
+network. The real data sets (the ``data_dir`` fixture: ``shared/data`` beside the checkout, else
+``$GATEDRNN_DATA``) are read at the end; those tests skip when neither is there.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import socket
 import struct
 import tarfile
@@ -39,19 +38,6 @@ from gatedrnn.experiments.data import (
     resolve_data_dir,
     tokenize,
 )
-
-
-def _find_shared_data() -> Path | None:
-    # CI clones the repo with shared/ beside it (<root>/../shared/data); worktrees sit deeper.
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "shared" / "data"
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-SHARED = _find_shared_data()
-needs_shared = pytest.mark.skipif(SHARED is None, reason="shared/data (the real data sets) is not beside the checkout")
 
 
 @pytest.fixture(autouse=True)
@@ -791,7 +777,25 @@ def test_vocab_errors(call, error: type, message: str) -> None:
         call()
 
 
-# --------------------------------------------------------------------------- real data (shared/)
+# ------------------------------------------------------------------- real data (data_dir fixture)
+def test_the_data_fixture_finds_the_folder_beside_the_checkout_then_the_env_and_else_skips(tmp_path: Path) -> None:
+    from conftest import data_dir_or_skip
+
+    repo = tmp_path / "parent" / "checkout"
+    repo.mkdir(parents=True)
+    with pytest.raises(pytest.skip.Exception, match=r"\.\./shared/data .*GATEDRNN_DATA"):
+        data_dir_or_skip(repo, {})
+    with pytest.raises(pytest.skip.Exception):
+        data_dir_or_skip(repo, {"GATEDRNN_DATA": str(tmp_path / "no-such-folder")})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert data_dir_or_skip(repo, {"GATEDRNN_DATA": str(elsewhere)}) == elsewhere
+    beside = tmp_path / "parent" / "shared" / "data"
+    beside.mkdir(parents=True)
+    assert data_dir_or_skip(repo, {"GATEDRNN_DATA": str(elsewhere)}) == beside
+    assert data_dir_or_skip(repo, {}) == beside
+
+
 def _plain_idx(path: Path) -> np.ndarray:
     """An independent reader: gunzip, skip the fixed header, reshape with the dims from the header."""
     raw = gzip.open(path).read()
@@ -800,46 +804,40 @@ def _plain_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw[4 + 4 * ndim :], dtype=np.uint8).reshape(dims)
 
 
-@needs_shared
-def test_real_fashion_mnist() -> None:
-    x, y = load_image_set("fashion-mnist", "test", SHARED)
+def test_real_fashion_mnist(data_dir: Path) -> None:
+    x, y = load_image_set("fashion-mnist", "test", data_dir)
     assert x.shape == (10000, 28, 28) and x.dtype == np.uint8 and y.shape == (10000,)
     assert np.bincount(y).tolist() == [1000] * 10
-    np.testing.assert_array_equal(x, _plain_idx(SHARED / "fashion-mnist" / "t10k-images-idx3-ubyte.gz"))
-    x, y = load_image_set("fashion-mnist", "train", SHARED)
+    np.testing.assert_array_equal(x, _plain_idx(data_dir / "fashion-mnist" / "t10k-images-idx3-ubyte.gz"))
+    x, y = load_image_set("fashion-mnist", "train", data_dir)
     assert x.shape == (60000, 28, 28) and np.bincount(y).tolist() == [6000] * 10
 
 
-@needs_shared
-def test_real_mnist() -> None:
-    x, y = load_image_set("mnist", "test", SHARED)
+def test_real_mnist(data_dir: Path) -> None:
+    x, y = load_image_set("mnist", "test", data_dir)
     assert x.shape == (10000, 28, 28)
     # MNIST test-set class counts, as published with the data set.
     assert np.bincount(y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
-    np.testing.assert_array_equal(x, _plain_idx(SHARED / "mnist" / "t10k-images-idx3-ubyte.gz"))
-    train_labels = read_idx(SHARED / "mnist" / "train-labels-idx1-ubyte.gz")
+    np.testing.assert_array_equal(x, _plain_idx(data_dir / "mnist" / "t10k-images-idx3-ubyte.gz"))
+    train_labels = read_idx(data_dir / "mnist" / "train-labels-idx1-ubyte.gz")
     assert train_labels.shape == (60000,) and train_labels[:5].tolist() == [5, 0, 4, 1, 9]
-    with pytest.raises(DatasetMissing, match=re.escape(str(SHARED / "mnist" / "train-images-idx3-ubyte.gz"))):
-        load_image_set("mnist", "train", SHARED)  # the training images are not in shared/data
 
 
-@needs_shared
-def test_real_rt_polarity() -> None:
-    texts, labels = load_rt_polarity(SHARED)
+def test_real_rt_polarity(data_dir: Path) -> None:
+    texts, labels = load_rt_polarity(data_dir)
     assert len(texts) == 10662 and labels.tolist() == [1] * 5331 + [0] * 5331
     assert texts[0].startswith("the rock is destined to be the 21st century's new")
     assert all(texts)
 
 
 @pytest.fixture(scope="session")
-def real_imdb(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[str], np.ndarray]]:
+def real_imdb(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[str], np.ndarray]]:
     """Both IMDB splits, parsed once per session from the real archive (cache in a temp folder)."""
     cache = tmp_path_factory.mktemp("imdb-cache")
-    return {split: load_imdb(split, SHARED, cache_dir=cache) for split in ("train", "test")}
+    return {split: load_imdb(split, data_dir, cache_dir=cache) for split in ("train", "test")}
 
 
-@needs_shared
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_real_imdb(real_imdb: dict, split: str) -> None:
     texts, labels = real_imdb[split]

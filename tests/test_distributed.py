@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from gatedrnn.experiments.report import read_metrics
@@ -46,6 +47,7 @@ def _run(cmd: list[str]) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process(tmp_path):
     for cell in ("gru1",):
         one, two = tmp_path / f"one-{cell}", tmp_path / f"two-{cell}"

@@ -218,6 +218,7 @@ def _env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     killed, ref = tmp_path / "killed", tmp_path / "ref"
     ckpt = killed / "checkpoints" / "gru1_lr0.01_s3.pt"
