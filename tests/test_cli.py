@@ -226,3 +226,94 @@ def test_a_preset_runs_through_compare(tmp_path):
     assert result.exit_code == 0, result.output
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["train_bits"], cfg["test_bits"], cfg["hidden"]) == (8, 16, 16)
+
+
+# --- run folders: never overwritten silently ---------------------------------------------------------
+
+TINY = ["--hidden", "4", "--epochs", "1", "--train-limit", "64", "--test-limit", "16", "--set", "threads=1"]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_existing_run_folder_is_refused_unless_resume_or_overwrite(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("compare", "--cells", "gru3", *TINY, "--out", str(out)).exit_code == 0
+    before = _snapshot(out)
+    for command in (["compare", "--cells", "mgu"], ["train", "--cell", "mgu"], ["gradients", "--cells", "mgu"]):
+        result = invoke(*command, *TINY, "--out", str(out))
+        assert_clean_error(result, f"--out {out}", "--resume", "--overwrite")
+    assert _snapshot(out) == before
+
+
+def test_resume_with_nothing_to_resume_is_an_error(tmp_path):
+    for command in (["compare"], ["train", "--cell", "gru3"], ["gradients"]):
+        assert_clean_error(invoke(*command, *TINY, "--resume", "--out", str(tmp_path / "none")), "nothing to resume")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert_clean_error(invoke("compare", *TINY, "--resume", "--out", str(tmp_path / "other")), "not a gatedrnn run")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "none").exists()
+
+
+def test_overwrite_replaces_the_run_and_leaves_nothing_beside_it(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("compare", "--cells", "gru3", *TINY, "--out", str(out)).exit_code == 0
+    result = invoke("compare", "--cells", "mgu", *TINY, "--overwrite", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "replacing the run" in result.output
+    assert {r["cell"] for r in read_metrics(out)} == {"mgu"}
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["mgu_lr0.005_s0.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no hidden build or old folder left
+
+
+def test_ctrl_c_during_an_overwrite_keeps_the_old_run(tmp_path, monkeypatch):
+    from gatedrnn.experiments import run as run_module
+
+    out = tmp_path / "run"
+    assert invoke("compare", "--cells", "gru3", *TINY, "--out", str(out)).exit_code == 0
+    before = _snapshot(out)
+    real = run_module.train_run
+
+    def train_then_ctrl_c(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "train_run", train_then_ctrl_c)
+    result = invoke("compare", "--cells", "mgu", *TINY, "--overwrite", "--out", str(out))
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert f"interrupted: {out} still holds the previous run" in result.output
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_ctrl_c_says_how_to_resume_and_report_names_the_missing_runs(tmp_path, monkeypatch):
+    from gatedrnn.experiments import run as run_module
+
+    out = tmp_path / "run"
+    real, calls = run_module.train_run, []
+
+    def second_run_interrupted(*args, **kwargs):
+        calls.append(args[4])  # the cell
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "train_run", second_run_interrupted)
+    args = ["compare", "--cells", "gru3,mgu,mingru", "--hidden", "4", "--epochs", "2", "--train-limit", "64"]
+    args += ["--test-limit", "16", "--threads", "1", "--no-progress", "--out", str(out)]
+    result = invoke(*args)
+    assert result.exit_code == 130
+    assert f"--resume --out {out}" in result.output and "Traceback" not in result.output
+    report = invoke("report", str(out))
+    assert report.exit_code == 0, report.output
+    assert "mgu_lr0.005_s0 (not started)" in report.output and "mingru_lr0.005_s0 (not started)" in report.output
+    assert "gru3_lr0.005_s0" not in report.output.split("unfinished")[1]
+    assert f"--config {out / 'config.toml'} --resume --out {out}" in report.output
+    monkeypatch.setattr(run_module, "train_run", real)
+    result = invoke(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "gru3_lr0.005_s0: resuming from epoch 2 of 2" in result.output
+    assert {r["cell"] for r in read_metrics(out)} == {"gru3", "mgu", "mingru"}
+    assert "unfinished" not in invoke("report", str(out)).output

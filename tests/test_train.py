@@ -255,3 +255,30 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     assert [[r[k] for k in keys] for r in a["history"]] == [[r[k] for k in keys] for r in b["history"]]
     # the run folder's metrics hold every epoch once, restored ones included
     assert [r["epoch"] for r in read_metrics(killed)] == list(range(1, 9))
+
+
+@pytest.mark.slow
+def test_sigkill_during_an_overwrite_leaves_the_old_run_intact(tmp_path):
+    old = tmp_path / "run"
+    run_compare(small(tmp_path, cells=["gru3"], epochs=1, train_limit=64, test_limit=16, out=str(old)), say=None)
+    before = {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    proc = subprocess.Popen(
+        _train_cmd(old, "--overwrite"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".run.overwrite-*/checkpoints/*.pt")):
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before its first checkpoint: {proc.stderr.read()[-2000:]!r}")
+            if time.monotonic() > deadline:
+                pytest.fail("no checkpoint after 120 s")
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
+    assert read_metrics(old)[0]["cell"] == "gru3"

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from .experiments._runfolder import RunInterrupted
+
 if TYPE_CHECKING:
     from .experiments.config import Config
 
@@ -52,6 +54,9 @@ def _clean_errors() -> Iterator[None]:
         yield
     except typer.Exit:  # an exit code chosen on purpose (click's Exit is a RuntimeError)
         raise
+    except RunInterrupted as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(code=130) from None
     except _user_errors() as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(code=1) from None
@@ -131,7 +136,10 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Any config key: --set seq_len=100 --set permute=true.")
 ]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="Fetch missing data sets (checksums verified).")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the checkpoints in --out.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoints.")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace the run in --out (the old one stays until the new one is done).")
+]
 ProgressOpt = Annotated[bool | None, typer.Option("--progress/--no-progress", help="tqdm bars per epoch.")]
 
 
@@ -166,6 +174,7 @@ def compare(
     test_limit: TestLimitOpt = None,
     set_: SetOpt = None,
     resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     progress: ProgressOpt = None,
 ) -> None:
     """Train several cells on one task: table, learning curves, metrics and config in a run folder."""
@@ -195,7 +204,7 @@ def compare(
             test_limit=test_limit,
             progress=progress,
         )
-        folder, _, table = run_compare(cfg, resume=resume)
+        folder, _, table = run_compare(cfg, resume=resume, overwrite=overwrite)
         from .experiments import distributed as dd
 
         if dd.is_main():
@@ -226,6 +235,7 @@ def train(
     test_limit: TestLimitOpt = None,
     set_: SetOpt = None,
     resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     progress: ProgressOpt = None,
 ) -> None:
     """One run (one cell, one learning rate, one seed) from a TOML config plus overrides.
@@ -264,7 +274,7 @@ def train(
             if len(getattr(cfg, key)) != 1:
                 what = key.rstrip("s")
                 raise CliError(f"{flag}: train runs one {what}, got {getattr(cfg, key)} (compare runs grids)")
-        folder, _, table = run_compare(cfg, resume=resume)
+        folder, _, table = run_compare(cfg, resume=resume, overwrite=overwrite)
         if dd.is_main():
             _print_table(folder, table)
         dd.teardown()
@@ -276,13 +286,17 @@ def report(
 ) -> None:
     """Re-draw the table (summary.md/.csv) and the curves (curves.png) of run folders from metrics.jsonl."""
     with _clean_errors():
-        from .experiments.report import redraw
+        from .experiments.report import continue_hint, read_config, read_metrics, redraw, unfinished
 
         for folder in folders:
             if not folder.is_dir():
                 raise CliError(f"folders: expected a run folder, got {str(folder)!r} (not a directory)")
             table = redraw(folder)
             typer.echo(f"{folder}:\n{table}")
+            missing = unfinished(read_metrics(folder), read_config(folder))
+            if missing:
+                typer.echo(f"partial run: {len(missing)} run(s) unfinished: {', '.join(missing)}")
+                typer.echo(continue_hint(folder))
 
 
 @app.command()
@@ -300,6 +314,8 @@ def gradients(
     train_limit: TrainLimitOpt = None,
     test_limit: TestLimitOpt = None,
     set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     progress: ProgressOpt = None,
 ) -> None:
     """Gradient flow: the norm of dL/dh_t against t for a loss on the last step, before and after training."""
@@ -323,7 +339,7 @@ def gradients(
             test_limit=test_limit,
             progress=progress,
         )
-        folder, table = run_gradients(cfg)
+        folder, table = run_gradients(cfg, resume=resume, overwrite=overwrite, say=typer.echo)
         typer.echo(table, nl=False)
         typer.echo(f"\nrun folder: {folder} (gradients.png, gradients.csv, gradients.json)")
 

@@ -153,7 +153,16 @@ class Config:
 
     def run_id(self, cell: str, lr: float, seed: int) -> str:
         """The name of one (cell, learning rate, seed) run inside a run folder."""
-        return f"{cell}_lr{lr:g}_s{seed}"
+        return run_id(cell, lr, seed)
+
+    def runs(self) -> list[str]:
+        """Every run of the grid, in the order they are trained."""
+        return [run_id(c, lr, s) for c in self.cells for lr in self.lr for s in self.seeds]
+
+
+def run_id(cell: str, lr: float, seed: int) -> str:
+    """The name of one (cell, learning rate, seed) run inside a run folder."""
+    return f"{cell}_lr{lr:g}_s{seed}"
 
 
 def _is_int(v: Any) -> bool:

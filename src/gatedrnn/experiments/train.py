@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -138,7 +139,10 @@ def evaluate(model: SequenceModel, task: Task, data: TaskData, split: Split, cfg
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint written by :func:`train_run`, read with ``weights_only=True`` (no pickled objects)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # a damaged or foreign file
+        raise ConfigError(f"resume: {str(path)!r} is not a readable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"resume: {str(path)!r} is not a gatedrnn checkpoint (format {CHECKPOINT_FORMAT})")
     return ckpt
@@ -166,6 +170,7 @@ def train_run(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> tuple[RunResult, SequenceModel]:
     """Train one model for ``cfg.epochs`` epochs, evaluating after each; returns its result and model.
 
@@ -174,6 +179,7 @@ def train_run(
         resume: continue from ``checkpoint`` if it exists (its config must match, except for the
             number of epochs and output options).
         on_epoch: called with each epoch's record (also for epochs restored from a checkpoint).
+        say: where a resumed run says so ("resuming from epoch N"; None: silent).
     """
     device = check_device(cfg.device)
     dtype = default_dtype(cfg.dtype)
@@ -199,6 +205,9 @@ def train_run(
             torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"])
+        if say is not None and dd.is_main():
+            done = " (finished already)" if start_epoch >= cfg.epochs else ""
+            say(f"{run_id}: resuming from epoch {start_epoch} of {cfg.epochs}{done}")
         for record in history:
             if on_epoch is not None:
                 on_epoch(record)
