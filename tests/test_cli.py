@@ -52,7 +52,8 @@ def test_compare_prints_the_table_and_writes_the_run_folder(tmp_path):
     result = invoke("compare", "--cells", "gru0,mingru", "--lr", "1e-2", *SMALL, "--no-progress", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert "| gru0 | 0.01 |" in result.output and "| mingru | 0.01 |" in result.output
-    assert (out / "summary.md").read_text().endswith(result.output.split("\n\n")[1].split("\nrun folder")[0] + "\n")
+    printed = result.output.split("\n\n", 1)[1].split("\nrun folder")[0]  # the table and its timing note
+    assert printed.startswith("| cell |") and (out / "summary.md").read_text().endswith(printed)
     for name in ("curves.png", "metrics.jsonl", "metrics.csv", "config.toml", "summary.csv"):
         assert (out / name).is_file()
     cfg = json.loads((out / "config.json").read_text())

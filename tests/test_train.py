@@ -88,6 +88,33 @@ def test_run_files_get_the_mode_of_any_file_the_user_writes(tmp_path):
     assert {str(f): oct(stat.S_IMODE((out / f).stat().st_mode)) for f in files} == {str(f): "0o644" for f in files}
 
 
+def test_seconds_per_epoch_leave_out_first_use_compilation(tmp_path, monkeypatch):
+    """The first forward of each cell stands for an engine compiling on first use: it moves a fake
+    clock by 100 s. No epoch's seconds may include it; the warm-up records it, the table says so."""
+    import types
+
+    from gatedrnn.experiments import train
+    from gatedrnn.experiments.models import SequenceModel
+
+    clock, compiled = [0.0], set()
+    real_forward = SequenceModel.forward
+
+    def forward(self, *args, **kwargs):
+        if self.cell not in compiled:
+            compiled.add(self.cell)
+            clock[0] += 100.0
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SequenceModel, "forward", forward)
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    out, _, table = run_compare(small(tmp_path, cells=["gru3", "mgu"], epochs=2, train_limit=64), say=None)
+    records = read_metrics(out)
+    assert [r["seconds"] for r in records] == [0.0] * 4
+    assert [r["warmup_seconds"] for r in records] == [100.0, 0.0, 100.0, 0.0]
+    assert all(float(row["seconds"]) == 0.0 for row in _csv(out / "summary.csv"))
+    assert "timed after an untimed warm-up step" in table and table in (out / "summary.md").read_text()
+
+
 def _model_params(cell: str, hidden: int):
     from gatedrnn.experiments.models import SequenceModel
 

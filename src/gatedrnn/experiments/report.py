@@ -33,9 +33,13 @@ __all__ = [
 ]
 
 METRIC_LABELS = {"accuracy": "test accuracy (%)", "mse": "test mse"}
+TIMING_NOTE = (
+    "s / epoch: the training batches of an epoch (evaluation not included), mean over epochs, timed after "
+    "an untimed warm-up step, so that an engine's first-use compilation is not counted."
+)
 _CSV_FIELDS = [
     "run", "cell", "lr", "seed", "epoch", "train_loss", "test_loss", "metric", "test_metric",
-    "seconds", "eval_seconds", "params",
+    "seconds", "eval_seconds", "warmup_seconds", "params",
 ]  # fmt: skip
 
 
@@ -170,7 +174,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             str(n),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + TIMING_NOTE + "\n"
 
 
 def write_summary(rows: list[dict[str, Any]], folder: str | Path, title: str) -> str:

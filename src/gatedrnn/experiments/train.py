@@ -8,6 +8,9 @@ config, written atomically; ``resume=True`` picks it up and continues to the sam
 that was never interrupted. Checkpoints hold tensors, numbers, strings, lists and dicts only and
 are read back with ``torch.load(weights_only=True)``.
 
+Seconds per epoch time the training batches alone, after an untimed warm-up step at each batch
+size the epoch uses (an engine compiles on first use; its record keeps that as ``warmup_seconds``).
+
 Under ``torchrun`` (see :mod:`gatedrnn.experiments.distributed`) each process takes its share of
 every global batch and the gradients are summed before the step: the same update as one process.
 """
@@ -137,6 +140,25 @@ def evaluate(model: SequenceModel, task: Task, data: TaskData, split: Split, cfg
     return float(sums[0]) / (n * elems), float(sums[1]) / _metric_count(task.kind, split)
 
 
+def _warm_up(model: SequenceModel, task: Task, data: TaskData, cfg: Config, dtype: torch.dtype, device) -> float:
+    """One untimed forward+backward (and forward without grad) at each batch size an epoch uses;
+    returns its seconds. An engine compiles on first use (numba: seconds per variant), which is not
+    the speed of the cell. No random stream, optimiser state or gradient is left changed."""
+    n = len(data.train)
+    sizes = sorted({min(cfg.batch_size, n), n % cfg.batch_size} - {0})
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for size in sizes:
+            idx = dd.shard(torch.arange(size))
+            if len(idx):
+                x, y, lengths = _batch(data.train, idx, dtype, device, task.kind, data.tokens)
+                loss_and_metric(task.kind, model(x, lengths), y)[0].backward()
+                with torch.no_grad():
+                    model(x, lengths)
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint written by :func:`train_run`, read with ``weights_only=True`` (no pickled objects)."""
     try:
@@ -218,6 +240,7 @@ def train_run(
     n = len(train)
     elems = train.y[0].numel() if task.kind != "classification" else 1
     model.train()
+    warmup = _warm_up(model, task, data, cfg, dtype, device) if start_epoch < cfg.epochs else 0.0
     for epoch in range(start_epoch, cfg.epochs):
         # --- one epoch: shuffled global batches, each process takes its share --------------------
         perm = torch.randperm(n, generator=order)
@@ -266,6 +289,7 @@ def train_run(
             "test_metric": test_metric,
             "seconds": seconds,
             "eval_seconds": time.perf_counter() - t1,
+            "warmup_seconds": warmup if epoch == start_epoch else 0.0,
             "params": result.params,
             "world_size": dd.world_size(),
         }
