@@ -120,6 +120,11 @@ def test_bad_options_are_one_line_errors(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("hidden = [")
     assert_clean_error(invoke("compare", "--config", str(bad), "--out", out), "not valid TOML")
+    assert_clean_error(invoke("compare", "--set", "engine=fusd", "--out", out), "did you mean 'fused'?")
+    assert_clean_error(invoke("compare", "--data-dir", "", "--out", out), "data_dir: expected a folder path")
+    # an engine named explicitly that cannot run here: said before training, not a traceback from the layer
+    assert_clean_error(invoke("compare", *TINY, "--set", "engine=scan", "--out", out), "engine: 'scan' cannot run")
+    assert not Path(out).exists()
 
 
 def test_missing_mnist_training_images_are_a_clean_error(tmp_path):
@@ -142,9 +147,22 @@ def test_corrupt_data_is_a_clean_error(tmp_path):
 
 
 def test_info_prints_versions_engines_tasks():
+    import gatedrnn
+
     result = invoke("info")
     assert result.exit_code == 0
-    assert "engines:" in result.output and "digits-rows" in result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"gatedrnn {gatedrnn.__version__}, torch ")
+    assert lines[2].split() == ["engine", "available", "variants"]
+    expected = gatedrnn.info()["engines"]
+    for name, entry in expected.items():  # one row per engine: its name, yes/no, its variants
+        row = next(line for line in lines if line.split()[:1] == [name])
+        assert row.split()[1] == ("yes" if entry["available"] else "no")
+        assert row.endswith(", ".join(entry["variants"]) or "-")
+    assert any(
+        line.split() == ["digits-rows", "scikit-learn", "digits,", "8", "steps", "of", "8", "pixels"] for line in lines
+    )
+    assert "{" not in result.output and "'available'" not in result.output  # no raw dicts
     result = invoke("info", "--json")
     data = json.loads(result.output)
     import gatedrnn
@@ -318,3 +336,83 @@ def test_ctrl_c_says_how_to_resume_and_report_names_the_missing_runs(tmp_path, m
     assert "gru3_lr0.005_s0: resuming from epoch 2 of 2" in result.output
     assert {r["cell"] for r in read_metrics(out)} == {"gru3", "mgu", "mingru"}
     assert "unfinished" not in invoke("report", str(out)).output
+
+
+# --- the command line itself ---------------------------------------------------------------------------
+
+
+def _unwrapped(text: str) -> str:
+    return "".join(text.split())  # help text wraps anywhere, hyphens included
+
+
+def test_help_shows_defaults_and_plain_flags():
+    for command in ("compare", "train", "gradients"):
+        text = invoke(command, "--help").output
+        assert "<bool>" not in text, command
+        flat = _unwrapped(text)
+        assert "Hiddenunitsperlayer.[default:64]" in flat and "Trainingepochs.[default:15]" in flat
+        assert "--downloadFetch" in flat and "--resumeContinue" in flat and "--overwriteReplace" in flat
+    assert "[default:digits-rows]" in _unwrapped(invoke("compare", "--help").output)
+    assert "[default:digits-pixels]" in _unwrapped(invoke("gradients", "--help").output)
+    assert "<bool>" not in invoke("--help").output
+
+
+def test_version():
+    import gatedrnn
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output == f"gatedrnn {gatedrnn.__version__}\n"
+
+
+def test_compare_train_and_gradients_share_every_run_option():
+    from gatedrnn.cli import RUN_OPTIONS
+
+    flags = {"set_": "--set", "progress": "--progress"}
+    for command in ("compare", "train", "gradients"):
+        text = invoke(command, "--help").output
+        for name in RUN_OPTIONS:
+            flag = flags.get(name, "--" + name.replace("_", "-"))
+            assert f"  {flag} " in text, (command, flag)
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["--task", "digits-row"], "did you mean 'digits-rows'?"),
+        (["--cells", "gru0,mgx"], "did you mean 'mgu'?"),
+        (["--set", "hiden=3"], "did you mean 'hidden'?"),
+        (["--set", "seq_lenght=3"], "did you mean 'seq_len'?"),
+    ],
+)
+def test_typos_get_a_did_you_mean(tmp_path, args, hint):
+    assert_clean_error(invoke("compare", *args, "--out", str(tmp_path / "r")), hint)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("error", [ValueError, RuntimeError, KeyError])
+def test_an_internal_error_keeps_its_traceback(tmp_path, monkeypatch, error):
+    """Only the project's own error types are one-line messages: a plain ValueError from deep code
+    is a bug and must show where it came from."""
+    from gatedrnn.experiments import run as run_module
+
+    def broken(*args, **kwargs):
+        raise error("deep inside")
+
+    monkeypatch.setattr(run_module, "run_compare", broken)
+    result = invoke("compare", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 1 and isinstance(result.exception, error)
+    assert "error: " not in result.output
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path, monkeypatch):
+    args = ["compare", "--cells", "gru3", *TINY]
+    quiet = invoke(*args, "--out", str(tmp_path / "a"))  # CliRunner's streams are not a terminal
+    assert quiet.exit_code == 0, quiet.output
+    assert "\r" not in quiet.output and "batch/s" not in quiet.output
+    from gatedrnn.experiments import train
+
+    monkeypatch.setattr(train, "on_a_terminal", lambda: True)
+    shown = invoke(*args, "--out", str(tmp_path / "b"))
+    assert shown.exit_code == 0 and "\r" in shown.output and "batch" in shown.output
+    hidden = invoke(*args, "--no-progress", "--out", str(tmp_path / "c"))
+    assert hidden.exit_code == 0 and "\r" not in hidden.output

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from .._files import atomic_file
+from ._console import on_a_terminal
 from ._datadir import CorruptData
 
 CHUNK = 1 << 20
@@ -44,7 +45,9 @@ def _stream(url: str, handle: IO[bytes], desc: str, timeout: float) -> None:
             if length and str(length).isdigit():
                 total = int(length)
         received = 0
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=None) as bar:
+        with tqdm(
+            total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not on_a_terminal()
+        ) as bar:
             for chunk in iter(lambda: response.read(CHUNK), b""):
                 handle.write(chunk)
                 received += len(chunk)

@@ -8,14 +8,28 @@ written into the run folder (``config.toml`` and ``config.json``) so that a run 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CELLS", "DEFAULT_CELLS", "OPTIMIZERS", "Config", "ConfigError", "load_toml", "to_toml"]
+from .._engines import ENGINES
+
+__all__ = [
+    "CELLS",
+    "DEFAULT_CELLS",
+    "OPTIMIZERS",
+    "Config",
+    "ConfigError",
+    "did_you_mean",
+    "load_toml",
+    "run_id",
+    "to_toml",
+]
 
 #: Cells the harness can build: the gatedrnn variants, then torch's LSTM and tanh RNN as baselines.
 CELLS = ("gru0", "gru1", "gru2", "gru3", "mgu", "mingru", "lstm", "rnn")
@@ -26,6 +40,14 @@ DTYPES = ("float32", "float64")
 
 class ConfigError(ValueError):
     """A configuration value (from a TOML file or the command line) that cannot be used."""
+
+
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to a mistyped ``word``, else ""."""
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclass
@@ -88,7 +110,7 @@ class Config:
             raise ConfigError(f"cells: expected a non-empty list of cell names from {list(CELLS)}, got {self.cells!r}")
         for c in self.cells:
             if c not in CELLS:
-                raise ConfigError(f"cells: expected names from {list(CELLS)}, got {c!r}")
+                raise ConfigError(f"cells: expected names from {list(CELLS)}, got {c!r}{did_you_mean(c, CELLS)}")
         if len(set(self.cells)) != len(self.cells):
             raise ConfigError(f"cells: expected each cell once, got {self.cells!r}")
         if isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool):
@@ -114,7 +136,8 @@ class Config:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
         if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer: expected one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+            hint = did_you_mean(self.optimizer, OPTIMIZERS)
+            raise ConfigError(f"optimizer: expected one of {list(OPTIMIZERS)}, got {self.optimizer!r}{hint}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype: expected one of {list(DTYPES)}, got {self.dtype!r}")
         for name in ("weight_decay", "clip", "momentum"):
@@ -129,6 +152,15 @@ class Config:
         for name in ("task", "engine", "device"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name}: expected a string, got {getattr(self, name)!r}")
+        if self.engine != "auto" and self.engine not in ENGINES:
+            choices = ["auto", *ENGINES]
+            raise ConfigError(
+                f"engine: expected one of {choices}, got {self.engine!r}{did_you_mean(self.engine, choices)}"
+            )
+        if self.data_dir is not None and (not isinstance(self.data_dir, str) or not self.data_dir):
+            raise ConfigError(f"data_dir: expected a folder path, got {self.data_dir!r}")
+        if self.out is not None and (not isinstance(self.out, str) or not self.out):
+            raise ConfigError(f"out: expected a folder path, got {self.out!r}")
         if self.test_bits < self.train_bits:
             raise ConfigError(f"test_bits: expected >= train_bits ({self.train_bits}), got {self.test_bits}")
 
@@ -143,7 +175,8 @@ class Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"config: unknown key(s) {unknown}; expected keys from {sorted(known)}")
+            named = ", ".join(f"{k!r}{did_you_mean(k, known)}" for k in unknown)
+            raise ConfigError(f"config: unknown key(s) {named}; expected keys from {sorted(known)}")
         merged = base.to_dict() if base is not None else {}
         merged.update(values)
         try:

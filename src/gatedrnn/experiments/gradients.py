@@ -27,7 +27,7 @@ from .config import Config, ConfigError, to_toml
 from .models import SequenceModel, default_dtype, model_for
 from .report import write_metrics
 from .tasks import Task, TaskData, build_task, get_task
-from .train import check_device, loss_and_metric, train_run
+from .train import check_device, check_engine, loss_and_metric, train_run
 
 __all__ = ["hidden_grad_norms", "run_gradients"]
 
@@ -112,6 +112,9 @@ def _run(
 ) -> tuple[Path, str]:
     import time
 
+    device = check_device(cfg.device)
+    for cell in cfg.cells:  # before the folder is claimed: a config error leaves nothing behind
+        check_engine(cfg, cell, default_dtype(cfg.dtype), device)
     out = Path(cfg.out) if cfg.out else Path("runs") / f"gradients-{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = claim(out, resume=resume, overwrite=overwrite)
     cfg.out = str(out)

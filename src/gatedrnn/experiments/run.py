@@ -15,9 +15,10 @@ from .._files import atomic_write_text
 from . import distributed as dd
 from ._runfolder import RunFolder, RunFolderError, claim, writing
 from .config import Config, to_toml
+from .models import default_dtype
 from .report import write_all, write_metrics
 from .tasks import build_task, get_task
-from .train import RunResult, check_device, train_run
+from .train import RunResult, check_device, check_engine, train_run
 
 __all__ = ["default_out", "run_compare"]
 
@@ -83,7 +84,9 @@ def run_compare(
 def _run_compare(
     cfg: Config, resume: bool, overwrite: bool, say: Callable[[str], None] | None
 ) -> tuple[Path, list[RunResult], str]:
-    check_device(cfg.device)
+    device = check_device(cfg.device)
+    for cell in cfg.cells:  # before the folder is claimed: a config error leaves nothing behind
+        check_engine(cfg, cell, default_dtype(cfg.dtype), device)
     if dd.setup(cfg.device) and dd.is_main() and say is not None:
         say(f"distributed: {dd.world_size()} processes, backend {dd.backend()}")
     folder = _claimed(cfg, resume, overwrite)

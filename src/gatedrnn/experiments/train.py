@@ -31,8 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .. import SPECS
+from .._engines import get_engine
 from .._files import atomic_write
 from . import distributed as dd
+from ._console import on_a_terminal
 from .config import Config, ConfigError
 from .models import SequenceModel, count_params, default_dtype, model_for
 from .tasks import Split, Task, TaskData
@@ -68,6 +71,19 @@ def check_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {name!r}")
     return device
+
+
+def check_engine(cfg: Config, cell: str, dtype: torch.dtype, device: torch.device) -> None:
+    """A :class:`ConfigError` when ``cfg.engine``, named explicitly, cannot run ``cell`` here
+    (before any training: the layer itself would raise at its first forward)."""
+    if cfg.engine == "auto" or cell not in SPECS:
+        return
+    try:
+        why = get_engine(cfg.engine).unavailable(SPECS[cell], torch.empty(0, dtype=dtype, device=device))
+    except ImportError as e:
+        raise ConfigError(f"engine: {cfg.engine!r} is not installed here ({e})") from e
+    if why is not None:
+        raise ConfigError(f"engine: {cfg.engine!r} cannot run cell {cell!r} here: {why}")
 
 
 def make_optimizer(cfg: Config, params, lr: float) -> torch.optim.Optimizer:
@@ -205,6 +221,7 @@ def train_run(
     """
     device = check_device(cfg.device)
     dtype = default_dtype(cfg.dtype)
+    check_engine(cfg, cell, dtype, device)
     run_id = cfg.run_id(cell, lr, seed)
 
     # --- the seed: initialisation, then the order of the examples -------------------------------
@@ -250,7 +267,7 @@ def train_run(
             batches,
             desc=f"{run_id} {epoch + 1}/{cfg.epochs}",
             leave=False,
-            disable=not (cfg.progress and dd.is_main()),
+            disable=not (cfg.progress and dd.is_main() and on_a_terminal()),
             unit="batch",
         )
         for start in bar:
