@@ -394,7 +394,7 @@ _ALL = [
     Task("co2", "weekly Mauna Loa CO2 (statsmodels), next value", "regression", False, "mse", _series("co2")),
     Task(
         "noise",
-        "uniform noise (batch, 20, 500) -> 500 targets: the seed notebook's timing workload",
+        "uniform noise (batch, 20, 500) -> 500 targets: the timing workload of the public notebook of Dey & Salem's variants",
         "regression",
         False,
         "mse",
