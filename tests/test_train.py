@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -245,16 +246,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
-    killed, ref = tmp_path / "killed", tmp_path / "ref"
-    ckpt = killed / "checkpoints" / "gru1_lr0.01_s3.pt"
-    log = tmp_path / "killed.log"
+def _kill_at_first_checkpoint(cmd: list[str], written: Callable[[], object], log: Path) -> None:
+    """Start ``cmd``, SIGKILL it as soon as ``written()`` (its first checkpoint) is true."""
     with log.open("wb") as err:
-        proc = subprocess.Popen(_train_cmd(killed), env=_env(), stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 120
-        while not ckpt.exists():
+        while not written():
             if proc.poll() is not None:
                 pytest.fail(f"the run ended before its first checkpoint: {log.read_text()[-2000:]}")
             if time.monotonic() > deadline:
@@ -267,6 +265,13 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
+    killed, ref = tmp_path / "killed", tmp_path / "ref"
+    ckpt = killed / "checkpoints" / "gru1_lr0.01_s3.pt"
+    _kill_at_first_checkpoint(_train_cmd(killed), lambda: ckpt.exists(), tmp_path / "killed.log")
     done = load_checkpoint(ckpt)["epoch"]
     assert 1 <= done < 8, f"the run was killed after epoch {done} of 8"
 
@@ -289,23 +294,10 @@ def test_sigkill_during_an_overwrite_leaves_the_old_run_intact(tmp_path):
     old = tmp_path / "run"
     run_compare(small(tmp_path, cells=["gru3"], epochs=1, train_limit=64, test_limit=16, out=str(old)), say=None)
     before = {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()}
-    proc = subprocess.Popen(
-        _train_cmd(old, "--overwrite"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not list(tmp_path.glob(".run.overwrite-*/checkpoints/*.pt")):
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended before its first checkpoint: {proc.stderr.read()[-2000:]!r}")
-            if time.monotonic() > deadline:
-                pytest.fail("no checkpoint after 120 s")
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+
+    def building() -> bool:  # the new run's first checkpoint, in the hidden folder beside the old one
+        return bool(list(tmp_path.glob(".run.overwrite-*/checkpoints/*.pt")))
+
+    _kill_at_first_checkpoint(_train_cmd(old, "--overwrite"), building, tmp_path / "overwrite.log")
     assert {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
     assert read_metrics(old)[0]["cell"] == "gru3"
