@@ -331,7 +331,7 @@ def test_ctrl_c_says_how_to_resume_and_report_names_the_missing_runs(tmp_path, m
     assert "gru3_lr0.005_s0" not in report.output.split("unfinished")[1]
     assert f"--config {out / 'config.toml'} --resume --out {out}" in report.output
     monkeypatch.setattr(run_module, "train_run", real)
-    result = invoke(*args, "--resume")
+    result = invoke("compare", "--config", str(out / "config.toml"), "--resume", "--out", str(out))  # the hint
     assert result.exit_code == 0, result.output
     assert "gru3_lr0.005_s0: resuming from epoch 2 of 2" in result.output
     assert {r["cell"] for r in read_metrics(out)} == {"gru3", "mgu", "mingru"}

@@ -156,7 +156,9 @@ def evaluate(model: SequenceModel, task: Task, data: TaskData, split: Split, cfg
     return float(sums[0]) / (n * elems), float(sums[1]) / _metric_count(task.kind, split)
 
 
-def _warm_up(model: SequenceModel, task: Task, data: TaskData, cfg: Config, dtype: torch.dtype, device) -> float:
+def _warm_up(
+    model: SequenceModel, task: Task, data: TaskData, cfg: Config, dtype: torch.dtype, device: torch.device
+) -> float:
     """One untimed forward+backward (and forward without grad) at each batch size an epoch uses;
     returns its seconds. An engine compiles on first use (numba: seconds per variant), which is not
     the speed of the cell. No random stream, optimiser state or gradient is left changed."""
