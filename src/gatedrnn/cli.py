@@ -171,6 +171,38 @@ RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "layers": (Annotated[int | None, typer.Option(help=_help("Stacked recurrent layers.", "layers"))], None),
     "epochs": (Annotated[int | None, typer.Option(help=_help("Training epochs.", "epochs"))], None),
     "optimizer": (Annotated[str | None, typer.Option(help=_help("adam, adamw, rmsprop or sgd.", "optimizer"))], None),
+    "layer_norm": (
+        Annotated[
+            bool | None,
+            typer.Option(
+                "--layer-norm/--no-layer-norm",
+                help="Layer-normalised gatedrnn cells (a cell name's +ln does it for one cell).",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    "recurrent_dropout": (
+        Annotated[
+            float | None,
+            typer.Option(help=_help("Variational dropout of h in the recurrent products (+rdP).", "recurrent_dropout")),
+        ],
+        None,
+    ),
+    "input_dropout": (
+        Annotated[
+            float | None, typer.Option(help=_help("Variational dropout of each layer's input (+idP).", "input_dropout"))
+        ],
+        None,
+    ),
+    "zoneout": (
+        Annotated[float | None, typer.Option(help=_help("Zoneout probability (+zoP).", "zoneout"))],
+        None,
+    ),
+    "weight_drop": (
+        Annotated[float | None, typer.Option(help=_help("DropConnect on weight_hh (+wdP).", "weight_drop"))],
+        None,
+    ),
     "batch_size": (Annotated[int | None, typer.Option(help=_help("Global batch size.", "batch_size"))], None),
     "clip": (Annotated[float | None, typer.Option(help=_help("Max gradient norm (0: no clipping).", "clip"))], None),
     "dtype": (Annotated[str | None, typer.Option(help=_help("float32 or float64.", "dtype"))], None),
@@ -271,7 +303,12 @@ def _run(cfg: Config, opts: dict[str, Any]) -> None:
 def compare(
     opts: dict[str, Any],
     cells: Annotated[
-        list[str] | None, typer.Option(help=_help(f"Cells, comma-separated, from {','.join(CELLS)}.", "cells"))
+        list[str] | None,
+        typer.Option(
+            help=_help(
+                f"Cells, comma-separated, from {','.join(CELLS)}; options as gru0+ln, mgu+zo0.1+rd0.25.", "cells"
+            )
+        ),
     ] = None,
     lr: Annotated[
         list[str] | None, typer.Option(help=_help("Learning rate(s); several (1e-3,1e-4) make a sweep.", "lr"))

@@ -18,22 +18,58 @@ from pathlib import Path
 from typing import Any
 
 from .._engines import ENGINES
+from .._options import Options
+from .._specs import SPECS
 
 __all__ = [
     "CELLS",
+    "CELL_OPTIONS",
     "DEFAULT_CELLS",
     "OPTIMIZERS",
     "Config",
     "ConfigError",
     "did_you_mean",
     "load_toml",
+    "parse_cell",
     "run_id",
     "to_toml",
 ]
 
 #: Cells the harness can build: the gatedrnn variants, then torch's LSTM and tanh RNN as baselines.
-CELLS = ("gru0", "gru1", "gru2", "gru3", "mgu", "mingru", "lstm", "rnn")
-DEFAULT_CELLS = ("gru0", "gru1", "gru2", "gru3", "mgu", "mingru", "lstm")
+CELLS = (*SPECS, "lstm", "rnn")
+DEFAULT_CELLS = (*SPECS, "lstm")
+#: A gatedrnn cell's name may carry options (gatedrnn._options): ``gru0+ln`` (layer norm),
+#: ``gru0+rd0.25`` (recurrent dropout 0.25), ``+id`` input dropout, ``+zo`` zoneout, ``+wd``
+#: DropConnect; e.g. ``mgu+ln+zo0.1``. They win over the config's keys of the same options.
+CELL_OPTIONS = {
+    "ln": "layer_norm",
+    "rd": "recurrent_dropout",
+    "id": "input_dropout",
+    "zo": "zoneout",
+    "wd": "weight_drop",
+}
+
+
+def parse_cell(name: str) -> tuple[str, dict[str, bool | float]]:
+    """``(base cell, options)`` of a cell name such as ``"gru0+ln+rd0.25"``; ConfigError if malformed."""
+    base, *parts = name.split("+")
+    options: dict[str, bool | float] = {}
+    for part in parts:
+        key, value = part[:2], part[2:]
+        if key not in CELL_OPTIONS or (key == "ln") != (value == ""):
+            raise ConfigError(
+                f"cells: {name!r}: expected options +ln, +rdP, +idP, +zoP or +wdP (P a probability), got +{part}"
+            )
+        if key == "ln":
+            options["layer_norm"] = True
+            continue
+        try:
+            options[CELL_OPTIONS[key]] = float(value)
+        except ValueError:
+            raise ConfigError(f"cells: {name!r}: expected a probability after +{key}, got {value!r}") from None
+    return base, options
+
+
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 DTYPES = ("float32", "float64")
 
@@ -65,6 +101,12 @@ class Config:
     dropout: float = 0.0  # between stacked layers
     reset_after: bool = True  # the reset form of the gatedrnn cells
     engine: str = "auto"  # gatedrnn engine ("auto", "reference", "fused", "triton")
+    # the gatedrnn cells' options (gatedrnn._options); a cell name's +ln, +rdP ... win over these
+    layer_norm: bool = False
+    recurrent_dropout: float = 0.0
+    input_dropout: float = 0.0
+    zoneout: float = 0.0
+    weight_drop: float = 0.0
     # how to train
     epochs: int = 15
     lr: list[float] = field(default_factory=lambda: [5e-3])  # several values: a sweep
@@ -109,8 +151,11 @@ class Config:
         if not isinstance(self.cells, list) or not self.cells:
             raise ConfigError(f"cells: expected a non-empty list of cell names from {list(CELLS)}, got {self.cells!r}")
         for c in self.cells:
-            if c not in CELLS:
-                raise ConfigError(f"cells: expected names from {list(CELLS)}, got {c!r}{did_you_mean(c, CELLS)}")
+            base, options = parse_cell(c)
+            if base not in CELLS:
+                raise ConfigError(f"cells: expected names from {list(CELLS)}, got {c!r}{did_you_mean(base, CELLS)}")
+            if options and base not in SPECS:
+                raise ConfigError(f"cells: {c!r}: options (+ln, +rd, ...) are for the gatedrnn cells, not {base!r}")
         if len(set(self.cells)) != len(self.cells):
             raise ConfigError(f"cells: expected each cell once, got {self.cells!r}")
         if isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool):
@@ -146,6 +191,12 @@ class Config:
                 raise ConfigError(f"{name}: expected a number >= 0, got {v!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
+        try:
+            Options(self.layer_norm, self.recurrent_dropout, self.input_dropout, self.zoneout, self.weight_drop)
+            for c in self.cells:
+                self.cell_options(c)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         for name in ("reset_after", "permute", "progress", "download"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
@@ -163,6 +214,15 @@ class Config:
             raise ConfigError(f"out: expected a folder path, got {self.out!r}")
         if self.test_bits < self.train_bits:
             raise ConfigError(f"test_bits: expected >= train_bits ({self.train_bits}), got {self.test_bits}")
+
+    def cell_options(self, cell: str) -> dict[str, bool | float]:
+        """The gatedrnn options of ``cell`` (none for torch's cells): the config's, then its name's."""
+        base, own = parse_cell(cell)
+        if base not in SPECS:
+            return {}
+        options = {f: getattr(self, f) for f in CELL_OPTIONS.values()}
+        options.update(own)
+        return Options(**options).non_default()
 
     # --- conversions -------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from .._engines import get_engine
 from .._files import atomic_write
 from . import distributed as dd
 from ._console import on_a_terminal
-from .config import Config, ConfigError
+from .config import Config, ConfigError, parse_cell
 from .models import SequenceModel, count_params, default_dtype, model_for
 from .tasks import Split, Task, TaskData
 
@@ -76,6 +76,7 @@ def check_device(name: str) -> torch.device:
 def check_engine(cfg: Config, cell: str, dtype: torch.dtype, device: torch.device) -> None:
     """A :class:`ConfigError` when ``cfg.engine``, named explicitly, cannot run ``cell`` here
     (before any training: the layer itself would raise at its first forward)."""
+    cell = parse_cell(cell)[0]
     if cfg.engine == "auto" or cell not in SPECS:
         return
     try:
