@@ -13,7 +13,9 @@ computes the same function:
   is the negated ``f`` block (equal in exact arithmetic; float32 rounding of ``σ(-p)`` versus
   ``1 - σ(p)`` differs by about one ulp).
 * refused: any variant with ``reset_after=False`` (``torch.nn.GRU`` has no such form), ``mingru``
-  (linear candidate, no recurrent weights).
+  (linear candidate, no recurrent weights), and every option of :mod:`gatedrnn._options`
+  (``layer_norm``, ``recurrent_dropout``, ``input_dropout``, ``zoneout``, ``weight_drop``):
+  ``torch.nn.GRU`` has none of them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ __all__ = ["from_torch", "to_torch"]
 
 
 def _check_torchable(model: GRU | GRUCell) -> None:
+    options = model.options.non_default()
+    if options:
+        listed = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        raise ValueError(
+            f"model: torch.nn.GRU has no {' and no '.join(options)}, so it cannot compute this layer ({listed}); "
+            "expected a layer with every option off. gatedrnn.save and gatedrnn.export_onnx keep them"
+        )
     spec = model.spec
     why = spec.torch_expressible(model.reset_after)
     if why is None:
@@ -81,8 +90,8 @@ def to_torch(model: GRU | GRUCell) -> nn.GRU | nn.GRUCell:
             training mode.
 
     Raises:
-        ValueError: ``mingru`` or ``reset_after=False`` (no exact ``torch.nn.GRU`` equivalent), or
-            not a gatedrnn layer.
+        ValueError: ``mingru``, ``reset_after=False`` or an option that is on (no exact
+            ``torch.nn.GRU`` equivalent).
     """
     if not isinstance(model, (GRU, GRUCell)):
         raise TypeError(f"model: expected a gatedrnn.GRU or gatedrnn.GRUCell, got {type(model).__name__}")
