@@ -504,6 +504,122 @@ def test_stacks_of_reversed_layers_are_refused(tmp_path: Path) -> None:
     assert from_keras(tmp_path / "last.keras", "g1").num_layers == 1  # alone it is a GRU: h_n is its output
 
 
+def test_keras_dropout_masks() -> None:
+    """Why the settings map as they do (Keras' own cell): ``dropout`` alone is one mask on the
+    input, shared by the gate blocks (gatedrnn's input_dropout); ``recurrent_dropout`` draws one
+    mask per gate block (z, r, h), where gatedrnn draws one shared mask, and then three for the
+    input too."""
+    x, h = keras.ops.ones((5, 3)), keras.ops.ones((5, 4))
+    plain = keras.layers.GRU(4, dropout=0.5)
+    plain.build((None, None, 3))
+    mask = _np(plain.cell.get_dropout_mask(x))
+    assert mask.shape == (5, 3) and set(np.unique(mask)) <= {0.0, 2.0}  # one mask, scaled by 1/(1-p)
+    both = keras.layers.GRU(4, dropout=0.5, recurrent_dropout=0.5)
+    both.build((None, None, 3))
+    keras.utils.set_random_seed(0)
+    masks = [_np(m) for m in both.cell.get_recurrent_dropout_mask(h)]
+    assert len(masks) == 3 and len(both.cell.get_dropout_mask(x)) == 3
+    assert not (np.array_equal(masks[0], masks[1]) and np.array_equal(masks[1], masks[2]))
+
+
+def _gru_layers(model) -> list:
+    out = []
+    for layer in model.layers:
+        out += [layer.forward_layer, layer.backward_layer] if hasattr(layer, "forward_layer") else [layer]
+    return out
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_dropout_settings_both_ways(bidirectional: bool, tmp_path: Path) -> None:
+    """input_dropout is Keras' dropout, in a new file's config and back; recurrent_dropout is
+    written and read only when asked for; eval outputs agree in Keras."""
+    torch.manual_seed(12)
+    ours = gatedrnn.GRU(3, 4, num_layers=2, bidirectional=bidirectional, batch_first=True, input_dropout=0.25)
+    x = np.random.default_rng(12).standard_normal((2, 6, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = ours.eval()(torch.from_numpy(x))[0].numpy()
+    path = tmp_path / "new.keras"
+    to_keras(ours, path)
+    loaded = keras.saving.load_model(path)
+    grus = _gru_layers(loaded)
+    assert len(grus) == 2 * ours.num_directions
+    assert [(g.dropout, g.recurrent_dropout) for g in grus] == [(0.25, 0.0)] * len(grus)
+    np.testing.assert_allclose(_np(loaded(x)), want, atol=TOL)  # Keras' call: training=False
+    names = [layer["name"] for layer in keras_layers(path)]
+    back = from_keras(path, names)
+    assert (back.options.input_dropout, back.options.recurrent_dropout) == (0.25, 0.0)
+
+    with_rd = gatedrnn.GRU(3, 4, num_layers=2, bidirectional=bidirectional, batch_first=True, recurrent_dropout=0.5)
+    with pytest.raises(ValueError, match=r"recurrent_dropout=0\.5: Keras' recurrent_dropout draws three"):
+        to_keras(with_rd, tmp_path / "rd.keras")
+    assert not (tmp_path / "rd.keras").exists()
+    to_keras(with_rd, tmp_path / "rd.keras", recurrent_dropout=0.375)
+    loaded = keras.saving.load_model(tmp_path / "rd.keras")
+    assert [(g.dropout, g.recurrent_dropout) for g in _gru_layers(loaded)] == [(0.0, 0.375)] * len(grus)
+    with pytest.raises(KerasFileError, match=r"recurrent_dropout: .* have recurrent_dropout=0\.375"):
+        from_keras(tmp_path / "rd.keras", names)
+    back = from_keras(tmp_path / "rd.keras", names, recurrent_dropout=0.125)
+    assert (back.options.input_dropout, back.options.recurrent_dropout) == (0.0, 0.125)
+
+
+def test_dropout_read_from_a_keras_model_and_written_into_it(tmp_path: Path) -> None:
+    """A model built in Keras (a GRU, an RNN(GRUCell)): dropout is read, recurrent_dropout only
+    when asked for; writing into a layer replaces its settings with the model's and keeps the
+    other layers' configs."""
+    keras.utils.set_random_seed(13)
+    inp = keras.Input((None, 3))
+    y = keras.layers.GRU(5, return_sequences=True, dropout=0.2, name="enc")(inp)
+    cell = keras.layers.GRUCell(5, dropout=0.2, recurrent_dropout=0.3)
+    y = keras.layers.RNN(cell, return_sequences=True, name="other")(y)
+    model = keras.Model(inp, y)
+    model.save(tmp_path / "m.keras")
+    enc = keras.Model(inp, model.get_layer("enc").output)
+    x = np.random.default_rng(13).standard_normal((2, 7, 3)).astype(np.float32)
+    ours = from_keras(tmp_path / "m.keras", "enc")
+    assert (ours.options.input_dropout, ours.options.recurrent_dropout) == (0.2, 0.0)
+    with torch.no_grad():
+        np.testing.assert_allclose(ours.eval()(torch.from_numpy(x))[0].numpy(), _np(enc(x)), atol=TOL)
+    with pytest.raises(KerasFileError, match=r"recurrent_dropout: .*\['other'\].* have recurrent_dropout=0\.3"):
+        from_keras(tmp_path / "m.keras", "other")
+    other = from_keras(tmp_path / "m.keras", "other", recurrent_dropout=0.25)
+    assert (other.options.input_dropout, other.options.recurrent_dropout) == (0.2, 0.25)
+    with pytest.raises(KerasFileError, match="mix dropout settings"):
+        from_keras(tmp_path / "m.keras", ["enc", "other"], recurrent_dropout=0.0)
+
+    torch.manual_seed(14)
+    new = gatedrnn.GRU(5, 5, batch_first=True, input_dropout=0.125)
+    to_keras(new, tmp_path / "m.keras", "other")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert (loaded.get_layer("enc").dropout, loaded.get_layer("enc").recurrent_dropout) == (0.2, 0.0)
+    rnn_cell = loaded.get_layer("other").cell
+    assert (rnn_cell.dropout, rnn_cell.recurrent_dropout) == (0.125, 0.0)
+    hidden = np.random.default_rng(14).standard_normal((2, 7, 5)).astype(np.float32)
+    with torch.no_grad():
+        want = new.eval()(torch.from_numpy(hidden))[0].numpy()
+    np.testing.assert_allclose(_np(loaded.get_layer("other")(hidden)), want, atol=TOL)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"layer_norm": True}, r"Keras' GRU has no layer_norm \(layer_norm=True\)"),
+        ({"zoneout": 0.25}, r"Keras' GRU has no zoneout \(zoneout=0\.25\)"),
+        ({"weight_drop": 0.25}, r"Keras' GRU has no weight_drop \(weight_drop=0\.25\)"),
+        ({"layer_norm": True, "zoneout": 0.5}, "no layer_norm and no zoneout"),
+    ],
+)
+def test_options_keras_lacks_are_refused(option: dict, message: str, tmp_path: Path) -> None:
+    model = gatedrnn.GRU(3, 4, batch_first=True, **option)
+    for name in ("new.keras", "new.weights.h5"):
+        with pytest.raises(ValueError, match=message):
+            to_keras(model, tmp_path / name)
+        with pytest.raises(ValueError, match=message):
+            to_keras(model, tmp_path / name, recurrent_dropout=0.0)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match=r"recurrent_dropout: expected a probability in \[0, 1\), got 1\.5"):
+        to_keras(gatedrnn.GRU(3, 4), tmp_path / "x.keras", recurrent_dropout=1.5)
+
+
 def test_keras_runs_the_backend_asked_for() -> None:
     assert keras.backend.backend() == BACKEND
 

@@ -24,6 +24,15 @@ ask for ``go_backwards=True`` to confirm that. A stack holding such a layer is r
 layer reverses its own input, so the next one reads the outputs reversed again, which no gatedrnn
 stack computes (read the layers one by one). ``return_sequences=False`` returns ``h_n``.
 
+Settings: Keras' ``dropout`` (one mask on the input per sequence, the same at every step, when
+``recurrent_dropout`` is 0) is gatedrnn's ``input_dropout``, read from and written to a
+``.keras`` file's config. Keras' ``recurrent_dropout`` is not gatedrnn's: Keras draws three
+independent masks, one per gate block (z, r, h; and then three for ``dropout`` too), where
+gatedrnn draws one shared by the blocks. Both place them where ``h(t-1)`` enters the recurrent
+kernel, in both reset forms, and are the identity in eval, but they train differently, so both
+functions ask for ``recurrent_dropout=`` to set it explicitly. ``layer_norm``, ``zoneout`` and
+``weight_drop`` have no Keras equivalent and are refused.
+
 Files: a ``.weights.h5`` (``model.save_weights``) or a ``.keras`` archive (``model.save``: a zip
 of ``config.json``, ``metadata.json`` and ``model.weights.h5``). Inside the h5 a recurrent layer is
 a group ``.../cell/vars/{0,1,2}`` next to ``.../vars`` whose ``name`` attribute is the Keras layer
@@ -39,6 +48,7 @@ import io
 import json
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -48,6 +58,7 @@ import torch
 
 from .._files import atomic_write
 from .._layers import GRU
+from .._options import Options
 
 __all__ = ["KerasFileError", "from_keras", "keras_layers", "to_keras"]
 
@@ -351,6 +362,66 @@ def _check_stack(path: str, slots: list[_Slot], go_backwards: bool | None) -> No
         )
 
 
+_RD_DIFFERS = (
+    "Keras' recurrent_dropout draws three independent masks, one per gate block (z, r, h; and then three for "
+    "dropout too), gatedrnn's one mask shared by the blocks: the same function in eval, a different one in training"
+)
+
+
+def _check_rate(value: float | None) -> float | None:
+    """A ``recurrent_dropout=`` argument: None or a probability in [0, 1) (else a ValueError naming it)."""
+    return None if value is None else Options(recurrent_dropout=value).recurrent_dropout
+
+
+def _slot_dropouts(path: str, slot: _Slot) -> tuple[float, float] | None:
+    """The Keras layer's ``(dropout, recurrent_dropout)`` (None: no config.json); the two
+    directions of a Bidirectional must agree."""
+    found = set()
+    for settings in (slot.settings, slot.backward_settings if slot.bidirectional else None):
+        if settings is None:
+            continue
+        pair = []
+        for key in ("dropout", "recurrent_dropout"):
+            value = settings.get(key, 0.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise KerasFileError(f"{path}: layer {slot.name!r} has {key}={value!r}; expected a number in [0, 1)")
+            pair.append(float(value))
+        found.add((pair[0], pair[1]))
+    if len(found) > 1:
+        raise KerasFileError(
+            f"{path}: layer {slot.name!r}: its two directions differ in dropout settings {sorted(found)}"
+        )
+    return found.pop() if found else None
+
+
+def _dropout_configs(config: dict[str, Any], names: set[str] | None) -> list[dict[str, Any]]:
+    """The dicts of ``config.json`` that hold the dropout settings of the GRU layers named (all:
+    None): a ``GRU``'s config, an ``RNN(GRUCell)``'s cell's, both directions' of a Bidirectional."""
+    nodes: list[dict[str, Any]] = []
+    _config_layers(config, nodes)
+
+    def holders(node: dict[str, Any]) -> list[dict[str, Any]]:
+        cfg = node.get("config") or {}
+        if node.get("class_name") == "Bidirectional":
+            return [c for n in (cfg.get("layer"), cfg.get("backward_layer")) if n for c in holders(n)]
+        if _class_name(node) == "RNN(GRUCell)":
+            return [cfg["cell"]["config"]]
+        return [cfg] if node.get("class_name") == "GRU" else []
+
+    return [c for n in nodes if names is None or n["config"]["name"] in names for c in holders(n)]
+
+
+def _set_dropouts(cfgs: Sequence[dict[str, Any]], dropout: float, recurrent_dropout: float) -> bool:
+    """Write the settings into Keras GRU (cell) configs; True if any changed."""
+    changed = False
+    for cfg in cfgs:
+        for key, value in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+            if cfg.get(key, 0.0) != value:
+                cfg[key] = value
+                changed = True
+    return changed
+
+
 def _read_cell(f: Any, path: str, group: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     v = f[group]["cell"]["vars"]
     k, rk = np.asarray(v["0"][...]), np.asarray(v["1"][...])
@@ -428,6 +499,7 @@ def from_keras(
     *,
     reset_after: bool | None = None,
     go_backwards: bool | None = None,
+    recurrent_dropout: float | None = None,
     batch_first: bool = True,
     engine: str = "auto",
 ) -> GRU:
@@ -442,6 +514,11 @@ def from_keras(
         reset_after: the reset form; read from ``config.json`` or the bias shape. Needed only for
             a bare ``.weights.h5`` whose layer has ``use_bias=False`` (then the file cannot tell).
         go_backwards: confirm a Keras layer with ``go_backwards=True`` (see the module docstring).
+        recurrent_dropout: the new layer's ``recurrent_dropout`` (gatedrnn's: one mask shared by
+            the blocks). None: 0, and a Keras layer with ``recurrent_dropout`` > 0 is refused
+            (Keras' masks differ, see the module docstring); pass it to load such a layer. Keras'
+            ``dropout`` becomes ``input_dropout`` (from ``config.json``; a bare weights file has
+            no settings).
         batch_first: of the new layer (Keras is batch-first; default True).
         engine: of the new layer.
 
@@ -449,16 +526,21 @@ def from_keras(
         KerasFileError: no such layer, a layer that is not a GRU, an ambiguous choice, activations
             other than tanh/sigmoid, a merge_mode other than concat, go_backwards unconfirmed,
             layers that do not stack (go_backwards layers, return_sequences=False before the
-            last, sizes that do not chain), a reset form that disagrees with ``reset_after``.
+            last, sizes that do not chain), a reset form that disagrees with ``reset_after``,
+            Keras ``recurrent_dropout`` > 0 without ``recurrent_dropout=``, layers with different
+            dropout settings.
     """
+    recurrent_dropout = _check_rate(recurrent_dropout)
     src = _Source(path)
     with src.open() as f:
         slots = _select(src.path, src.slots(f), layer, None)
         _check_stack(src.path, slots, go_backwards)
         layers_w = []
         forms = set()
+        settings = set()
         for s in slots:
             form = _check_slot_config(src.path, s, go_backwards)
+            settings.add(_slot_dropouts(src.path, s))
             dirs = [_read_cell(f, src.path, g) for g in s.dirs]
             b = dirs[0][2]
             if b is not None:
@@ -503,6 +585,19 @@ def from_keras(
     if len(use_bias) != 1:
         raise KerasFileError(f"layer: the layers {[s.name for s, _ in layers_w]} mix use_bias=True and False")
     bias = use_bias.pop()
+    known_settings = {x for x in settings if x is not None}
+    if len(known_settings) > 1:
+        raise KerasFileError(
+            f"layer: the layers {[s.name for s, _ in layers_w]} mix dropout settings (dropout, recurrent_dropout) "
+            f"{sorted(known_settings)}; a gatedrnn layer has one of each"
+        )
+    keras_dropout, keras_rd = known_settings.pop() if known_settings else (0.0, 0.0)
+    if keras_rd and recurrent_dropout is None:
+        raise KerasFileError(
+            f"recurrent_dropout: the Keras layer(s) {[s.name for s, _ in layers_w]} in {src.path} have "
+            f"recurrent_dropout={keras_rd}: {_RD_DIFFERS}. Pass recurrent_dropout= (gatedrnn's, 0.0 for none) "
+            "to load them"
+        )
     dtype = torch.float64 if layers_w[0][1][0][0].dtype == np.float64 else torch.float32
     model = GRU(
         input_size,
@@ -514,6 +609,8 @@ def from_keras(
         variant="gru0",
         reset_after=form,
         engine=engine,
+        input_dropout=keras_dropout,
+        recurrent_dropout=recurrent_dropout or 0.0,
         dtype=dtype,
     )
     with torch.no_grad():
@@ -532,13 +629,25 @@ def from_keras(
     return model
 
 
-def _check_exportable(model: Any) -> None:
+def _check_exportable(model: Any, recurrent_dropout: float | None) -> None:
     if not isinstance(model, GRU):
         raise TypeError(f"model: expected a gatedrnn.GRU, got {type(model).__name__}")
     if not model.spec.is_classic:
         raise ValueError(
             f"model: Keras only has the classic GRU (variant 'gru0'); variant {model.variant!r} has no Keras layer. "
             "Use gatedrnn.save (safetensors) or gatedrnn.export_onnx for it"
+        )
+    lacks = {k: v for k, v in model.options.non_default().items() if k in ("layer_norm", "zoneout", "weight_drop")}
+    if lacks:
+        listed = ", ".join(f"{k}={v!r}" for k, v in lacks.items())
+        raise ValueError(
+            f"model: Keras' GRU has no {' and no '.join(lacks)} ({listed}); expected a layer without them. "
+            "Use gatedrnn.save (safetensors) or gatedrnn.export_onnx for it"
+        )
+    if model.options.recurrent_dropout and recurrent_dropout is None:
+        raise ValueError(
+            f"model: recurrent_dropout={model.options.recurrent_dropout}: {_RD_DIFFERS}. Pass recurrent_dropout= "
+            "(the Keras layer's, 0.0 for none) to write the layer anyway"
         )
 
 
@@ -709,6 +818,7 @@ def to_keras(
     layer: str | list[str] | None = None,
     *,
     go_backwards: bool | None = None,
+    recurrent_dropout: float | None = None,
 ) -> None:
     """Write a ``gru0`` layer's weights to a Keras file (atomically).
 
@@ -725,17 +835,26 @@ def to_keras(
       when bidirectional, one per layer). A ``.keras`` file loads with
       ``keras.saving.load_model``; a ``.weights.h5`` with ``load_weights`` into that model.
 
+    The Keras layer's ``dropout`` is the model's ``input_dropout`` and its ``recurrent_dropout`` is
+    ``recurrent_dropout`` (None: 0, and a model with ``recurrent_dropout`` > 0 is refused, since
+    Keras' masks differ: see the module docstring), in a new file's config and in the config of
+    the chosen layer(s) of a ``.keras`` file; a ``.weights.h5`` holds no settings.
+
     Raises:
-        ValueError: a variant other than ``gru0`` (Keras has only the classic GRU).
+        ValueError: a variant other than ``gru0`` (Keras has only the classic GRU), ``layer_norm``,
+            ``zoneout`` or ``weight_drop`` (Keras has none), ``recurrent_dropout`` unconfirmed.
         KerasFileError: no matching layer, a layer that is not a GRU, shapes, settings or reset
             form that differ, non-zero biases into a Keras layer without bias, go_backwards
             unconfirmed, Keras layers that do not form one stack (as for :func:`from_keras`).
     """
-    _check_exportable(model)
+    recurrent_dropout = _check_rate(recurrent_dropout)
+    _check_exportable(model, recurrent_dropout)
+    dropouts = (model.options.input_dropout, recurrent_dropout or 0.0)
     path = os.fspath(path)
     h5py = _h5py()
     if not os.path.exists(path):
         config, h5 = _new_file(model)
+        _set_dropouts(_dropout_configs(config, None), *dropouts)
         if path.endswith(".keras"):
             meta = {
                 "keras_version": _keras_version(),
@@ -762,9 +881,15 @@ def to_keras(
     if not src.is_archive:
         atomic_write(path, bio.getvalue())
         return
+    # the settings go into the chosen layers' configs (the rest of config.json is kept as it is)
+    assert src.config is not None
+    changed = _set_dropouts(_dropout_configs(src.config, {s.name for s in slots}), *dropouts)
+    new_config = json.dumps(src.config).encode() if changed else None
     out = io.BytesIO()
     with zipfile.ZipFile(path) as zin, zipfile.ZipFile(out, "w") as zout:
         for info in zin.infolist():
             data = bio.getvalue() if info.filename == _WEIGHTS else zin.read(info.filename)
+            if info.filename == "config.json" and new_config is not None:
+                data = new_config
             zout.writestr(info, data)
     atomic_write(path, out.getvalue())
