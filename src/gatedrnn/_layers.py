@@ -189,8 +189,8 @@ class GRU(_Family):
         layer_norm: layer-normalise the input and the recurrent pre-activations (Ba et al. 2016),
             with gains ``ln_weight_ih_l{k}``/``ln_weight_hh_l{k}`` and shifts ``ln_bias_*``.
         recurrent_dropout: variational dropout of ``h(t-1)`` where it enters the recurrent
-            products: one mask per sequence, layer and direction (Gal & Ghahramani 2016; Keras'
-            ``recurrent_dropout``). Training only.
+            products: one mask per sequence, layer and direction, shared by every block (Gal &
+            Ghahramani 2016; Keras' ``recurrent_dropout`` draws one per gate block). Training only.
         input_dropout: the same on each layer's input ``x`` (Keras' ``dropout``). ``dropout`` is
             ``torch.nn.GRU``'s, between layers.
         zoneout: each unit keeps ``h(t-1)`` with this probability at each step in training, and

@@ -26,8 +26,9 @@ neither, so ``U h`` is the candidate's block alone (one group of H in both forms
 (``γ_ih, β_ih``, ``[ih_blocks·H]``) and ``ln_weight_hh``/``ln_bias_hh`` (``[hh_blocks·H]``), gains
 initialised to 1 and shifts to 0.
 
-``recurrent_dropout`` p (variational dropout, Gal & Ghahramani 2016, arXiv:1512.05287; Keras'
-``recurrent_dropout``): ``h̃ = h_{t-1} ⊙ m_h``, ``m_h ∈ {0, 1/(1-p)}^{[B, H]}`` with keep
+``recurrent_dropout`` p (variational dropout, Gal & Ghahramani 2016, arXiv:1512.05287; where Keras'
+``recurrent_dropout`` applies it, but one mask for every block where Keras draws one per gate
+block): ``h̃ = h_{t-1} ⊙ m_h``, ``m_h ∈ {0, 1/(1-p)}^{[B, H]}`` with keep
 probability ``1 - p``, one mask per sequence, layer and direction, the same at every step. ``h̃``
 replaces ``h_{t-1}`` in the recurrent products (``U h̃``, ``U_n (r ⊙ h̃)``), not in the update
 ``z ⊙ h_{t-1}``. Training only.
