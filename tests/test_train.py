@@ -217,6 +217,21 @@ def test_resume_refuses_a_different_config(tmp_path):
         run_compare(changed, resume=True, say=None)
 
 
+def test_resume_reads_checkpoints_written_before_a_config_key_existed(tmp_path):
+    """A key added later (the options) and absent from an older checkpoint's config is its
+    default there: such a run resumes; a non-default value is still a change."""
+    cfg = small(tmp_path, cells=["gru1"], epochs=1, train_limit=100)
+    run_compare(cfg, say=None)
+    ckpt_path = next((Path(cfg.out) / "checkpoints").glob("*.pt"))
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    del ckpt["config"]["zoneout"], ckpt["config"]["layer_norm"]
+    torch.save(ckpt, ckpt_path)
+    _, results, _ = run_compare(small(tmp_path, cells=["gru1"], epochs=2, train_limit=100), resume=True, say=None)
+    assert [r["epoch"] for r in results[0].history] == [1, 2]
+    with pytest.raises(ConfigError, match=r"zoneout: 0\.0 -> 0\.1"):
+        run_compare(small(tmp_path, cells=["gru1"], epochs=3, train_limit=100, zoneout=0.1), resume=True, say=None)
+
+
 def test_resume_of_a_finished_run_trains_only_the_new_epochs(tmp_path):
     cfg = small(tmp_path, cells=["gru1"], epochs=2, train_limit=200)
     run_compare(cfg, say=None)

@@ -193,7 +193,8 @@ def _check_resumable(ckpt: dict[str, Any], cfg: Config, cell: str, lr: float, se
     run = ckpt["run"]
     if (run["cell"], run["lr"], run["seed"]) != (cell, lr, seed):
         raise ConfigError(f"resume: {str(path)!r} belongs to run {run}, not cell={cell!r} lr={lr:g} seed={seed}")
-    old, new = ckpt["config"], cfg.to_dict()
+    # a key the checkpoint lacks came later, with a default that keeps the old behaviour
+    old, new = {**Config().to_dict(), **ckpt["config"]}, cfg.to_dict()
     changed = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
