@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from torch import Tensor
 from .. import _reference
 from .._options import NONE, Extras
 from .._specs import Spec, join_bias, split
-from . import not_yet, recording
+from . import recording
 from ._pool import NP_DTYPE, cached_bytes, carve, carved_size, saved_buffer, scratch, unused, zeros
 from ._pool import empty_cache as empty_cache
 from ._second_order import first_order
@@ -64,8 +64,8 @@ _KERNELS: Any = None
 
 
 @functools.cache
-def _kernel_for(spec: Spec, reset_after: bool, dtype: torch.dtype):
-    return _k().kernels(spec.wiring(reset_after), dtype == torch.float32)
+def _kernel_for(spec: Spec, reset_after: bool, dtype: torch.dtype, options: bool = False):
+    return _k().kernels(spec.wiring(reset_after), dtype == torch.float32, options)
 
 
 def _gemm_address(dtype: torch.dtype) -> int:
@@ -96,6 +96,51 @@ def _biases(
     return pbias, zeros(dt, gh), bhn
 
 
+class _Opts(NamedTuple):
+    """The options' tensors of one call (:class:`gatedrnn._options.Extras`, as the Function gets
+    them): layer-norm gains and shifts (pairs, or None), the recurrent-dropout mask ``[B, H]``,
+    zoneout's ``ζ`` ``[T, B, H]`` (training) or its probability (eval), resets ``[T, B]`` bool."""
+
+    ln_ih: tuple[Tensor, Tensor] | None = None
+    ln_hh: tuple[Tensor, Tensor] | None = None
+    h_mask: Tensor | None = None
+    zeta: Tensor | None = None
+    zo_p: float | None = None
+    resets: Tensor | None = None
+
+    @classmethod
+    def of(cls, extras: Extras) -> _Opts:
+        """The options of ``extras``, each tensor C-contiguous."""
+
+        def c(t: Tensor | None) -> Tensor | None:
+            return t.contiguous() if t is not None else None
+
+        zeta = extras.zoneout if isinstance(extras.zoneout, Tensor) else None
+        zo_p = None if zeta is not None or extras.zoneout is None else float(extras.zoneout)
+        ln_ih, ln_hh = extras.ln_ih, extras.ln_hh
+        return cls(
+            (c(ln_ih[0]), c(ln_ih[1])) if ln_ih is not None else None,  # type: ignore[arg-type]
+            (c(ln_hh[0]), c(ln_hh[1])) if ln_hh is not None else None,  # type: ignore[arg-type]
+            c(extras.h_mask),
+            c(zeta),
+            zo_p,
+            c(extras.resets),
+        )
+
+    def gains_shifts(self) -> tuple[Tensor | None, ...]:
+        """``(γ_ih, β_ih, γ_hh, β_hh)``, None where a layer norm is off."""
+        return (*(self.ln_ih or (None, None)), *(self.ln_hh or (None, None)))
+
+    def named(self) -> tuple[tuple[str, Tensor | None], ...]:
+        """The floating-point tensors by the names an error gives them."""
+        names = ("ln_weight_ih", "ln_bias_ih", "ln_weight_hh", "ln_bias_hh")
+        masks = (("the recurrent-dropout mask", self.h_mask), ("the zoneout mask", self.zeta))
+        return (*zip(names, self.gains_shifts(), strict=True), *masks)
+
+
+_NO_OPTS = _Opts()
+
+
 # Up to this many input features the backward loop also produces dx and dW_ih while each row of
 # the projection gradient is in cache (that gradient is then never stored for all steps): with one
 # feature (pixel-by-pixel MNIST, adding, sine) they are otherwise two memory-bound passes over a
@@ -115,17 +160,108 @@ def _small(products: bool, batch: int, hid: int, hhw: int) -> bool:
 SMALL_MIN_STEPS = int(os.environ.get("GATEDRNN_SMALL_MIN_STEPS", 16))
 
 
-def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, save):  # type: ignore[no-untyped-def]
+def _ln_shapes(
+    ln_x: bool, ln_h: bool, steps: int, batch: int, ihw: int, hhw: int, groups: int
+) -> list[tuple[int, ...]]:
+    """The layer norms' saved buffers: ``â`` and ``1/sqrt(var + eps)`` of the projection's rows
+    (``ln_x``) and of the recurrent products' (``ln_h``), with ``steps`` rows each (1: one step's
+    scratch, without gradients)."""
+    out: list[tuple[int, ...]] = []
+    if ln_x:
+        out += [(steps, batch, ihw), (steps, batch, 1)]
+    if ln_h:
+        out += [(steps, batch, hhw), (steps, batch, groups)]
+    return out
+
+
+def _ln_arrays(ln_x: bool, ln_h: bool, bufs: list[np.ndarray], dt: type) -> tuple[np.ndarray, ...]:
+    """``(ahat_x, rstd_x, ahat_h, rstd_h)`` from the buffers of :func:`_ln_shapes`, stand-ins for
+    those off."""
+    it = iter(bufs)
+    x = (next(it), next(it)) if ln_x else (unused(dt, 3), unused(dt, 3))
+    h = (next(it), next(it)) if ln_h else (unused(dt, 3), unused(dt, 3))
+    return (*x, *h)
+
+
+def _masks(opts: _Opts, hid: int, dt: type) -> tuple[Any, ...]:
+    """The kernels' runtime switches and arrays for recurrent dropout, zoneout and resets:
+    ``(masked, hmask, zo, zeta, reset, resets)``, stand-ins where an option is off (zoneout's
+    probability in eval as a ``[1, 1, H]`` ζ)."""
+    h_mask, zeta, zo_p, resets = opts.h_mask, opts.zeta, opts.zo_p, opts.resets
+    if zeta is not None:
+        zeta_n = _np(zeta)
+    elif zo_p is not None:
+        zeta_n = np.full((1, 1, hid), zo_p, dt)
+    else:
+        zeta_n = unused(dt, 3)
+    return (
+        h_mask is not None,
+        _np(h_mask) if h_mask is not None else unused(dt, 2),
+        zeta is not None or zo_p is not None,
+        zeta_n,
+        resets is not None,
+        resets.numpy() if resets is not None else unused(np.bool_, 2),
+    )
+
+
+@functools.cache
+def _options_off(dt: type, backward: bool) -> tuple[Any, ...]:
+    """The kernels' option arguments of a plain call (every option off), made once: a plain call
+    runs no per-call glue for the options."""
+    masked, hmask, zo, zeta, reset, resets = _masks(_NO_OPTS, 1, dt)
+    no1, no2, no3 = unused(dt, 1), unused(dt, 2), unused(dt, 3)
+    if backward:  # (masked, hmask, hm, dhm, zo, zeta, gzero, zd, reset, resets, then per layer norm
+        # on, gain, ahat, rstd; dgam_x and dgam_h follow, per concurrent call)
+        return (masked, hmask, no3, no2, zo, zeta, no3, no2, reset, resets, *(False, no1, no3, no3) * 2)
+    # (masked, hmask, hm, zo, zeta, reset, resets, then per layer norm on, gain, shift, ahat, rstd)
+    return (masked, hmask, no3, zo, zeta, reset, resets, *(False, no1, no1, no3, no3) * 2)
+
+
+def _forward_options(
+    opts: _Opts,
+    ln_x: bool,
+    ln_h: bool,
+    pbias: np.ndarray | None,
+    ln_bufs: list[np.ndarray],
+    batch: int,
+    hid: int,
+    dtype: torch.dtype,
+) -> tuple[Any, ...]:
+    """The forward kernel's option arguments (``masked`` ... ``rstd_h``) for this call: ``ln_x``,
+    ``ln_h`` say which layer norms run, ``ln_bufs`` are their buffers (:func:`_ln_shapes`)."""
+    dt = NP_DTYPE[dtype]
+    masked, hmask, zo, zeta, reset, resets = _masks(opts, hid, dt)
+    hm = scratch("hm", (1, batch, hid), dtype)[1] if masked else unused(dt, 3)
+    ahat_x, rstd_x, ahat_h, rstd_h = _ln_arrays(ln_x, ln_h, ln_bufs, dt)
+    no = unused(dt, 1)
+    ln_xg, ln_xs = (_np(opts.ln_ih[0]), _np(opts.ln_ih[1])) if opts.ln_ih is not None else (no, no)
+    if ln_x and pbias is not None:  # LN(W x) + b = γ â + (β + b)
+        ln_xs = ln_xs + pbias
+    ln_hg, ln_hs = (_np(opts.ln_hh[0]), _np(opts.ln_hh[1])) if ln_h and opts.ln_hh is not None else (no, no)
+    layer_norms = (ln_x, ln_xg, ln_xs, ahat_x, rstd_x, ln_h, ln_hg, ln_hs, ahat_h, rstd_h)
+    return (masked, hmask, hm, zo, zeta, reset, resets, *layer_norms)
+
+
+def _forward(  # type: ignore[no-untyped-def]
+    ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, save, opts=None
+):
     """The forward of :class:`_Layer`; ``ctx`` is None (and ``save`` False) when it is called
     directly, with nothing to differentiate: no autograd node then (about 20 µs less a call).
     Either way no torch operation here records a graph (autograd.Function runs its forward in
-    no-grad mode), so the inputs are used as they come, without detaching them."""
+    no-grad mode), so the inputs are used as they come, without detaching them. ``opts``: the
+    options' tensors (:class:`_Opts`), or None for a plain layer."""
     steps, batch, _ = x.shape
     hid = h0.shape[-1]
     ra = bool(reset_after and spec.has_reset)
     ng = spec.num_gates * hid
     hhw = spec.hh_blocks() * hid
     dt = NP_DTYPE[x.dtype]
+    ln_x = ln_h = False
+    if opts is not None:
+        ln_x, ln_h = opts.ln_ih is not None, opts.ln_hh is not None and hhw > 0
+        # layer-norm groups of a row of the recurrent products: reset-before with gates that
+        # read h has two (the gates', then the candidate's, gatedrnn._options)
+        groups = 2 if (not ra and spec.gates_read_h) else 1
     pbias, gb, bhn = _biases(
         spec, _np(b_ih) if b_ih is not None else None, _np(b_hh) if b_hh is not None else None, hid, dt
     )
@@ -139,15 +275,17 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
     gconst = not (spec.gates_read_x or spec.gates_read_h)  # GRU3: the gates are one constant row
     copy_y = True
     if save:
-        # what the backward reads: one flat tensor, carved
+        # what the backward reads: one flat tensor, carved (with layer norm also its saves)
         shapes = [
             (steps + 1, batch, hid),
             (1, 1, ng) if gconst else (steps, batch, ng),
             (steps, batch, hid),
             (steps if ra else 1, batch, hid),
         ]
+        if ln_x or ln_h:
+            shapes += _ln_shapes(ln_x, ln_h, steps, batch, ihw, hhw, groups)
         flat, flat_t = saved_buffer(carved_size(shapes), x.dtype)
-        hs, gs, ns, hn = carve(flat, shapes)
+        hs, gs, ns, hn, *ln_bufs = carve(flat, shapes)
         # The outputs are their own tensor (not a view of the saved states): like torch.nn.GRU's,
         # they may be modified in place (e.g. ReLU(inplace=True)) without touching the saves.
         y_t = torch.empty((steps, batch, hid), dtype=x.dtype)
@@ -156,15 +294,20 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
         # without lengths the states are written straight into the outputs' memory
         shapes = [(1, 1, ng) if gconst else (1, batch, ng), (1, batch, hid), (1, batch, hid)]
         gs, ns, hn = (scratch(n, s, x.dtype)[1] for n, s in zip(("gs", "ns", "hn"), shapes, strict=True))
-        if lengths is None:
+        ln_bufs = []
+        if ln_x or ln_h:
+            ln_shapes = _ln_shapes(ln_x, ln_h, 1, batch, ihw, hhw, groups)
+            ln_bufs = [scratch(f"ln{i}", s, x.dtype)[1] for i, s in enumerate(ln_shapes)]
+        if lengths is None and (opts is None or opts.resets is None):
             states = torch.empty((steps + 1, batch, hid), dtype=x.dtype)
             hs, y_t, copy_y = states.numpy(), states[1:], False
-        else:
+        else:  # (resets zero states the outputs keep)
             hs = scratch("hs", (steps + 1, batch, hid), x.dtype)[1]
             y_t = torch.empty((steps, batch, hid), dtype=x.dtype)
     xp_t, xp = scratch("xp", (steps * batch, ihw), x.dtype)
     x2, w_t = x.view(steps * batch, -1), w_ih.t()
-    if pbias is None:
+    # with ln_x the kernel normalises each row of W x at its step, and the biases join its shift
+    if pbias is None or ln_x:
         torch.mm(x2, w_t, out=xp_t)
     else:
         torch.addmm(torch.from_numpy(pbias), x2, w_t, out=xp_t)
@@ -174,7 +317,11 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
     small = _small(spec.candidate_reads_h, batch, hid, hhw)  # the backward's
     small_f = small and steps >= SMALL_MIN_STEPS
     whh_t = w_hh.detach().t().contiguous().numpy() if small_f else unused(dt, 2)
-    fwd, _ = _kernel_for(spec, ra, x.dtype)
+    fwd, _ = _kernel_for(spec, ra, x.dtype, opts is not None)
+    if opts is None:
+        options = _options_off(dt, False)
+    else:
+        options = _forward_options(opts, ln_x, ln_h, pbias, ln_bufs, batch, hid, x.dtype)
     args = (
         _gemm_address(x.dtype),
         xp,
@@ -191,6 +338,7 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
         work,
         copy_y,
         small_f,
+        *options,
     )
     ranges = row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
     run_rows(lambda _, b0, b1: fwd(*args, b0, b1), ranges, 2 * batch * hid * hhw)
@@ -198,12 +346,21 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
     if save:
         ctx.spec, ctx.ra, ctx.shapes, ctx.lens, ctx.small = spec, ra, shapes, lens, small
         ctx.reset_after, ctx.lengths = reset_after, lengths
-        ctx.save_for_backward(x, w_ih, w_hh, flat_t, h0, b_ih, b_hh)
+        if opts is None:
+            ctx.save_for_backward(x, w_ih, w_hh, flat_t, h0, b_ih, b_hh)
+        else:
+            ctx.zo_p = opts.zo_p
+            ln_w = (*(opts.ln_ih or (None, None)), *(opts.ln_hh or (None, None)))
+            ctx.save_for_backward(x, w_ih, w_hh, flat_t, h0, b_ih, b_hh, *ln_w, opts.h_mask, opts.zeta, opts.resets)
     return y_t, h_n
 
 
+def _pair(a: Tensor | None, b: Tensor | None) -> tuple[Tensor, Tensor] | None:
+    return None if a is None or b is None else (a, b)
+
+
 class _Layer(torch.autograd.Function):
-    """One layer, one direction, forward in time (see the module docstring).
+    """One layer, one direction, forward in time (see the module docstring), every option off.
 
     The per-call glue works on NumPy views (a NumPy slice or allocation costs a tenth of torch's,
     and the kernels take NumPy arrays): what is saved for the backward is one flat tensor holding
@@ -230,6 +387,36 @@ class _Layer(torch.autograd.Function):
         return (*grads, None, None, None, None)
 
 
+class _LayerOptions(torch.autograd.Function):
+    """:class:`_Layer` with options (:class:`_Opts`): the layer norms' gains and shifts are
+    differentiable inputs besides x, h0, the weights and biases; the masks and resets are not.
+    (A class of its own: a plain layer keeps the plain Function's shorter per-call path.)"""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, s_ih, g_hh, s_hh, lengths, h_mask, zeta, resets, spec, ra, save, zo_p
+    ):
+        opts = _Opts(_pair(g_ih, s_ih), _pair(g_hh, s_hh), h_mask, zeta, zo_p, resets)
+        return _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, ra, save, opts)
+
+    @staticmethod
+    def backward(ctx, gy, ghn):  # type: ignore[override]
+        saved = ctx.saved_tensors  # (unpacked once, as in _Layer)
+        x, w_ih, w_hh, _, h0, b_ih, b_hh, g_ih, s_ih, g_hh, s_hh, h_mask, zeta, resets = saved
+        spec, reset_after, lengths = ctx.spec, ctx.reset_after, ctx.lengths
+        zoneout = zeta if zeta is not None else ctx.zo_p
+
+        def reference(*ins: Tensor | None) -> tuple[Tensor, Tensor]:
+            # the same layer with its options, by autograd (second order): the gains and shifts
+            # are inputs like the weights
+            extras = Extras(_pair(*ins[6:8]), _pair(*ins[8:10]), h_mask, zoneout, resets)
+            return _reference.run_layer(spec, reset_after, *ins[:6], lengths, extras)  # type: ignore[arg-type]
+
+        inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, s_ih, g_hh, s_hh)
+        grads = first_order(lambda: _backward(ctx, saved, gy, ghn), reference, (gy, ghn), inputs)
+        return (*grads, None, None, None, None, None, None, None, None)
+
+
 def _without_padding(x: Tensor, lens: np.ndarray) -> Tensor:
     """``x`` ``[T, B, I]`` as ``[T*B, I]`` rows for the dW_ih product, with zero rows past each
     length: the product multiplies the padding by its zero gradient, and ``0 * NaN`` is NaN.
@@ -245,14 +432,17 @@ def _without_padding(x: Tensor, lens: np.ndarray) -> Tensor:
 
 
 def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
-    """The backward of :class:`_Layer`: gradients for (x, h0, w_ih, w_hh, b_ih, b_hh). It runs with
-    grad mode off (see :func:`first_order`); ``gy``/``ghn`` reach the kernels through ``_np``.
-    ``saved``: ``ctx.saved_tensors``, unpacked once by the caller."""
+    """The backward of :class:`_Layer` and :class:`_LayerOptions`: gradients for (x, h0, w_ih,
+    w_hh, b_ih, b_hh), and with options for the layer norms' gains and shifts (g_ih, s_ih, g_hh,
+    s_hh). It runs with grad mode off (see :func:`first_order`); ``gy``/``ghn`` reach the kernels
+    through ``_np``. ``saved``: ``ctx.saved_tensors``, unpacked once by the caller."""
     x, w_ih, w_hh, flat_t = saved[:4]
+    options = len(saved) > 7
+    g_ih, _, g_hh, _, h_mask, zeta, resets = saved[7:] if options else (None,) * 7
     spec: Spec = ctx.spec
     ra: bool = ctx.ra
     lens = ctx.lens
-    hs, gs, ns, hn = carve(flat_t.numpy(), ctx.shapes)
+    hs, gs, ns, hn, *ln_bufs = carve(flat_t.numpy(), ctx.shapes)
     steps, batch, inp = x.shape
     hid = hs.shape[-1]
     ng = spec.num_gates * hid
@@ -263,6 +453,7 @@ def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
     ghn_n = _np(ghn.contiguous()) if ghn is not None else np.zeros((batch, hid), dt)
     whh = _np(w_hh) if w_hh is not None else unused(dt, 2)
     need = ctx.needs_input_grad
+    ln_x, ln_h = g_ih is not None, g_hh is not None and hhw > 0
     # A few input features: dx and dW_ih are folded into the loop, and dgx is one step's scratch.
     fold = inp <= FOLD_MAX_INPUT
     # in the forward's projection scratch (the same shape, and dead once a forward has returned:
@@ -281,20 +472,40 @@ def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
     dwihs = np.zeros((nr, inp, ihw)) if fold_dw else unused(np.float64, 3)
     wih_t = np.ascontiguousarray(_np(w_ih).T) if fold_dx else unused(dt, 2)
     xin = _np(x) if fold_dw else unused(dt, 3)
-    sums = bool(need[4] or need[5])
+    sums = bool(need[4] or need[5])  # (with a layer norm its side's sums are always made)
     dbxs = np.zeros((nr, ihw))  # float64 sums: T*B terms
     dbhs = np.zeros((nr, hhw))
     two_gemm = spec.candidate_reads_h and not ra
     qs_t, qs = scratch("qs", (steps, batch, hid), dtype) if two_gemm else (None, unused(dt, 3))
     dh0_t = torch.empty((batch, hid), dtype=dtype)
     dh, dhp, dzs = (scratch(n, (batch, hid), dtype)[1] for n in ("dh", "dhp", "dzs"))
-    _, bwd = _kernel_for(spec, ra, dtype)
+    _, bwd = _kernel_for(spec, ra, dtype, options)
     args = (_gemm_address(dtype), gy_n, ghn_n, whh, lens, hs, gs, ns, hn, dgx, dgh)
     rest = (qs, dh0_t.numpy(), dh, dhp, dzs)
+    no_dgam = unused(np.float64, 1)
+    dgams_x = dgams_h = None
+    if options:
+        # the gains' gradients, per concurrent call (the shifts' are dbx and dbh)
+        dgams_x = np.zeros((nr, ihw)) if ln_x else None
+        dgams_h = np.zeros((nr, hhw)) if ln_h else None
+        masked, hmask, zo, zeta_n, reset, resets_n = _masks(_Opts(None, None, h_mask, zeta, ctx.zo_p, resets), hid, dt)
+        hm = scratch("hm", (1, batch, hid), dtype)[1] if masked and two_gemm else unused(dt, 3)
+        dhm = scratch("dhm", (batch, hid), dtype)[1] if masked else unused(dt, 2)
+        gzero = np.zeros((1, batch, hid), dt) if zo else unused(dt, 3)
+        zd = scratch("zd", (batch, hid), dtype)[1] if zo else unused(dt, 2)
+        ahat_x, rstd_x, ahat_h, rstd_h = _ln_arrays(ln_x, ln_h, ln_bufs, dt)
+        no = unused(dt, 1)
+        ln_xg, ln_hg = _np(g_ih) if ln_x else no, _np(g_hh) if ln_h else no
+        opt_args = (masked, hmask, hm, dhm, zo, zeta_n, gzero, zd, reset, resets_n)
+        opt_args += (ln_x, ln_xg, ahat_x, rstd_x, ln_h, ln_hg, ahat_h, rstd_h)
+    else:
+        opt_args = _options_off(dt, True)
 
     def run(i: int, b0: int, b1: int) -> None:
         sums_i = (dbxs[i], dbhs[i], sums, xin, wih_t, dxo, dwihs[i if fold_dw else 0], fold_dx, fold_dw, small)
-        bwd(*args, dgbs[i], *rest, *sums_i, b0, b1)
+        dgam_x = dgams_x[i] if dgams_x is not None else no_dgam
+        dgam_h = dgams_h[i] if dgams_h is not None else no_dgam
+        bwd(*args, dgbs[i], *rest, *sums_i, *opt_args, dgam_x, dgam_h, b0, b1)
 
     run_rows(run, ranges, 2 * batch * hid * hhw)
     if fold:
@@ -309,6 +520,8 @@ def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
     if need[3]:
         dgh2 = dgh_t.view(steps * batch, hhw)
         hprev = torch.from_numpy(hs[:-1].reshape(steps * batch, hid))
+        if h_mask is not None:  # the products read h̃ = h(t-1) ⊙ m
+            hprev = (hprev.view(steps, batch, hid) * h_mask).view(steps * batch, hid)
         if two_gemm:
             assert qs_t is not None
             dw_hh = torch.empty((hhw, hid), dtype=dtype)
@@ -329,7 +542,18 @@ def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
         b_ih, b_hh = join_bias(spec, dgate, dbx[ihw - hid :], dbh[hhw - hid :] if ra else None, np.concatenate)
         db_ih = torch.from_numpy(b_ih.astype(dt)) if need[4] else None
         db_hh = torch.from_numpy(b_hh.astype(dt)) if (need[5] and b_hh is not None) else None
-    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
+    if not options:
+        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
+    # the layer norms' gains and shifts: the shifts' gradients are the sums of dgx, dgh before
+    # the layer norms' backward (dbx, dbh)
+    dln: list[Tensor | None] = [None] * 4
+    for k, (dgams, dbs) in enumerate(((dgams_x, dbxs), (dgams_h, dbhs))):
+        if dgams is not None:
+            if need[6 + 2 * k]:
+                dln[2 * k] = torch.from_numpy(dgams.sum(0).astype(dt))
+            if need[7 + 2 * k]:
+                dln[2 * k + 1] = torch.from_numpy(dbs.sum(0).astype(dt))
+    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, *dln
 
 
 @functools.lru_cache(maxsize=1)
@@ -353,9 +577,6 @@ class FusedEngine:
     traceable = False  # NumPy views and numba calls: run eagerly under torch.compile
 
     def unavailable(self, spec: Spec, x: Tensor, extras: Extras = NONE) -> str | None:
-        why = not_yet(extras)
-        if why is not None:
-            return why
         rec = recording()
         if rec is not None:
             return (
@@ -401,11 +622,14 @@ class FusedEngine:
         why = self.unavailable(spec, x, extras)
         if why is not None:
             raise RuntimeError(f"engine='fused' cannot run here: {why}")
-        for name, t in (("h0", h0), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
+        opts = _Opts.of(extras) if extras is not NONE and extras.names() else None
+        named = (("h0", h0), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh))
+        for name, t in named if opts is None else named + opts.named():
             if t is not None and t.dtype != x.dtype:
                 raise ValueError(f"{name}: expected dtype {x.dtype} (the input's), got {t.dtype}")
+        gains_shifts = opts.gains_shifts() if opts is not None else ()
         save = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)
+            t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh, *gains_shifts)
         )
         if lengths is not None:
             # the backward reads it: its own copy, as the caller may refill theirs before backward()
@@ -422,7 +646,13 @@ class FusedEngine:
             reset_after,
             save,
         )
-        return _Layer.apply(*args) if save else _forward(None, *args)
+        if opts is None:
+            return _Layer.apply(*args) if save else _forward(None, *args)
+        if save:
+            masks = (opts.h_mask, opts.zeta, opts.resets)
+            tail = (lengths, *masks, spec, reset_after, True, opts.zo_p)
+            return _LayerOptions.apply(*args[:6], *gains_shifts, *tail)  # type: ignore[no-any-return]
+        return _forward(None, *args, opts)
 
 
 ENGINE = FusedEngine()

@@ -37,6 +37,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from .._options import LN_EPS
 from .._specs import Wiring
 
 __all__ = ["SMALL_MAX_BATCH", "blas", "floor_nn", "floor_nt", "kernels", "mkl_local_threads"]
@@ -225,6 +226,65 @@ def _dead_row(dh, dhp, dgx, dgh, qs, dxo, t, tx, b, fold_dx, zero_q):
             qs[t, b, j] = 0.0
 
 
+# ------------------------------------------------------------------------------------- options
+# The options' row passes (equations in gatedrnn._options). Each runs once per row and step, outside
+# the inner loops, and only when its option is on: the plain path's loops are the same code.
+# The layer norm's row passes are functions of their own, called once per row and group: their
+# sums may be reordered (fastmath "reassoc"), so they vectorise, which the kernels' own strict
+# order of operations forbids (inlined, the same passes took 2.2-2.4x the time).
+_LN_JIT = {**_JIT, "fastmath": {"contract", "reassoc"}}
+
+
+@njit(**_LN_JIT)
+def _ln_forward(a, ta, b, c0, n, gain, shift, ahat, th, rstd, gi):
+    """Layer norm of ``a[ta, b, c0:c0+n]`` in place: ``γ ⊙ (a - mean) / sqrt(var + ε) + β`` with
+    ``γ, β = gain[c0:c0+n], shift[c0:c0+n]`` (``var`` biased, two passes, sums in float64). The
+    normalised values ``â`` go to ``ahat[th, b, c0:c0+n]`` and ``1 / sqrt(var + ε)`` to
+    ``rstd[th, b, gi]`` (what the backward reads)."""
+    u0, un = np.uint64(c0), np.uint64(n)
+    s = 0.0
+    for i in range(un):
+        s += a[ta, b, u0 + i]
+    mean = s / n
+    v = 0.0
+    for i in range(un):
+        d = a[ta, b, u0 + i] - mean
+        v += d * d
+    r = 1.0 / np.sqrt(v / n + LN_EPS)
+    rstd[th, b, gi] = r
+    mean_t, r_t = a.dtype.type(mean), a.dtype.type(r)
+    for i in range(un):
+        k = u0 + i
+        x = (a[ta, b, k] - mean_t) * r_t
+        ahat[th, b, k] = x
+        a[ta, b, k] = gain[k] * x + shift[k]
+
+
+@njit(**_LN_JIT)
+def _ln_backward(dg, td, b, c0, n, gain, ahat, th, rstd, gi, dgam, dbet):
+    """The layer norm's backward for one row and group: ``dg[td, b, c0:c0+n]`` holds the gradient
+    ``dy`` of its outputs. Adds ``dy`` to the shift's gradient ``dbet`` and ``dy ⊙ â`` to the gain's
+    ``dgam`` (float64), then replaces ``dy`` by the gradient of the layer norm's input,
+    ``rstd (g - mean(g) - â mean(g ⊙ â))`` with ``g = γ ⊙ dy`` (``â``, ``rstd`` at ``[th, b]``)."""
+    u0, un = np.uint64(c0), np.uint64(n)
+    s = 0.0
+    q = 0.0
+    for i in range(un):
+        k = u0 + i
+        dy = dg[td, b, k]
+        x = ahat[th, b, k]
+        dbet[k] += dy
+        dgam[k] += dy * x
+        g = dy * gain[k]
+        s += g
+        q += g * x
+    dt = dg.dtype.type
+    m1, m2, r = dt(s / n), dt(q / n), dt(rstd[th, b, gi])
+    for i in range(un):
+        k = u0 + i
+        dg[td, b, k] = r * (dg[td, b, k] * gain[k] - m1 - ahat[th, b, k] * m2)
+
+
 # ---------------------------------------------------------------------------------- activations
 _F = np.float32
 _C = _F(7.90531110763549805)
@@ -293,17 +353,31 @@ def _tanh(fast, x):
 
 
 # -------------------------------------------------------------------------------------- kernels
+@njit(inline="always", **_JIT)
+def _switches(options, masked, zo, reset, ln_x, ln_h):
+    """The options' runtime switches as a kernel sees them: the constant False where ``options``
+    (a compile-time constant) is off, so that every branch on them folds away."""
+    return options and masked, options and zo, options and reset, options and ln_x, options and ln_h
+
+
 @functools.cache
-def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..., None]]:
+def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable[..., None], Callable[..., None]]:
     """``(forward, backward)`` compiled loops for one wiring (see the module docstring); ``fast``:
     float32 (rational activations).
+
+    ``options``: compile in the options (:mod:`gatedrnn._options`: layer norms, recurrent dropout,
+    zoneout, resets). Each is then a runtime switch of its own, checked once per row or step
+    outside the inner loops, with its work in passes of its own (the layer norms' are calls).
+    Without ``options`` every switch is the constant False and the loops are the plain ones: the
+    calls and branches, even never taken, cost a plain layer up to 10-20% at batch 1
+    (docs/fused.md, "Options").
 
     Compiles lazily on first call (numba dispatchers), cached on disk next to this module.
     """
     # Only plain constants in the closure (numba keys its on-disk cache by their pickled bytes).
     gx, gh, two, coupled = bool(wiring.gates_read_x), bool(wiring.gates_read_h), wiring.gates == 2, bool(wiring.coupled)
     cand_h, tanh, reset_after = bool(wiring.cand_reads_h), bool(wiring.cand_tanh), bool(wiring.reset_after)
-    fast = bool(fast)
+    fast, options = bool(fast), bool(options)
     use_gemm = cand_h  # every variant whose gates read h also has a candidate that reads h
     two_gemm = cand_h and not reset_after
     # gates from their bias alone (GRU3): the same activations at every step and row, computed
@@ -311,7 +385,42 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
     gconst = not (gx or gh)
 
     @njit(**_JIT)
-    def forward(fptr, xp, gb, whh, whh_t, bhn, lengths, hs, y, gs, ns, hn, work, copy_y, small, b0, b1):
+    def forward(
+        fptr,
+        xp,
+        gb,
+        whh,
+        whh_t,
+        bhn,
+        lengths,
+        hs,
+        y,
+        gs,
+        ns,
+        hn,
+        work,
+        copy_y,
+        small,
+        masked,
+        hmask,
+        hm,
+        zo,
+        zeta,
+        reset,
+        resets,
+        ln_x,
+        ln_xg,
+        ln_xs,
+        ahat_x,
+        rstd_x,
+        ln_h,
+        ln_hg,
+        ln_hs,
+        ahat_h,
+        rstd_h,
+        b0,
+        b1,
+    ):
         """Forward in time over ``T`` steps.
 
         Args:
@@ -335,9 +444,34 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
             work: ``[B, hhb*H]`` scratch for the recurrent matrix product of one step.
             copy_y: write ``y`` (needed with lengths: outputs past a sequence's end are 0).
             small: the per-step products run as :func:`_row_nt` (compiled loops) instead of BLAS.
+            masked: recurrent dropout: the products read ``h̃ = h(t-1) ⊙ hmask`` (the update reads
+                ``h(t-1)``).
+            hmask: ``[B, H]`` the recurrent-dropout mask (scaled) when ``masked``.
+            hm: ``[1, B, H]`` scratch for ``h̃`` of the current step when ``masked``.
+            zo: zoneout: ``hs[t+1] = ζ h(t-1) + (1-ζ) h'`` with ``ζ = zeta[t, b]``.
+            zeta: ``[T, B, H]`` zoneout's ζ (0 or 1, training), or ``[1, 1, H]`` filled with its
+                probability (eval): a dimension of 1 is read at index 0.
+            reset: ``resets`` is read: where ``resets[t, b]`` (and ``t < lengths[b]``) the state
+                ``hs[t, b]`` is zeroed before step ``t`` (then the saved states hold the effective
+                ``h(t-1)``). Needs ``copy_y`` (the outputs keep the state before the reset).
+            resets: ``[T, B]`` bool.
+            ln_x: layer norm of ``W x``: each row of ``xp`` (then without biases) is normalised in
+                place at its step, one group over every block, before the elementwise pass.
+            ln_xg, ln_xs: ``[ihb*H]`` its gain, and its shift with the projection's biases added
+                (``LN(W x) + b = γ â + (β + b)``).
+            ahat_x: ``[T, B, ihb*H]`` (out, with ``ln_x``) the normalised ``â`` for the backward;
+                ``[1, B, ihb*H]`` scratch without gradients. ``rstd_x``: ``[T, B, 1]`` (out)
+                ``1 / sqrt(var + ε)`` (``[1, B, 1]`` likewise).
+            ln_h: layer norm of the recurrent products, in ``work`` after each product: reset-after
+                one group over every block, reset-before the gates' group after the first product
+                and the candidate's after the second (``U_n (r ⊙ h)``).
+            ln_hg, ln_hs: ``[hhb*H]`` its gain and shift.
+            ahat_h, rstd_h: as ``ahat_x``, ``rstd_x`` for ``work`` (``[T, B, hhb*H]``,
+                ``[T, B, groups]``).
             b0, b1: the batch rows ``[b0, b1)`` this call runs (the rows are independent: calls on
                 disjoint row ranges may run at once on different threads; they share no writes).
         """
+        masked, zo, reset, ln_x, ln_h = _switches(options, masked, zo, reset, ln_x, ln_h)
         steps, hid = xp.shape[0], hs.shape[2]
         batch = b1 - b0
         ng = gs.shape[2]  # G*H
@@ -360,19 +494,35 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
                 for j in range(ng):
                     g0[j] = gc[j]
         uh, uxn, uwn = np.uint64(hid), np.uint64(xn), np.uint64(wn)
+        # what the recurrent products read: h(t-1), or h̃ = h(t-1) ⊙ m (recurrent dropout) in hm[0]
+        ha = hm if masked else hs
+        work3 = work.reshape((1, work.shape[0], hhw))  # (the layer norm's passes index [t, b, j])
+        ihw = xp.shape[2]
         for t in range(steps):
             # [T, B, X] buffers (saved) are read and written at step t; [1, B, X] ones (inference:
             # nothing saved) are one step's scratch, reused at every step
             tg = t if gs.shape[0] > 1 else 0
             tn = t if ns.shape[0] > 1 else 0
             th = t if hn.shape[0] > 1 else 0
+            tlx = t if ahat_x.shape[0] > 1 else 0
+            tlh = t if ahat_h.shape[0] > 1 else 0
+            ta = 0 if masked else t
+            if reset:
+                for b in range(b0, b1):
+                    if t < lengths[b] and resets[t, b]:
+                        for j in range(uh):
+                            hs[t, b, j] = 0.0
+            if masked:
+                for b in range(b0, b1):
+                    for j in range(uh):
+                        hm[0, b, j] = hs[t, b, j] * hmask[b, j]
             if use_gemm:
                 # reset-after: work[B, hhb*H] = h(t-1) @ whh^T; reset-before: work[:, :G*H] = h(t-1) @ U_gates^T
                 cols = hhw if reset_after else ng
                 if reset_after or gh:
                     if small:
                         for b in range(b0, b1):
-                            _row_nt(hs, t, b, whh_t, 0, cols, work, b, 0)
+                            _row_nt(ha, ta, b, whh_t, 0, cols, work, b, 0)
                     else:
                         _gemm(
                             fptr,
@@ -384,7 +534,7 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
                             one,
                             whh,
                             hid,
-                            hs[t, b0:],
+                            ha[ta, b0:],
                             hid,
                             0.0,
                             work[b0:],
@@ -401,12 +551,16 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
                         for j in range(uh):
                             y[t, b, j] = 0.0
                     continue
+                if ln_x:
+                    _ln_forward(xp, t, b, 0, ihw, ln_xg, ln_xs, ahat_x, tlx, rstd_x, 0)
                 if two_gemm:
                     # reset-before, first pass: gates and q = r*h(t-1) (in hn[0])
                     if gconst:
                         for j in range(uh):
-                            hn[0, b, j] = gc[j] * hs[t, b, j]
+                            hn[0, b, j] = gc[j] * ha[ta, b, j]
                         continue
+                    if ln_h and gh:
+                        _ln_forward(work3, 0, b, 0, ng, ln_hg, ln_hs, ahat_h, tlh, rstd_h, 0)
                     for j in range(uh):
                         a = xp[t, b, j] if gx else gb[j]
                         if gh:
@@ -418,8 +572,10 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
                             if gh:
                                 a2 += work[b, uh + j]
                             gs[tg, b, uh + j] = _sigmoid(fast, a2)
-                        hn[0, b, j] = g1 * hs[t, b, j]
+                        hn[0, b, j] = g1 * ha[ta, b, j]
                     continue
+                if ln_h:
+                    _ln_forward(work3, 0, b, 0, hhw, ln_hg, ln_hs, ahat_h, tlh, rstd_h, 0)
                 for j in range(uh):
                     if gconst:
                         g1 = gc[j]
@@ -450,6 +606,11 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
                     n = _tanh(fast, npre) if tanh else npre
                     ns[tn, b, j] = n
                     hs[t + 1, b, j] = (one - z) * n + z * hs[t, b, j]
+                if zo:  # hs[t+1] = ζ h(t-1) + (1 - ζ) h'
+                    tz, bz = t if zeta.shape[0] > 1 else 0, b if zeta.shape[1] > 1 else 0
+                    for j in range(uh):
+                        zv = zeta[tz, bz, j]
+                        hs[t + 1, b, j] = zv * hs[t, b, j] + (one - zv) * hs[t + 1, b, j]
                 if copy_y:
                     for j in range(uh):
                         y[t, b, j] = hs[t + 1, b, j]
@@ -481,6 +642,8 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
                 for b in range(b0, b1):
                     if t >= lengths[b]:
                         continue
+                    if ln_h:
+                        _ln_forward(work3, 0, b, wn, hid, ln_hg, ln_hs, ahat_h, tlh, rstd_h, 1 if gh else 0)
                     for j in range(uh):
                         if two:
                             z = gc[uh + j] if gconst else gs[tg, b, uh + j]
@@ -489,6 +652,11 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
                         n = _tanh(fast, xp[t, b, uxn + j] + work[b, uwn + j])
                         ns[tn, b, j] = n
                         hs[t + 1, b, j] = (one - z) * n + z * hs[t, b, j]
+                    if zo:
+                        tz, bz = t if zeta.shape[0] > 1 else 0, b if zeta.shape[1] > 1 else 0
+                        for j in range(uh):
+                            zv = zeta[tz, bz, j]
+                            hs[t + 1, b, j] = zv * hs[t, b, j] + (one - zv) * hs[t + 1, b, j]
                     if copy_y:
                         for j in range(uh):
                             y[t, b, j] = hs[t + 1, b, j]
@@ -522,6 +690,26 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
         fold_dx,
         fold_dw,
         small,
+        masked,
+        hmask,
+        hm,
+        dhm,
+        zo,
+        zeta,
+        gzero,
+        zd,
+        reset,
+        resets,
+        ln_x,
+        ln_xg,
+        ahat_x,
+        rstd_x,
+        ln_h,
+        ln_hg,
+        ahat_h,
+        rstd_h,
+        dgam_x,
+        dgam_h,
         b0,
         b1,
     ):
@@ -557,9 +745,28 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
                 instead of two more passes over ``dgx``.
             small: the per-step products run as :func:`_row_nn` (compiled loops, row by row as
                 each row's gradients are done) instead of BLAS.
+            masked, hmask: recurrent dropout, as in the forward: ``dh(t-1)`` gets
+                ``hmask ⊙ dL/dh̃``; reset-before: ``dr`` and ``q`` (``qs``) read ``h̃``.
+            hm: ``[1, B, H]`` scratch for ``h̃`` (reset-before, ``masked``).
+            dhm: ``[B, H]`` scratch for ``dL/dh̃`` (``masked``).
+            zo, zeta: zoneout, as in the forward: with ``d`` the gradient of ``h_t``, the
+                step's loop reads ``(1-ζ) d`` and ``dh(t-1)`` gets ``ζ d`` besides.
+            gzero: ``[1, B, H]`` zeros, what the step's loop reads instead of ``gy`` with zoneout
+                (``gy`` is then in ``dh`` already).
+            zd: ``[B, H]`` scratch for ``ζ d`` (zoneout).
+            reset, resets: as in the forward: no gradient crosses a reset (``dh(t-1)`` of a reset
+                row is zeroed after step ``t``).
+            ln_x, ln_xg, ahat_x, rstd_x: layer norm of ``W x``, as in the forward (its saved ``â``
+                and ``1 / sqrt(var + ε)``). Once a row is done ``dgx`` holds the gradient of the
+                projection before the layer norm.
+            ln_h, ln_hg, ahat_h, rstd_h: the same for the recurrent products (``dgh``).
+            dgam_x, dgam_h: ``[ihb*H]``, ``[hhb*H]`` float64 (out, accumulated, with ``ln_x``,
+                ``ln_h``) the gains' gradients; ``dbx``, ``dbh`` are then also the shifts', and
+                are always accumulated.
             b0, b1: the batch rows ``[b0, b1)`` this call runs (as in the forward; ``dgb`` is the
                 only output shared between rows: give each concurrent call its own).
         """
+        masked, zo, reset, ln_x, ln_h = _switches(options, masked, zo, reset, ln_x, ln_h)
         steps, _, hid = gy.shape
         batch = b1 - b0
         ng = gs.shape[2]
@@ -579,6 +786,12 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
         # the columns of dgh[t] that feed dh(t-1) through the per-step product on W_hh
         # (reset-before: the gates'; c's went through U_n into dq first)
         back = (ng if gh else 0) if two_gemm else (hhw if use_gemm else 0)
+        # zoneout: the step's loops read their whole gradient from dh (see below)
+        gya = gzero if zo else gy
+        # recurrent dropout: the reset-before products read h̃ (in hm[0]), and dL/dh̃ collects in dhm
+        ha = hm if masked else hs
+        # the product into dL/dh̃ starts it (reset-after) or adds to r ⊙ dq (reset-before)
+        beta = one if two_gemm else dt.type(0.0)
         for b in range(b0, b1):
             for j in range(uh):
                 dh[b, j] = ghn[b, j]
@@ -590,6 +803,19 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
             tx = t if dgx.shape[0] == steps else 0
             tg = 0 if gconst else t  # the gates' row: one constant row for GRU3
             th = t if cand_h else 0
+            ty = 0 if zo else t
+            ta = 0 if masked else t
+            if zo:
+                # zoneout splits d = dh + gy[t]: ζ d goes straight to h(t-1) (zd, added below), and
+                # (1 - ζ) d through the new state (into dh, which the step's loops then read whole)
+                for b in range(b0, b1):
+                    if t < lengths[b]:
+                        tz, bz = t if zeta.shape[0] > 1 else 0, b if zeta.shape[1] > 1 else 0
+                        for j in range(uh):
+                            d = dh[b, j] + gy[t, b, j]
+                            zv = zeta[tz, bz, j]
+                            zd[b, j] = zv * d
+                            dh[b, j] = (one - zv) * d
             if two_gemm:
                 # reset-before, first pass: dz, the update's share of dh(t-1), and c = dL/d(U_n q)
                 for b in range(b0, b1):
@@ -598,7 +824,7 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
                         continue
                     bg = 0 if gconst else b
                     for j in range(uh):
-                        d = dh[b, j] + gy[t, b, j]
+                        d = dh[b, j] + gya[ty, b, j]
                         if two:
                             z = gs[tg, bg, uh + j]
                         else:
@@ -609,6 +835,12 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
                         c = d * (one - z) * (one - n * n)
                         dgx[tx, b, uxn + j] = c
                         dgh[t, b, uwn + j] = c
+                    if masked:
+                        for j in range(uh):
+                            hm[0, b, j] = hs[t, b, j] * hmask[b, j]
+                            dhm[b, j] = 0.0
+                    if ln_h:
+                        _ln_backward(dgh, t, b, wn, hid, ln_hg, ahat_h, t, rstd_h, 1 if gh else 0, dgam_h, dbh)
                     if small:
                         # dq = c @ U_n, into dh[b] (consumed)
                         _row_nn(dgh, t, b, wn, hid, whh, dh, b, False)
@@ -643,9 +875,12 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
                     g1 = gs[tg, bg, j]
                     if two_gemm:
                         # second pass: dh[b] holds dq = dL/d(r*h(t-1))
-                        dr = dh[b, j] * hs[t, b, j]
-                        dhp[b, j] += dh[b, j] * g1
-                        qs[t, b, j] = g1 * hs[t, b, j]
+                        dr = dh[b, j] * ha[ta, b, j]
+                        if masked:  # dL/dh̃ collects in dhm
+                            dhm[b, j] += dh[b, j] * g1
+                        else:
+                            dhp[b, j] += dh[b, j] * g1
+                        qs[t, b, j] = g1 * ha[ta, b, j]
                         if two:
                             z = gs[tg, bg, uh + j]
                             a1 = dr * g1 * (one - g1)
@@ -654,7 +889,7 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
                             a1 = (dr - dzs[b, j]) * g1 * (one - g1)
                             a2 = a1
                     else:
-                        d = dh[b, j] + gy[t, b, j]
+                        d = dh[b, j] + gya[ty, b, j]
                         if two:
                             z = gs[tg, bg, uh + j]
                         elif coupled:
@@ -694,11 +929,21 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
                             dgb[uh + j] += a2
                 # the finished row, while it is in cache: bias sums, and (a few input features)
                 # dW_ih and dx
-                if sums:
+                # (with a layer norm its backward sums them, before dgx or dgh become the gradients
+                # of what it normalised)
+                if sums and not ln_x:
                     for j in range(ux):
                         dbx[j] += dgx[tx, b, j]
+                if sums and not ln_h:
                     for j in range(uhw):
                         dbh[j] += dgh[t, b, j]
+                if ln_x:
+                    _ln_backward(dgx, tx, b, 0, dgx.shape[2], ln_xg, ahat_x, t, rstd_x, 0, dgam_x, dbx)
+                if ln_h:
+                    if not two_gemm:
+                        _ln_backward(dgh, t, b, 0, hhw, ln_hg, ahat_h, t, rstd_h, 0, dgam_h, dbh)
+                    elif gh:
+                        _ln_backward(dgh, t, b, 0, ng, ln_hg, ahat_h, t, rstd_h, 0, dgam_h, dbh)
                 if fold_dw:
                     for k in range(xin.shape[2]):
                         xk = xin[t, b, k]
@@ -722,11 +967,34 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
                             s += dgx[tx, b, i] * wih_t[k, i]
                         dxo[t, b, k] = s
                 if small and back:
-                    # dh(t-1) += dgh[t, b, :back] @ whh[:back]
-                    _row_nn(dgh, t, b, 0, back, whh, dhp, b, True)
+                    # dh(t-1) += dgh[t, b, :back] @ whh[:back]  (recurrent dropout: into dL/dh̃, which it
+                    # starts in the reset-after form and adds to in the reset-before form)
+                    if masked:
+                        _row_nn(dgh, t, b, 0, back, whh, dhm, b, two_gemm)
+                    else:
+                        _row_nn(dgh, t, b, 0, back, whh, dhp, b, True)
             if back and not small:
-                # dh(t-1) += dgh[t][B, :back] @ whh[:back]
-                _gemm(fptr, 0, 0, hid, batch, back, one, whh, hid, dgh[t, b0:], hhw, one, dhp[b0:], hid, iw, sw, cw)
+                # dh(t-1) += dgh[t][B, :back] @ whh[:back]  (recurrent dropout: as above)
+                if masked:
+                    _gemm(
+                        fptr, 0, 0, hid, batch, back, one, whh, hid, dgh[t, b0:], hhw, beta, dhm[b0:], hid, iw, sw, cw
+                    )
+                else:
+                    _gemm(fptr, 0, 0, hid, batch, back, one, whh, hid, dgh[t, b0:], hhw, one, dhp[b0:], hid, iw, sw, cw)
+            if masked or zo:
+                for b in range(b0, b1):
+                    if t < lengths[b]:
+                        if masked:
+                            for j in range(uh):
+                                dhp[b, j] += hmask[b, j] * dhm[b, j]
+                        if zo:
+                            for j in range(uh):
+                                dhp[b, j] += zd[b, j]
+            if reset:
+                for b in range(b0, b1):
+                    if t < lengths[b] and resets[t, b]:
+                        for j in range(uh):
+                            dhp[b, j] = 0.0
             dh, dhp = dhp, dh
         for b in range(b0, b1):
             for j in range(uh):
