@@ -6,8 +6,9 @@
 On a shared machine absolute times move by tens of percent between runs, so a change to the engine
 is judged by running old and new code side by side: the revision's ``src/gatedrnn`` is exported
 with ``git archive`` into ``runs/revisions/<commit>/`` as a package of another name, both layers
-get the same weights, and each round times both, alternating which goes first (``gatedrnn._bench``'s
-interleaved timer), forward without gradients and forward+backward with random upstream gradients. Prints medians, new ÷ old, and the largest
+get the same weights, and each round times both, alternating which goes first (the
+benchmark's interleaved timer, ``gatedrnn.bench.time_interleaved``), forward without gradients and
+forward+backward with random upstream gradients. Prints medians, new ÷ old, and the largest
 difference between the two input gradients (0 when the arithmetic is unchanged).
 """
 
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 
 import gatedrnn
-from gatedrnn._bench import CPU_SIZES, _time
+from gatedrnn.bench import CPU_SIZES, time_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +78,7 @@ def _compare(lo: torch.nn.Module, ln: torch.nn.Module, x: torch.Tensor, gy: torc
     cells = []
     for fn in (fwd, fwdbwd):
         # 3 warm-up rounds (compile, first touches), then interleaved rounds: the benchmark's own timer
-        times = _time({"old": lambda fn=fn: fn(lo), "new": lambda fn=fn: fn(ln)}, repeats, 3, lambda: None)
+        times = time_interleaved({"old": lambda fn=fn: fn(lo), "new": lambda fn=fn: fn(ln)}, repeats, 3, lambda: None)
         mo, mn = times["old"]["median_ms"], times["new"]["median_ms"]
         cells += [f"{mo:.3f}", f"{mn:.3f}", f"{mn / mo:.3f}"]
     grads = []

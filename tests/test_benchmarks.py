@@ -1,4 +1,5 @@
-"""The benchmark scripts that are not the CLI's (`benchmarks/rows.py`) still run against the engine."""
+"""The benchmark harness (:mod:`gatedrnn.bench`): its tables from made-up timings, and the scripts in
+`benchmarks/` against the engine."""
 
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def test_matmul_flops_counts_what_the_reference_engine_multiplies(variant, reset
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from gatedrnn._bench import matmul_flops
+    from gatedrnn.bench import matmul_flops
 
     size = (3, 5, 4, 6)
     batch, steps, inp, hid = size
@@ -107,11 +108,11 @@ def test_matmul_flops_counts_what_the_reference_engine_multiplies(variant, reset
 
 def test_roofline_table_from_timings():
     """The roofline table's figures, worked out by hand from made-up timings."""
-    from gatedrnn import _bench
+    from gatedrnn import bench
 
-    side = _bench.SGEMM_SIDE
+    side = bench.SGEMM_SIDE
     gemm_ms = 2 * side**3 / 50e9 * 1e3  # a 50 GFLOP/s host
-    size = _bench.CPU_SIZES["D"]
+    size = bench.CPU_SIZES["D"]
     gflop = 3 * (2 * 200 * 16 * 64 * 192 + 2 * 200 * 16 * 64 * 192) / 1e9  # gru0 at D: 0.4719
     at_rate = gflop / 50 * 1e3  # 9.44 ms
     times = {
@@ -125,7 +126,7 @@ def test_roofline_table_from_timings():
         for th in (1, 2)
         for ps in ("fwd", "fwdbwd")
     ]
-    lines = _bench._roofline(rows).splitlines()
+    lines = bench._tables._roofline(rows).splitlines()
     assert len(lines) == 4  # header, rule, one line per thread count (forward+backward only)
     one = [c.strip() for c in lines[2].split("|")[1:-1]]
     two = [c.strip() for c in lines[3].split("|")[1:-1]]
@@ -136,17 +137,16 @@ def test_roofline_table_from_timings():
         f"{at_rate:.2f}",
         f"{at_rate / 0.8:.2f} (80%)",
         f"{2 * at_rate:.2f} (50%)",
-        "-",
-        "-",
     ]
-    # the target (2 threads only): TARGETS["D"] x nn.GRU's 100 ms = 12 ms, needing 9.44 / 12 of the rate
-    assert two[7:] == ["12.00", f"{100 * at_rate / 12:.0f}%"]
-    assert _bench._roofline([{**rows[1], "times": {k: v for k, v in times.items() if k != f"sgemm:{side}"}}]) == ""
+    assert two[1] == "2"
+    assert (
+        bench._tables._roofline([{**rows[1], "times": {k: v for k, v in times.items() if k != f"sgemm:{side}"}}]) == ""
+    )
 
 
 def _made_up_results() -> list[dict]:
     """One size, both thread counts, forward+backward: gru0 10 ms, gru3 5 ms, minGRU 2 ms."""
-    from gatedrnn import _bench
+    from gatedrnn import bench
 
     times = {
         "torch.nn.GRU": {"median_ms": 100.0, "min_ms": 90.0},
@@ -154,7 +154,7 @@ def _made_up_results() -> list[dict]:
         "fused:gru3": {"median_ms": 5.0, "min_ms": 4.0},
         "fused:mingru": {"median_ms": 2.0, "min_ms": 1.0},
     }
-    shape = list(_bench.CPU_SIZES["D"])
+    shape = list(bench.CPU_SIZES["D"])
     return [
         {"size": "D", "shape": shape, "dtype": "float32", "threads": th, "pass": "fwdbwd", "times": times}
         for th in (1, 2)
@@ -162,9 +162,9 @@ def _made_up_results() -> list[dict]:
 
 
 def test_proportions_table_from_timings():
-    from gatedrnn import _bench
+    from gatedrnn import bench
 
-    lines = _bench._proportions(_made_up_results(), "cpu").splitlines()
+    lines = bench._tables._proportions(_made_up_results(), "cpu").splitlines()
     assert [c.strip() for c in lines[0].split("|")[1:-1]] == ["size (B,T,m,n)", "threads", "dtype", "gru3", "mingru"]
     assert len(lines) == 4
     # D = (16, 200, 64, 64): gru0 multiplies 3 blocks of the input and 3 of the state, gru3 one of
@@ -175,50 +175,84 @@ def test_proportions_table_from_timings():
     cells = [c.strip() for c in lines[2].split("|")[1:-1]]
     assert cells[3:] == [f"0.50 ({gru3 / gru0:.2f})", f"0.20 ({mingru / gru0:.2f})"]
     assert (
-        _bench._proportions([{**r, "times": {"torch.nn.GRU": {"median_ms": 1.0}}} for r in _made_up_results()], "cpu")
+        bench._tables._proportions(
+            [{**r, "times": {"torch.nn.GRU": {"median_ms": 1.0}}} for r in _made_up_results()], "cpu"
+        )
         == ""
     )
 
 
-def test_report_reprints_a_saved_run_and_refuses_other_files(tmp_path, capsys):
+def test_report_reprints_a_saved_run_and_refuses_other_files(tmp_path):
     import json
 
-    from gatedrnn import _bench
+    from gatedrnn import bench
 
     data = {"device": "cpu", "results": _made_up_results(), "machine": {"cpu": "made-up CPU"}, "repeats": 3}
     path = tmp_path / "run.json"
     path.write_text(json.dumps(data))
-    assert _bench.main(["--report", str(path)]) == 0
-    out = capsys.readouterr().out
+    out = bench.report_file(str(path))
     assert "| D (16,200,64,64) | 2 | fwdbwd |" not in out  # no baselines table row without a pass column
     assert "| D (16,200,64,64) | float32 | 2 | fwdbwd | gru0 | 10.00 | 0.100 |" in out
-    assert "| D | 0.100 | ≤ 0.12 | yes |" in out  # the target line, from the 2-thread row
     assert "Machine: made-up CPU" in out
     (tmp_path / "bad.json").write_text("{}")
-    assert _bench.main(["--report", str(tmp_path / "bad.json")]) == 2
-    err = capsys.readouterr().err
-    assert "--report" in err and "bad.json" in err
-    assert _bench.main(["--report", str(tmp_path / "missing.json")]) == 2
-    assert "cannot read" in capsys.readouterr().err
+    with pytest.raises(bench.BenchError, match=r"--report.*bad\.json"):
+        bench.report_file(str(tmp_path / "bad.json"))
+    with pytest.raises(bench.BenchError, match="cannot read"):
+        bench.report_file(str(tmp_path / "missing.json"))
 
 
-def test_a_run_prints_what_its_json_reprints(tmp_path, capsys):
-    """The tables a run prints are a function of the JSON it saves (a tiny real run)."""
+def test_a_run_prints_what_its_json_reprints_and_keeps_an_existing_json(tmp_path, capsys):
+    """The tables a run prints are a function of the JSON it saves (a tiny real run); a second run
+    onto the same JSON is refused unless asked to overwrite it."""
     import json
 
-    from gatedrnn import _bench
+    from gatedrnn import bench
 
     path = tmp_path / "speed.json"
-    argv = ["--sizes", "E", "--variants", "gru0,mingru", "--threads", "1", "--passes", "fwdbwd", "--repeats", "1"]
-    argv += ["--warmup", "0", "--no-baselines", "--no-compile", "--no-memory", "--json", str(path)]
-    assert _bench.main(argv) == 0
+    opts = bench.Options(
+        sizes=["E"],
+        variants=["gru0", "mingru"],
+        threads=[1],
+        passes=["fwdbwd"],
+        repeats=1,
+        warmup=0,
+        baselines=False,
+        memory=False,
+        json=str(path),
+    )
+    bench.run(opts)
     printed = capsys.readouterr().out
     data = json.loads(path.read_text())
-    assert printed == _bench.report(data) + f"\nJSON: {path}\n"
+    assert printed == bench.report(data) + f"\nJSON: {path}\n"
     assert set(data["results"][0]["times"]) >= {
         "torch.nn.GRU",
         "fused:gru0",
         "floor:gru0",
-        f"sgemm:{_bench.SGEMM_SIDE}",
+        f"sgemm:{bench.SGEMM_SIDE}",
     }
-    assert data["matmul_gflop"]["E"]["gru0"] == _bench.matmul_flops("gru0", _bench.CPU_SIZES["E"], True) / 1e9
+    assert data["matmul_gflop"]["E"]["gru0"] == bench.matmul_flops("gru0", bench.CPU_SIZES["E"], True) / 1e9
+    assert data["compile"] is None  # compile timing is asked for, never run by default
+    before = path.read_bytes()
+    with pytest.raises(bench.BenchError, match="--overwrite"):
+        bench.run(opts)
+    assert path.read_bytes() == before
+
+
+def test_options_name_the_bad_option_and_default_to_the_registry():
+    import dataclasses
+
+    from gatedrnn import bench
+
+    opts = bench.Options().checked()
+    assert opts.variants == list(gatedrnn.SPECS) and opts.sizes == list(bench.CPU_SIZES)
+    assert opts.dtypes == ["float32"] and not opts.compile_time
+    for field, value, fragment in [
+        ("sizes", ["Z"], "--sizes"),
+        ("variants", ["gru9"], "--variants"),
+        ("threads", [0], "--threads"),
+        ("passes", ["bwd"], "--passes"),
+        ("repeats", 0, "--repeats"),
+        ("device", "tpu", "--device"),
+    ]:
+        with pytest.raises(bench.BenchError, match=fragment):
+            dataclasses.replace(bench.Options(), **{field: value}).checked()

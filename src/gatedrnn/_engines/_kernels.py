@@ -36,7 +36,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["SMALL_MAX_BATCH", "blas", "floor_nn", "floor_nt", "kernels", "mkl_local_threads"]
+__all__ = ["SMALL_MAX_BATCH", "blas", "kernels", "mkl_local_threads"]
 
 _JIT = {"cache": True, "error_model": "numpy", "nogil": True, "fastmath": {"contract"}}
 
@@ -728,46 +728,3 @@ def kernels(
                 dh0[b, j] = dh[b, j]
 
     return forward, backward
-
-
-# ------------------------------------------------------------------------- GEMM-only floor (bench)
-@njit(**_JIT)
-def floor_nt(fptr, a, w, w_t, c, steps, small):
-    """``steps`` times ``c[B, N] = a[B, K] @ w[N, K]^T``: the forward's per-step products alone
-    (``small``: as the kernels run them for a few rows, :func:`_row_nt` on ``w_t = w^T``)."""
-    batch, k = a.shape
-    n = w.shape[0]
-    iw = np.empty(6, np.int32)
-    sw = np.empty(2, c.dtype)
-    cw = np.empty(2, np.uint8)
-    cw[0] = 78
-    cw[1] = 84
-    one = c.dtype.type(1.0)
-    a3 = a.reshape((1, batch, k))
-    for _ in range(steps):
-        if small:
-            for b in range(batch):
-                _row_nt(a3, 0, b, w_t, 0, n, c, b, 0)
-        else:
-            _gemm(fptr, 1, 0, n, batch, k, one, w, k, a, k, 0.0, c, n, iw, sw, cw)
-
-
-@njit(**_JIT)
-def floor_nn(fptr, d, w, c, steps, small):
-    """``steps`` times ``c[B, H] += d[B, N] @ w[N, H]``: the backward's per-step products alone
-    (``small``: as :func:`_row_nn`)."""
-    batch, n = d.shape
-    hid = w.shape[1]
-    iw = np.empty(6, np.int32)
-    sw = np.empty(2, c.dtype)
-    cw = np.empty(2, np.uint8)
-    cw[0] = 78
-    cw[1] = 84
-    one = c.dtype.type(1.0)
-    d3 = d.reshape((1, batch, n))
-    for _ in range(steps):
-        if small:
-            for b in range(batch):
-                _row_nn(d3, 0, b, 0, n, w, c, b, True)
-        else:
-            _gemm(fptr, 0, 0, hid, batch, n, one, w, hid, d, n, one, c, hid, iw, sw, cw)

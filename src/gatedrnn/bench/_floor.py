@@ -1,0 +1,142 @@
+"""The GEMM-only floor: a variant's matrix products timed alone, with the BLAS and the row loops
+the fused engine calls (:mod:`gatedrnn._engines._kernels`), and the large product that gives the
+host's rate. Imports numba: loaded when a benchmark runs, never by the library."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from numba import njit
+
+from .._engines._kernels import _JIT, _gemm, _row_nn, _row_nt
+from ._flops import SGEMM_SIDE
+
+__all__ = ["floor_nn", "floor_nt", "gemm_floor", "sgemm"]
+
+
+@njit(inline="always", **_JIT)
+def _gemm_scratch(c):
+    """The by-reference scalars :func:`_gemm` needs, for products into ``c``'s data type."""
+    iw = np.empty(6, np.int32)
+    sw = np.empty(2, c.dtype)
+    cw = np.empty(2, np.uint8)
+    cw[0] = 78  # "N"
+    cw[1] = 84  # "T"
+    return iw, sw, cw
+
+
+@njit(**_JIT)
+def floor_nt(fptr, a, w, w_t, c, steps, small):
+    """``steps`` times ``c[B, N] = a[B, K] @ w[N, K]^T``: the forward's per-step products alone
+    (``small``: as the kernels run them for a few rows, :func:`_row_nt` on ``w_t = w^T``)."""
+    batch, k = a.shape
+    n = w.shape[0]
+    iw, sw, cw = _gemm_scratch(c)
+    one = c.dtype.type(1.0)
+    a3 = a.reshape((1, batch, k))
+    for _ in range(steps):
+        if small:
+            for b in range(batch):
+                _row_nt(a3, 0, b, w_t, 0, n, c, b, 0)
+        else:
+            _gemm(fptr, 1, 0, n, batch, k, one, w, k, a, k, 0.0, c, n, iw, sw, cw)
+
+
+@njit(**_JIT)
+def floor_nn(fptr, d, w, c, steps, small):
+    """``steps`` times ``c[B, H] += d[B, N] @ w[N, H]``: the backward's per-step products alone
+    (``small``: as :func:`_row_nn`)."""
+    batch, n = d.shape
+    hid = w.shape[1]
+    iw, sw, cw = _gemm_scratch(c)
+    one = c.dtype.type(1.0)
+    d3 = d.reshape((1, batch, n))
+    for _ in range(steps):
+        if small:
+            for b in range(batch):
+                _row_nn(d3, 0, b, 0, n, w, c, b, True)
+        else:
+            _gemm(fptr, 0, 0, hid, batch, n, one, w, hid, d, n, one, c, hid, iw, sw, cw)
+
+
+def sgemm(side: int = SGEMM_SIDE) -> Callable[[], None]:
+    """A callable doing one ``side``-cubed float32 product (output preallocated), torch's BLAS and threads."""
+    import torch
+
+    a, b, out = torch.randn(side, side), torch.randn(side, side), torch.empty(side, side)
+
+    def run() -> None:
+        torch.mm(a, b, out=out)
+
+    return run
+
+
+def gemm_floor(variant: str, reset_after: bool, size: tuple[int, int, int, int], backward: bool) -> Callable[[], None]:
+    """A callable doing the variant's matrix products alone (float32, same BLAS as the engine).
+
+    The per-step products run the way the engine runs them: with several torch threads, on the
+    same batch row ranges at once (one-thread BLAS each, in torch's OpenMP team).
+    """
+    import torch
+
+    from .._engines._fused import SMALL_MIN_STEPS, _small
+    from .._engines._kernels import blas
+    from .._engines._threads import row_ranges, run_rows
+    from .._specs import get_spec
+
+    spec = get_spec(variant)
+    batch, steps, inp, hid = size
+    ihw, hhw, ng = spec.ih_blocks() * hid, spec.hh_blocks() * hid, spec.num_gates * hid
+    ra = reset_after and spec.has_reset
+    fptr = blas()[0]
+    x2 = torch.randn(steps * batch, inp)
+    w_ih = torch.randn(ihw, inp)
+    h = np.random.randn(batch, hid).astype(np.float32)
+    whh = (np.random.randn(max(hhw, 1), hid) * 0.1).astype(np.float32)
+    wg, wn = whh[: max(ng, 1)], whh[hhw - hid :] if hhw else whh
+    out_f = np.zeros((batch, max(hhw, 1)), np.float32)
+    d = np.random.randn(batch, max(hhw, 1)).astype(np.float32)
+    dn, dg = np.ascontiguousarray(d[:, :hid]), np.ascontiguousarray(d[:, : max(ng, 1)])
+    out_b = np.zeros((batch, hid), np.float32)
+    dgx = torch.randn(steps * batch, ihw)
+    dgh = torch.randn(steps * batch, max(hhw, 1))
+    hs = torch.randn(steps * batch, hid)
+    # outputs preallocated: the floor times the products, not first touches of fresh memory
+    xp, dx = torch.empty(steps * batch, ihw), torch.empty(steps * batch, inp)
+    dw_ih, dw_hh = torch.empty(ihw, inp), torch.empty(max(hhw, 1), hid)
+    small = _small(spec.candidate_reads_h, batch, hid, hhw)
+    small_f = small and steps >= SMALL_MIN_STEPS
+    whh_t, wg_t, wn_t = (np.ascontiguousarray(m.T) for m in (whh, wg, wn))
+    ranges = row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
+    step_flops = 2 * batch * hid * hhw
+
+    def forward_rows(_: int, b0: int, b1: int) -> None:
+        if ra:
+            floor_nt(fptr, h[b0:b1], whh, whh_t, out_f[b0:b1], steps, small_f)
+        else:
+            if spec.gates_read_h:
+                floor_nt(fptr, h[b0:b1], wg, wg_t, out_f[b0:b1, :ng], steps, small_f)
+            floor_nt(fptr, h[b0:b1], wn, wn_t, out_f[b0:b1, :hid], steps, small_f)
+
+    def backward_rows(_: int, b0: int, b1: int) -> None:
+        if ra:
+            floor_nn(fptr, d[b0:b1], whh, out_b[b0:b1], steps, small)
+        else:
+            floor_nn(fptr, dn[b0:b1], wn, out_b[b0:b1], steps, small)
+            if spec.gates_read_h:
+                floor_nn(fptr, dg[b0:b1], wg, out_b[b0:b1], steps, small)
+
+    def run() -> None:
+        torch.mm(x2, w_ih.t(), out=xp)
+        if spec.candidate_reads_h:
+            run_rows(forward_rows, ranges, step_flops)
+        if not backward:
+            return
+        if spec.candidate_reads_h:
+            run_rows(backward_rows, ranges, step_flops)
+            torch.mm(dgh.t(), hs, out=dw_hh)
+        torch.mm(dgx, w_ih, out=dx)
+        torch.mm(dgx.t(), x2, out=dw_ih)
+
+    return run

@@ -1,0 +1,198 @@
+"""The tables of a benchmark run, as a function of the JSON it writes (``--report`` reprints them)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ._flops import SGEMM_SIDE, matmul_flops
+from ._options import BenchError
+
+__all__ = ["report", "report_file"]
+
+
+def _size_label(r: dict[str, Any]) -> str:
+    """A result's size as the tables name it: ``A (64,28,28,128)``."""
+    return f"{r['size']} (" + ",".join(str(x) for x in r["shape"]) + ")"
+
+
+def _fmt(v: float | None, nd: int = 2) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def _markdown(results: list[dict[str, Any]], device: str) -> str:
+    eng = "fused" if device == "cpu" else "triton"
+    lines = []
+    head = (
+        "| size (B,T,m,n) | dtype | threads | pass | variant | time ms "
+        "| ÷ nn.GRU | ÷ nn.LSTM | ÷ Python cell | ÷ GEMM floor |"
+    )
+    lines.append(head)
+    lines.append("|---" * 10 + "|")
+    base_lines = [
+        "| size (B,T,m,n) | dtype | threads | pass | nn.GRU ms | nn.LSTM ms | Python cell ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        t = r["times"]
+        gru = t["torch.nn.GRU"]["median_ms"]
+        lstm = t.get("torch.nn.LSTM", {}).get("median_ms")
+        cell = t.get("python cell", {}).get("median_ms")
+        key = f"| {_size_label(r)} | {r['dtype']} | {r['threads']} | {r['pass']} |"
+        base_lines.append(f"{key} {_fmt(gru)} | {_fmt(lstm)} | {_fmt(cell)} |")
+        for name, v in t.items():
+            if not name.startswith(eng + ":"):
+                continue
+            var = name.split(":", 1)[1]
+            ms = v["median_ms"]
+            floor = t.get(f"floor:{var}", {}).get("median_ms")
+            ratios = [ms / gru, ms / lstm if lstm else None, ms / cell if cell else None]
+            lines.append(
+                f"{key} {var} | {_fmt(ms)} | {_fmt(ratios[0], 3)} | {_fmt(ratios[1], 3)} | {_fmt(ratios[2], 4)} | "
+                f"{_fmt(ms / floor if floor else None, 2)} |"
+            )
+    return "\n".join(lines) + "\n\nBaselines (median ms):\n\n" + "\n".join(base_lines)
+
+
+def _summary(results: list[dict[str, Any]], device: str) -> str:
+    """Forward+backward per thread count and dtype: time ÷ torch.nn.GRU (÷ GEMM floor) per variant."""
+    eng = "fused" if device == "cpu" else "triton"
+    out = []
+    groups = sorted({(r["threads"], r["dtype"]) for r in results if r["pass"] == "fwdbwd"})
+    for threads, dtype in groups:
+        rows = [r for r in results if r["pass"] == "fwdbwd" and r["threads"] == threads and r["dtype"] == dtype]
+        variants = [n.split(":", 1)[1] for n in rows[0]["times"] if n.startswith(eng + ":")]
+        out.append(f"\nForward+backward, {threads} thread(s), {dtype}: time ÷ torch.nn.GRU (÷ GEMM-only floor)\n")
+        out.append("| size (B,T,m,n) | nn.GRU ms | " + " | ".join(variants) + " |")
+        out.append("|---" * (len(variants) + 2) + "|")
+        for r in rows:
+            t = r["times"]
+            gru = t["torch.nn.GRU"]["median_ms"]
+            cells = []
+            for v in variants:
+                ms = t[f"{eng}:{v}"]["median_ms"]
+                floor = t.get(f"floor:{v}", {}).get("median_ms")
+                cells.append(f"{ms / gru:.3f}" + (f" ({ms / floor:.1f})" if floor else ""))
+            out.append(f"| {_size_label(r)} | {gru:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def _roofline(results: list[dict[str, Any]], variant: str = "gru0") -> str:
+    """Forward+backward: the variant's matrix-product work against the host's large-product rate
+    (``sgemm:<side>`` in the same rounds): how close the floor and the engine come to it. Empty where
+    the results hold no rate or no such variant."""
+    rate_key = f"sgemm:{SGEMM_SIDE}"
+    head = (
+        f"| size (B,T,m,n) | threads | GFLOP | GEMM rate GFLOP/s | ms at that rate "
+        f"| floor ms (% of rate) | {variant} ms (% of rate) |"
+    )
+    lines = [head, "|---" * 7 + "|"]
+    for r in results:
+        t = r["times"]
+        if r["pass"] != "fwdbwd" or rate_key not in t or f"fused:{variant}" not in t:
+            continue
+        gflop = matmul_flops(variant, tuple(r["shape"]), True) / 1e9  # type: ignore[arg-type]
+        rate = 2 * SGEMM_SIDE**3 / 1e9 / (t[rate_key]["median_ms"] / 1e3)
+        at_rate = gflop / rate * 1e3
+        ms = t[f"fused:{variant}"]["median_ms"]
+        floor = t.get(f"floor:{variant}", {}).get("median_ms")
+        cells = [
+            f"{gflop:.3f}",
+            f"{rate:.1f}",
+            f"{at_rate:.2f}",
+            "-" if floor is None else f"{floor:.2f} ({100 * at_rate / floor:.0f}%)",
+            f"{ms:.2f} ({100 * at_rate / ms:.0f}%)",
+        ]
+        lines.append(f"| {_size_label(r)} | {r['threads']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _proportions(results: list[dict[str, Any]], device: str, base: str = "gru0") -> str:
+    """Forward+backward: each variant's time ÷ ``base``'s, and in brackets its matrix-product FLOP
+    ÷ ``base``'s (what "faster in proportion to the work it skips" is measured against). Empty
+    where the results hold no ``base``."""
+    eng = "fused" if device == "cpu" else "triton"
+    rows = [r for r in results if r["pass"] == "fwdbwd" and f"{eng}:{base}" in r["times"]]
+    if not rows:
+        return ""
+    variants = [n.split(":", 1)[1] for n in rows[0]["times"] if n.startswith(eng + ":") and n != f"{eng}:{base}"]
+    if not variants:
+        return ""
+    lines = ["| size (B,T,m,n) | threads | dtype | " + " | ".join(variants) + " |", "|---" * (len(variants) + 3) + "|"]
+    for r in rows:
+        t, shape = r["times"], tuple(r["shape"])
+        ms = t[f"{eng}:{base}"]["median_ms"]
+        flops = matmul_flops(base, shape, True)  # type: ignore[arg-type]
+        cells = [
+            f"{t[f'{eng}:{v}']['median_ms'] / ms:.2f} ({matmul_flops(v, shape, True) / flops:.2f})"  # type: ignore[arg-type]
+            for v in variants
+        ]
+        lines.append(f"| {_size_label(r)} | {r['threads']} | {r['dtype']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(data: dict[str, Any]) -> str:
+    """Every table of a benchmark run, from what it saves as JSON (``--report`` reprints one)."""
+    results, device = data["results"], data["device"]
+    out = [_markdown(results, device), _summary(results, device)]
+    props = _proportions(results, device)
+    if props:
+        out.append(
+            "\nEach variant against gru0 (forward+backward): time ÷ gru0's time, and in brackets its "
+            "matrix-product FLOP ÷ gru0's:\n"
+        )
+        out.append(props)
+    roof = _roofline(results)
+    if roof:
+        out.append(
+            f"\nMatrix products against this host's GEMM rate (gru0, forward+backward; the rate is one "
+            f"{SGEMM_SIDE}x{SGEMM_SIDE}x{SGEMM_SIDE} float32 product timed in the same rounds with the "
+            "same threads):\n"
+        )
+        out.append(roof)
+    memory = data.get("memory_saved_for_backward") or []
+    if memory:
+        cols = [k[: -len("_bytes")] for k in memory[0] if k.endswith("_bytes") and not k.endswith("_peak_bytes")]
+        out.append("\nMemory saved for the backward (MB, forward+backward, float32):\n")
+        out.append("| size | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
+        for m in memory:
+            out.append(f"| {m['size']} | " + " | ".join(f"{m[c + '_bytes'] / 2**20:.1f}" for c in cols) + " |")
+        out.append(
+            "\nPeak resident memory one forward+backward adds (MB, float32, 1 thread, a fresh process per "
+            "cell; the fused engine's buffers handed back first, so its scratch counts):\n"
+        )
+        out.append("| size | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
+        for m in memory:
+            cells = [m.get(c + "_peak_bytes") for c in cols]
+            out.append(f"| {m['size']} | " + " | ".join("-" if b is None else f"{b / 2**20:.1f}" for b in cells) + " |")
+    compile_times = data.get("compile")
+    if compile_times:
+        out.append(
+            "\nCompile time (s): " + ", ".join(f"{k}={v:.2f}" for k, v in compile_times.items() if k.endswith("_s"))
+        )
+    machine = data.get("machine", {})
+    wall = data.get("wall_s")
+    load = machine.get("loadavg")
+    load = None if load is None else " ".join(f"{v:.2f}" for v in load)
+    out.append(
+        f"\nMachine: {machine.get('cpu')}, {machine.get('logical_cpus')} logical CPUs, torch {machine.get('torch')}, "
+        f"numba {machine.get('numba')}, BLAS: {machine.get('blas')}; fused engine threads: "
+        f"{machine.get('fused_threads')}; load average (1, 5, 15 min) {load}; "
+        f"median of {data.get('repeats')} runs after {data.get('warmup')} warm-up, candidates interleaved"
+        + (f"; wall {wall:.0f} s" if wall is not None else "")
+    )
+    return "\n".join(out)
+
+
+def report_file(path: str) -> str:
+    """The tables of a saved run (``--report``); :class:`BenchError` when the file cannot serve."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return report(data)
+    except OSError as e:
+        raise BenchError(f"--report: cannot read {path!r}: {e.strerror or e}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise BenchError(
+            f"--report: expected the JSON a benchmark run writes, got {path!r} ({type(e).__name__}: {e})"
+        ) from None
