@@ -256,3 +256,57 @@ def test_options_name_the_bad_option_and_default_to_the_registry():
     ]:
         with pytest.raises(bench.BenchError, match=fragment):
             dataclasses.replace(bench.Options(), **{field: value}).checked()
+
+
+def test_yardstick_table_from_timings():
+    """Each candidate's share of the GEMM rate and its time ÷ torch.nn.GRU and ÷ torch.nn.LSTM,
+    worked out by hand from made-up timings (a 50 GFLOP/s host, size D, forward+backward)."""
+    from gatedrnn import bench
+
+    side = bench.SGEMM_SIDE
+    gemm_ms = 2 * side**3 / 50e9 * 1e3
+    gru0_gflop = 3 * (2 * 3200 * 64 * 192 + 2 * 3200 * 64 * 192) / 1e9  # (B*T = 3200 rows) 0.4719
+    lstm_gflop = 3 * 2 * 3200 * (64 + 64) * 256 / 1e9  # four blocks of x and of h: 0.6291
+    gru0_ms = gru0_gflop / 50 * 1e3 / 0.5  # half the rate: 18.87 ms
+    lstm_ms = lstm_gflop / 50 * 1e3 / 0.25  # a quarter: 50.33 ms
+    times = {
+        "torch.nn.GRU": {"median_ms": 100.0},
+        "torch.nn.LSTM": {"median_ms": lstm_ms},
+        "fused:gru0": {"median_ms": gru0_ms},
+        f"sgemm:{side}": {"median_ms": gemm_ms},
+        f"onednn:{side}": {"median_ms": gemm_ms / 2},  # twice the rate
+    }
+    row = {"size": "D", "shape": list(bench.CPU_SIZES["D"]), "dtype": "float32", "threads": 2, "pass": "fwdbwd"}
+    lines = bench._tables._yardsticks([{**row, "times": times}], "cpu").splitlines()
+    assert lines[1].startswith("Forward+backward, 2 thread(s), float32")
+    assert [c.strip() for c in lines[3].split("|")[1:-1]] == [
+        "size (B,T,m,n)",
+        "GEMM GFLOP/s",
+        "oneDNN GFLOP/s",
+        "nn.GRU ms",
+        "nn.GRU",
+        "nn.LSTM",
+        "gru0",
+    ]
+    cells = [c.strip() for c in lines[5].split("|")[1:-1]]
+    assert cells[1:4] == ["50.0", "100.0", "100.00"]
+    assert cells[4] == f"{100 * gru0_gflop / 50 / 0.1:.0f}% · 1.000 · {100 / lstm_ms:.3f}"  # 9% · 1.000 · 1.987
+    assert cells[5] == f"25% · {lstm_ms / 100:.3f} · 1.000"
+    assert cells[6] == f"50% · {gru0_ms / 100:.3f} · {gru0_ms / lstm_ms:.3f}"  # 50% · 0.189 · 0.375
+    # without the large product and torch.nn.LSTM (--no-baselines), those parts are "-"
+    bare = {k: v for k, v in times.items() if k in ("torch.nn.GRU", "fused:gru0")}
+    cells = [c.strip() for c in bench._tables._yardsticks([{**row, "times": bare}], "cpu").splitlines()[5].split("|")]
+    assert cells[2:-1] == ["-", "-", "100.00", "- · 1.000 · -", f"- · {gru0_ms / 100:.3f} · -"]
+
+
+def test_the_header_names_the_cpu_and_its_instruction_sets():
+    from gatedrnn.bench import _machine, _tables
+
+    flags = set("fpu sse avx avx2 fma avx512f avx512bw avx512_bf16".split())
+    assert _machine.cpu_isa(flags) == ["AVX2", "AVX-512", "AVX512-BF16"]
+    assert _machine.cpu_isa({"avx2", "amx_tile", "amx_bf16", "avx512f"}) == ["AVX2", "AVX-512", "AMX"]
+    assert _machine.cpu_isa({"sse4_2"}) == []
+    assert _machine.bf16_hardware(["AVX2", "AVX-512", "AMX"]) and not _machine.bf16_hardware(["AVX2"])
+    head = _tables._header({"cpu": "Made-up CPU", "isa": ["AVX2"], "logical_cpus": 2})
+    assert head == "CPU: Made-up CPU; ISA: AVX2; 2 logical CPUs"
+    assert "ISA: not recorded" in _tables._header({"cpu": "old run"})

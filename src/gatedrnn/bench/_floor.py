@@ -12,7 +12,7 @@ from numba import njit
 from .._engines._kernels import _JIT, _gemm, _row_nn, _row_nt
 from ._flops import SGEMM_SIDE
 
-__all__ = ["floor_nn", "floor_nt", "gemm_floor", "sgemm"]
+__all__ = ["floor_nn", "floor_nt", "gemm_floor", "onednn_gemm", "sgemm"]
 
 
 @njit(inline="always", **_JIT)
@@ -68,6 +68,24 @@ def sgemm(side: int = SGEMM_SIDE) -> Callable[[], None]:
 
     def run() -> None:
         torch.mm(a, b, out=out)
+
+    return run
+
+
+def onednn_gemm(side: int = SGEMM_SIDE) -> Callable[[], None] | None:
+    """A callable doing one ``side``-cubed float32 product through oneDNN (the library behind
+    ``torch.nn.LSTM``; torch's float32 ``mm`` calls MKL instead), or None where torch has no oneDNN.
+    oneDNN picks its kernels by the instruction sets alone, where MKL may run a narrower code path
+    on some CPUs: the two rates side by side say whether a faster product exists on the host."""
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        return None
+    a = torch.randn(side, side).to_mkldnn()
+    w = torch.randn(side, side).to_mkldnn()
+
+    def run() -> None:
+        torch._C._nn.mkldnn_linear(a, w)
 
     return run
 

@@ -75,9 +75,12 @@ def candidates(opts: Options, size: tuple[int, int, int, int], backward: bool, d
 
             cands[f"floor:{v}"] = gemm_floor(v, opts.reset_after, size, backward)
     if cpu32:
-        from ._floor import sgemm
+        from ._floor import onednn_gemm, sgemm
 
         cands[f"sgemm:{SGEMM_SIDE}"] = sgemm()
+        onednn = onednn_gemm()
+        if onednn is not None:
+            cands[f"onednn:{SGEMM_SIDE}"] = onednn
     return cands
 
 

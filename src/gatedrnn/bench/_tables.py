@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from ._flops import SGEMM_SIDE, matmul_flops
@@ -54,27 +55,67 @@ def _markdown(results: list[dict[str, Any]], device: str) -> str:
     return "\n".join(lines) + "\n\nBaselines (median ms):\n\n" + "\n".join(base_lines)
 
 
-def _summary(results: list[dict[str, Any]], device: str) -> str:
-    """Forward+backward per thread count and dtype: time ÷ torch.nn.GRU (÷ GEMM floor) per variant."""
+_PASS_TITLE = {"fwdbwd": "Forward+backward", "fwd": "Forward (no grad)"}
+
+
+def _ratio(a: float | None, b: float | None, nd: int) -> str:
+    return "-" if a is None or not b else f"{a / b:.{nd}f}"
+
+
+def _yardsticks(results: list[dict[str, Any]], device: str) -> str:
+    """Per pass, thread count and dtype: each candidate's share of the host's large-GEMM rate (its
+    matrix-product FLOP ÷ time ÷ rate, the rate from ``sgemm:<side>`` in the same rounds), its time ÷
+    ``torch.nn.GRU``'s and ÷ ``torch.nn.LSTM``'s, one table per group, a row per size. Beside the
+    rate (torch's float32 ``mm``, the BLAS the engine calls) the same product's rate through oneDNN
+    (``onednn:<side>``), where the run has it."""
+    from ._flops import candidate_flops
+
     eng = "fused" if device == "cpu" else "triton"
+    rate_key = f"sgemm:{SGEMM_SIDE}"
     out = []
-    groups = sorted({(r["threads"], r["dtype"]) for r in results if r["pass"] == "fwdbwd"})
-    for threads, dtype in groups:
-        rows = [r for r in results if r["pass"] == "fwdbwd" and r["threads"] == threads and r["dtype"] == dtype]
-        variants = [n.split(":", 1)[1] for n in rows[0]["times"] if n.startswith(eng + ":")]
-        out.append(f"\nForward+backward, {threads} thread(s), {dtype}: time ÷ torch.nn.GRU (÷ GEMM-only floor)\n")
-        out.append("| size (B,T,m,n) | nn.GRU ms | " + " | ".join(variants) + " |")
-        out.append("|---" * (len(variants) + 2) + "|")
+    order = {p: i for i, p in enumerate(_PASS_TITLE)}
+    groups = sorted(
+        {(r["pass"], r["threads"], r["dtype"]) for r in results}, key=lambda g: (order.get(g[0], 9), *g[1:])
+    )
+    for ps, threads, dtype in groups:
+        rows = [r for r in results if (r["pass"], r["threads"], r["dtype"]) == (ps, threads, dtype)]
+        names = [n for n in ("torch.nn.GRU", "torch.nn.LSTM") if n in rows[0]["times"]]
+        names += [n for n in rows[0]["times"] if n.startswith(eng + ":")]
+        labels = [n.replace("torch.", "").split(":")[-1] for n in names]
+        out.append(
+            f"\n{_PASS_TITLE.get(ps, ps)}, {threads} thread(s), {dtype}: share of the GEMM rate · time ÷ "
+            "torch.nn.GRU · time ÷ torch.nn.LSTM\n"
+        )
+        out.append("| size (B,T,m,n) | GEMM GFLOP/s | oneDNN GFLOP/s | nn.GRU ms | " + " | ".join(labels) + " |")
+        out.append("|---" * (len(labels) + 4) + "|")
         for r in rows:
-            t = r["times"]
-            gru = t["torch.nn.GRU"]["median_ms"]
+            t, shape = r["times"], tuple(r["shape"])
+            gemm = t.get(rate_key, {}).get("median_ms")
+            rate = 2 * SGEMM_SIDE**3 / (gemm / 1e3) if gemm else None  # FLOP/s
+            dnn = t.get(f"onednn:{SGEMM_SIDE}", {}).get("median_ms")
+            gru = t.get("torch.nn.GRU", {}).get("median_ms")
+            lstm = t.get("torch.nn.LSTM", {}).get("median_ms")
             cells = []
-            for v in variants:
-                ms = t[f"{eng}:{v}"]["median_ms"]
-                floor = t.get(f"floor:{v}", {}).get("median_ms")
-                cells.append(f"{ms / gru:.3f}" + (f" ({ms / floor:.1f})" if floor else ""))
-            out.append(f"| {_size_label(r)} | {gru:.2f} | " + " | ".join(cells) + " |")
+            for n in names:
+                ms = t.get(n, {}).get("median_ms")
+                flops = candidate_flops(n, shape, ps == "fwdbwd")  # type: ignore[arg-type]
+                share = (
+                    "-" if ms is None or rate is None or flops is None else f"{100 * flops / (ms / 1e3) / rate:.0f}%"
+                )
+                cells.append(f"{share} · {_ratio(ms, gru, 3)} · {_ratio(ms, lstm, 3)}")
+            dnn_rate = 2 * SGEMM_SIDE**3 / 1e6 / dnn if dnn else None  # GFLOP/s
+            head = (
+                f"| {_size_label(r)} | {_fmt(rate / 1e9 if rate else None, 1)} | {_fmt(dnn_rate, 1)} | {_fmt(gru)} | "
+            )
+            out.append(head + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def _header(machine: dict[str, Any]) -> str:
+    """The CPU and its instruction sets (AVX2, AVX-512, AVX512-BF16, AMX), first line of a report."""
+    isa = machine.get("isa")
+    isa_text = "not recorded" if isa is None else (", ".join(isa) or "none of AVX2, AVX-512, AVX512-BF16, AMX")
+    return f"CPU: {machine.get('cpu')}; ISA: {isa_text}; {machine.get('logical_cpus')} logical CPUs"
 
 
 def _roofline(results: list[dict[str, Any]], variant: str = "gru0") -> str:
@@ -134,7 +175,7 @@ def _proportions(results: list[dict[str, Any]], device: str, base: str = "gru0")
 def report(data: dict[str, Any]) -> str:
     """Every table of a benchmark run, from what it saves as JSON (``--report`` reprints one)."""
     results, device = data["results"], data["device"]
-    out = [_markdown(results, device), _summary(results, device)]
+    out = [_header(data.get("machine", {})), _yardsticks(results, device)]
     props = _proportions(results, device)
     if props:
         out.append(
@@ -150,6 +191,8 @@ def report(data: dict[str, Any]) -> str:
             "same threads):\n"
         )
         out.append(roof)
+    out.append("\nEvery candidate (median ms and ratios; ÷ GEMM floor: the variant's matrix products timed alone):\n")
+    out.append(_markdown(results, device))
     memory = data.get("memory_saved_for_backward") or []
     if memory:
         cols = [k[: -len("_bytes")] for k in memory[0] if k.endswith("_bytes") and not k.endswith("_peak_bytes")]
@@ -171,13 +214,15 @@ def report(data: dict[str, Any]) -> str:
             "\nCompile time (s): " + ", ".join(f"{k}={v:.2f}" for k, v in compile_times.items() if k.endswith("_s"))
         )
     machine = data.get("machine", {})
+    # the libraries by their file names, not where this install keeps them
+    threads_text = re.sub(r"/[^\s;()]*/", "", str(machine.get("fused_threads")))
     wall = data.get("wall_s")
     load = machine.get("loadavg")
     load = None if load is None else " ".join(f"{v:.2f}" for v in load)
     out.append(
         f"\nMachine: {machine.get('cpu')}, {machine.get('logical_cpus')} logical CPUs, torch {machine.get('torch')}, "
         f"numba {machine.get('numba')}, BLAS: {machine.get('blas')}; fused engine threads: "
-        f"{machine.get('fused_threads')}; load average (1, 5, 15 min) {load}; "
+        f"{threads_text}; load average (1, 5, 15 min) {load}; "
         f"median of {data.get('repeats')} runs after {data.get('warmup')} warm-up, candidates interleaved"
         + (f"; wall {wall:.0f} s" if wall is not None else "")
     )
