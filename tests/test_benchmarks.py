@@ -53,6 +53,23 @@ def test_rows_times_each_wiring_and_restores_the_runner(capsys):
         assert all(float(c) > 0 for c in ln.split("|")[3:6])
 
 
+def test_packing_compares_both_paths_of_one_layer(capsys):
+    from gatedrnn._engines import _fused, _kernels
+
+    packing = _load("packing")
+    if "s" not in _kernels.packed_blas():
+        assert packing.main(["--sizes", "D", "--threads", "1", "--repeats", "1"]) == 1
+        return
+    pack = _fused.PACK
+    assert packing.main(["--sizes", "D", "--threads", "1", "--repeats", "2", "--variants", "gru0"]) == 0
+    assert _fused.PACK is pack
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| D")]
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    assert cells[:4] == ["D", "1", "gru0", "True"]
+    assert all(float(c) > 0 for c in cells[4:10])
+    assert float(cells[10]) < 1e-4  # the same gradients either way (float32 rounding apart)
+
+
 def test_revisions_exports_a_revision_that_imports_only_itself(tmp_path):
     """benchmarks/revisions.py compares against a git revision's package: every module of the
     exported copy must come from the copy (an absolute ``gatedrnn`` import left in it would

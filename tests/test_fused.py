@@ -92,7 +92,10 @@ WIRINGS = [(v, ra) for v in VARIANTS for ra in (True, False) if not (v == "mingr
 # 3 threads (uneven ranges 1, 1, 2 rows) running the loop at once, each with one-thread BLAS.
 # "fold": dx and dW_ih produced in the backward loop (FOLD_MAX_INPUT raised above the 5 inputs),
 # with the split. The other paths keep them as matrix products after the loop.
-PATHS = [(v, ra, p) for v, ra in WIRINGS for p in ("loops", "bwd-loops", "blas", "split", "fold")]
+# "blas": plain ?gemm calls per step; "packed": the recurrent weights packed once per call
+# (MKL's ?gemm_pack / ?gemm_compute; skipped for a dtype the BLAS has no packed routines for);
+# "split" and "fold" run the default (plain unless GATEDRNN_PACK=1).
+PATHS = [(v, ra, p) for v, ra in WIRINGS for p in ("loops", "bwd-loops", "blas", "packed", "split", "fold")]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
@@ -106,6 +109,10 @@ def test_fused_matches_reference(
 
     monkeypatch.setattr(_kernels, "SMALL_MAX_BATCH", 10**6 if path in ("loops", "bwd-loops") else 0)
     monkeypatch.setattr(_fused, "SMALL_MIN_STEPS", 10**6 if path == "bwd-loops" else 0)
+    if path in ("blas", "packed"):
+        if path == "packed" and {torch.float32: "s", torch.float64: "d"}[dtype] not in _kernels.packed_blas():
+            pytest.skip(f"the BLAS ({_kernels.blas()[2]}) exports no packed products for {dtype}")
+        monkeypatch.setattr(_fused, "PACK", path == "packed")
     threads = torch.get_num_threads()
     monkeypatch.setattr(_fused, "FOLD_MAX_INPUT", 10**6 if path == "fold" else 0)
     # "blas" and "split" take what they save from the pool (reused buffers hold stale numbers:
@@ -336,6 +343,21 @@ def test_fused_unavailable_raises_and_auto_reports() -> None:
     assert info["engines"]["fused"]["blas"]
 
 
+def test_packed_products_asked_for_without_them_raise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packing forced on where the BLAS has no packed routines (SciPy's, or a dtype MKL packs not)
+    is an error naming them, never a silent fall back to plain products."""
+    from gatedrnn._engines import _fused, _kernels
+
+    monkeypatch.setattr(_kernels, "SMALL_MAX_BATCH", 0)
+    monkeypatch.setattr(_kernels, "packed_blas", lambda: {})
+    monkeypatch.setattr(_fused, "PACK", True)
+    layer = GRU(5, 6, engine="fused")
+    with pytest.raises(RuntimeError, match="sgemm_pack"):
+        layer(torch.randn(4, 3, 5))
+    monkeypatch.setattr(_fused, "PACK", False)  # plain calls need nothing packed
+    layer(torch.randn(4, 3, 5))
+
+
 def test_fused_rejects_mixed_dtypes() -> None:
     spec = SPECS["gru0"]
     engine = get_engine("fused")
@@ -398,7 +420,7 @@ def test_scipy_blas_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
         torch.float32: get_cython_function_address("scipy.linalg.cython_blas", "sgemm"),
         torch.float64: get_cython_function_address("scipy.linalg.cython_blas", "dgemm"),
     }
-    monkeypatch.setattr(_fused, "_gemm_address", lambda dtype: addr[dtype])
+    monkeypatch.setattr(_fused, "_blas_fns", lambda dtype, packed: np.array([addr[dtype], 0, 0], np.int64))
     for dtype in DTYPES:
         ref, fused = _pair("gru0", False, dtype, 1, True, False)
         x = torch.randn(7, 3, 5, dtype=dtype)

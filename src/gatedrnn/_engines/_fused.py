@@ -76,9 +76,70 @@ def _kernel_for(spec: Spec, reset_after: bool, dtype: torch.dtype):
     )
 
 
-def _gemm_address(dtype: torch.dtype) -> int:
+# The per-step products on MKL's packed recurrent weights (packed once per call and row range, see
+# _kernels._mm) instead of one ?gemm call per step. Off by default: it measured no faster on the
+# hosts we measured (docs/fused.md, "Packed weights"); GATEDRNN_PACK=1 turns it on where the BLAS
+# exports the packed routines (benchmarks/packing.py compares the two on a host).
+PACK = os.environ.get("GATEDRNN_PACK", "0") == "1"
+
+
+@functools.cache
+def _blas_fns(dtype: torch.dtype, packed: bool) -> np.ndarray:
+    """The kernels' ``fns``: int64[3] = (``?gemm``, ``?gemm_pack``, ``?gemm_compute``) of this data
+    type, the last two 0 unless ``packed``."""
     s, d, _ = _k().blas()
-    return s if dtype == torch.float32 else d
+    fns = np.zeros(3, np.int64)
+    fns[0] = s if dtype == torch.float32 else d
+    if packed:
+        fns[1], fns[2], _ = _k().packed_blas()[_PREFIX[dtype]]
+    return fns
+
+
+_PREFIX = {torch.float32: "s", torch.float64: "d"}
+
+
+def _packing(
+    dtype: torch.dtype, products: list[tuple[int, int]], ranges: list[tuple[int, int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(fns, pk)`` for one compiled loop: whether its per-step products (``(m, k)`` of each weight
+    matrix, at most two; empty where the loop runs none through BLAS) run on packed weights, and
+    the scratch ``[len(ranges), 2, P]`` the loop packs them into (one ``[2, P]`` per row range).
+    Raises where :data:`PACK` asks for packing and the BLAS has no packed routines for the dtype
+    (never a silent fall back to plain calls)."""
+    if not products:
+        return _blas_fns(dtype, False), unused(NP_DTYPE[dtype], 3)
+    avail = _PREFIX[dtype] in _k().packed_blas()
+    if PACK and not avail:
+        name = _PREFIX[dtype]
+        raise RuntimeError(
+            f"engine='fused': packed per-step products asked for (PACK=True), but the BLAS "
+            f"({_k().blas()[2]}) exports no {name}gemm_pack/{name}gemm_compute for {dtype}"
+        )
+    if not PACK:
+        return _blas_fns(dtype, False), unused(NP_DTYPE[dtype], 3)
+    rows = max(b1 - b0 for b0, b1 in ranges)
+    size = max(_k().pack_size(_PREFIX[dtype], m, rows, k) for m, k in products)
+    elems = -(-size // dtype.itemsize // 16) * 16  # whole 64-byte lines: every row stays aligned
+    pk = scratch("packed", (len(ranges), 2, elems), dtype)[1]
+    return _blas_fns(dtype, True), pk
+
+
+def _forward_products(spec: Spec, ra: bool, hid: int) -> list[tuple[int, int]]:
+    """``(m, k)`` of the forward's per-step products: ``h @ W_hh^T`` (reset-before: the gates' block),
+    and reset-before's ``(r*h) @ U_n^T``."""
+    if not spec.candidate_reads_h:
+        return []
+    first = [(spec.hh_blocks() * hid if ra else spec.num_gates * hid, hid)] if ra or spec.gates_read_h else []
+    return first + ([] if ra else [(hid, hid)])
+
+
+def _backward_products(spec: Spec, ra: bool, hid: int) -> list[tuple[int, int]]:
+    """``(m, k)`` of the backward's per-step products: ``dh(t-1) += dG @ W_hh`` over the columns that
+    feed it, and reset-before's ``dq = c @ U_n``."""
+    if not spec.candidate_reads_h:
+        return []
+    back = (spec.num_gates * hid if spec.gates_read_h else 0) if not ra else spec.hh_blocks() * hid
+    return ([(hid, back)] if back else []) + ([] if ra else [(hid, hid)])
 
 
 def _biases(
@@ -192,12 +253,10 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
     small_f = small and steps >= SMALL_MIN_STEPS
     whh_t = w_hh.detach().t().contiguous().numpy() if small_f else unused(dt, 2)
     fwd, _ = _kernel_for(spec, ra, x.dtype)
-    args = (
-        _gemm_address(x.dtype),
-        xp,
-        gb,
-        whh,
-        whh_t,
+    ranges = row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
+    fns, pk = _packing(x.dtype, _forward_products(spec, ra, hid) if not small_f else [], ranges)
+    head = (fns, xp, gb, whh, whh_t)
+    tail = (
         bhn,
         lens,
         hs,
@@ -209,8 +268,7 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
         copy_y,
         small_f,
     )
-    ranges = row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
-    run_rows(lambda _, b0, b1: fwd(*args, b0, b1), ranges, 2 * batch * hid * hhw)
+    run_rows(lambda i, b0, b1: fwd(*head, pk[i % len(pk)], *tail, b0, b1), ranges, 2 * batch * hid * hhw)
     h_n = torch.from_numpy(hs[steps].copy())
     if save:
         ctx.spec, ctx.ra, ctx.shapes, ctx.lens, ctx.small = spec, ra, shapes, lens, small
@@ -292,12 +350,14 @@ def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
     dh0_t = torch.empty((batch, hid), dtype=dtype)
     dh, dhp, dzs = (scratch(n, (batch, hid), dtype)[1] for n in ("dh", "dhp", "dzs"))
     _, bwd = _kernel_for(spec, ra, dtype)
-    args = (_gemm_address(dtype), gy_n, ghn_n, whh, lens, hs, gs, ns, hn, dgx, dgh)
+    fns, pk = _packing(dtype, _backward_products(spec, ra, hid) if not small else [], ranges)
+    head = (fns, gy_n, ghn_n, whh)
+    args = (lens, hs, gs, ns, hn, dgx, dgh)
     rest = (qs, dh0_t.numpy(), dh, dhp, dzs)
 
     def run(i: int, b0: int, b1: int) -> None:
         sums_i = (dbxs[i], dbhs[i], sums, xin, wih_t, dxo, dwihs[i if fold_dw else 0], fold_dx, fold_dw, small)
-        bwd(*args, dgbs[i], *rest, *sums_i, b0, b1)
+        bwd(*head, pk[i % len(pk)], *args, dgbs[i], *rest, *sums_i, b0, b1)
 
     run_rows(run, ranges, 2 * batch * hid * hhw)
     if fold:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from ._flops import SGEMM_SIDE, candidate_flops, matmul_flops
 from ._options import CPU_SIZES, CUDA_SIZES, PASSES, BenchError, Options
-from ._run import run, time_interleaved
+from ._run import compare_layers, paired_ratio, run, time_interleaved
 from ._tables import report, report_file
 
 __all__ = [
@@ -31,7 +31,9 @@ __all__ = [
     "BenchError",
     "Options",
     "candidate_flops",
+    "compare_layers",
     "matmul_flops",
+    "paired_ratio",
     "report",
     "report_file",
     "run",

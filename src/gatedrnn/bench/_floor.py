@@ -7,63 +7,55 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import torch
 from numba import njit
 
-from .._engines._kernels import _JIT, _gemm, _row_nn, _row_nt
+from .._engines._kernels import _JIT, _blas_scratch, _mm, _pack_a, _row_nn, _row_nt
 from ._flops import SGEMM_SIDE
 
 __all__ = ["floor_nn", "floor_nt", "gemm_floor", "onednn_gemm", "sgemm"]
 
 
-@njit(inline="always", **_JIT)
-def _gemm_scratch(c):
-    """The by-reference scalars :func:`_gemm` needs, for products into ``c``'s data type."""
-    iw = np.empty(6, np.int32)
-    sw = np.empty(2, c.dtype)
-    cw = np.empty(2, np.uint8)
-    cw[0] = 78  # "N"
-    cw[1] = 84  # "T"
-    return iw, sw, cw
-
-
 @njit(**_JIT)
-def floor_nt(fptr, a, w, w_t, c, steps, small):
+def floor_nt(fns, a, w, w_t, pa, c, steps, small):
     """``steps`` times ``c[B, N] = a[B, K] @ w[N, K]^T``: the forward's per-step products alone
-    (``small``: as the kernels run them for a few rows, :func:`_row_nt` on ``w_t = w^T``)."""
+    (``small``: as the kernels run them for a few rows, :func:`_row_nt` on ``w_t = w^T``; else
+    on ``w`` packed into ``pa`` once where ``fns`` packs, as the kernels do)."""
     batch, k = a.shape
     n = w.shape[0]
-    iw, sw, cw = _gemm_scratch(c)
-    one = c.dtype.type(1.0)
+    iw, sw, cw = _blas_scratch(c.dtype)
     a3 = a.reshape((1, batch, k))
+    if not small:
+        _pack_a(fns, pa, 1, n, batch, k, w, k, iw, sw, cw)
     for _ in range(steps):
         if small:
             for b in range(batch):
                 _row_nt(a3, 0, b, w_t, 0, n, c, b, 0)
         else:
-            _gemm(fptr, 1, 0, n, batch, k, one, w, k, a, k, 0.0, c, n, iw, sw, cw)
+            _mm(fns, pa, 1, n, batch, k, w, k, a, k, 0.0, c, n, iw, sw, cw)
 
 
 @njit(**_JIT)
-def floor_nn(fptr, d, w, c, steps, small):
+def floor_nn(fns, d, w, pa, c, steps, small):
     """``steps`` times ``c[B, H] += d[B, N] @ w[N, H]``: the backward's per-step products alone
-    (``small``: as :func:`_row_nn`)."""
+    (``small``: as :func:`_row_nn`; else packed as in :func:`floor_nt`)."""
     batch, n = d.shape
     hid = w.shape[1]
-    iw, sw, cw = _gemm_scratch(c)
+    iw, sw, cw = _blas_scratch(c.dtype)
     one = c.dtype.type(1.0)
     d3 = d.reshape((1, batch, n))
+    if not small:
+        _pack_a(fns, pa, 0, hid, batch, n, w, hid, iw, sw, cw)
     for _ in range(steps):
         if small:
             for b in range(batch):
                 _row_nn(d3, 0, b, 0, n, w, c, b, True)
         else:
-            _gemm(fptr, 0, 0, hid, batch, n, one, w, hid, d, n, one, c, hid, iw, sw, cw)
+            _mm(fns, pa, 0, hid, batch, n, w, hid, d, n, one, c, hid, iw, sw, cw)
 
 
 def sgemm(side: int = SGEMM_SIDE) -> Callable[[], None]:
     """A callable doing one ``side``-cubed float32 product (output preallocated), torch's BLAS and threads."""
-    import torch
-
     a, b, out = torch.randn(side, side), torch.randn(side, side), torch.empty(side, side)
 
     def run() -> None:
@@ -77,8 +69,6 @@ def onednn_gemm(side: int = SGEMM_SIDE) -> Callable[[], None] | None:
     ``torch.nn.LSTM``; torch's float32 ``mm`` calls MKL instead), or None where torch has no oneDNN.
     oneDNN picks its kernels by the instruction sets alone, where MKL may run a narrower code path
     on some CPUs: the two rates side by side say whether a faster product exists on the host."""
-    import torch
-
     if not torch.backends.mkldnn.is_available():
         return None
     a = torch.randn(side, side).to_mkldnn()
@@ -96,10 +86,7 @@ def gemm_floor(variant: str, reset_after: bool, size: tuple[int, int, int, int],
     The per-step products run the way the engine runs them: with several torch threads, on the
     same batch row ranges at once (one-thread BLAS each, in torch's OpenMP team).
     """
-    import torch
-
-    from .._engines._fused import SMALL_MIN_STEPS, _small
-    from .._engines._kernels import blas
+    from .._engines._fused import SMALL_MIN_STEPS, _backward_products, _forward_products, _packing, _small
     from .._engines._threads import row_ranges, run_rows
     from .._specs import get_spec
 
@@ -107,7 +94,6 @@ def gemm_floor(variant: str, reset_after: bool, size: tuple[int, int, int, int],
     batch, steps, inp, hid = size
     ihw, hhw, ng = spec.ih_blocks() * hid, spec.hh_blocks() * hid, spec.num_gates * hid
     ra = reset_after and spec.has_reset
-    fptr = blas()[0]
     x2 = torch.randn(steps * batch, inp)
     w_ih = torch.randn(ihw, inp)
     h = np.random.randn(batch, hid).astype(np.float32)
@@ -128,22 +114,30 @@ def gemm_floor(variant: str, reset_after: bool, size: tuple[int, int, int, int],
     whh_t, wg_t, wn_t = (np.ascontiguousarray(m.T) for m in (whh, wg, wn))
     ranges = row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
     step_flops = 2 * batch * hid * hhw
+    # the engine's choice of packed or plain products, and packing scratch of the shape it uses
+    # (buffers of its own: the engine's are reused by the candidates timed in the same rounds;
+    # torch's allocator aligns them to 64 bytes, as MKL's packed format wants)
+    fns_f, pk_f = _packing(torch.float32, _forward_products(spec, ra, hid) if not small_f else [], ranges)
+    fns_b, pk_b = _packing(torch.float32, _backward_products(spec, ra, hid) if not small else [], ranges)
+    pk_f, pk_b = (torch.empty(p.shape).numpy() for p in (pk_f, pk_b))
 
-    def forward_rows(_: int, b0: int, b1: int) -> None:
+    def forward_rows(i: int, b0: int, b1: int) -> None:
+        pk = pk_f[i % len(pk_f)]
         if ra:
-            floor_nt(fptr, h[b0:b1], whh, whh_t, out_f[b0:b1], steps, small_f)
+            floor_nt(fns_f, h[b0:b1], whh, whh_t, pk[0], out_f[b0:b1], steps, small_f)
         else:
             if spec.gates_read_h:
-                floor_nt(fptr, h[b0:b1], wg, wg_t, out_f[b0:b1, :ng], steps, small_f)
-            floor_nt(fptr, h[b0:b1], wn, wn_t, out_f[b0:b1, :hid], steps, small_f)
+                floor_nt(fns_f, h[b0:b1], wg, wg_t, pk[0], out_f[b0:b1, :ng], steps, small_f)
+            floor_nt(fns_f, h[b0:b1], wn, wn_t, pk[-1], out_f[b0:b1, :hid], steps, small_f)
 
-    def backward_rows(_: int, b0: int, b1: int) -> None:
+    def backward_rows(i: int, b0: int, b1: int) -> None:
+        pk = pk_b[i % len(pk_b)]
         if ra:
-            floor_nn(fptr, d[b0:b1], whh, out_b[b0:b1], steps, small)
+            floor_nn(fns_b, d[b0:b1], whh, pk[0], out_b[b0:b1], steps, small)
         else:
-            floor_nn(fptr, dn[b0:b1], wn, out_b[b0:b1], steps, small)
+            floor_nn(fns_b, dn[b0:b1], wn, pk[-1], out_b[b0:b1], steps, small)
             if spec.gates_read_h:
-                floor_nn(fptr, dg[b0:b1], wg, out_b[b0:b1], steps, small)
+                floor_nn(fns_b, dg[b0:b1], wg, pk[0], out_b[b0:b1], steps, small)
 
     def run() -> None:
         torch.mm(x2, w_ih.t(), out=xp)

@@ -14,7 +14,7 @@ from .._files import atomic_write
 from ._flops import SGEMM_SIDE, matmul_flops
 from ._options import CPU_SIZES, CUDA_SIZES, BenchError, Options
 
-__all__ = ["candidates", "run", "time_interleaved"]
+__all__ = ["candidates", "compare_layers", "run", "time_interleaved"]
 
 
 def candidates(opts: Options, size: tuple[int, int, int, int], backward: bool, dtype, device) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -103,6 +103,57 @@ def time_interleaved(
             sync()
             samples[n].append(time.perf_counter() - t0)
     return {n: {"median_ms": statistics.median(s) * 1e3, "min_ms": min(s) * 1e3} for n, s in samples.items()}
+
+
+def paired_ratio(cands: dict[str, Callable[[], None]], new: str, old: str, repeats: int, warmup: int) -> float:
+    """The median over rounds of ``new``'s time ÷ ``old``'s in the same round (each round runs both,
+    alternating which goes first): steadier than a ratio of medians while other work comes and
+    goes on the cores."""
+    ratios = []
+    for _ in range(warmup):
+        cands[old]()
+        cands[new]()
+    for r in range(repeats):
+        t = {}
+        for n in (old, new) if r % 2 == 0 else (new, old):
+            t0 = time.perf_counter()
+            cands[n]()
+            t[n] = time.perf_counter() - t0
+        ratios.append(t[new] / t[old])
+    return statistics.median(ratios)
+
+
+def compare_layers(
+    old: Callable[..., Any], new: Callable[..., Any], x: Any, gy: Any, repeats: int
+) -> tuple[list[str], float]:
+    """Two layers (or callables like one) side by side on the same input: table cells (old ms, new
+    ms, new ÷ old, for the forward without gradients and the forward+backward with ``gy`` as the
+    outputs' gradient) and the largest difference between their input gradients (``x`` requires
+    grad). 3 warm-up rounds (compile, first touches), then :func:`time_interleaved` for the
+    medians and as many rounds again for :func:`paired_ratio`."""
+    import torch
+
+    def fwd(layer: Callable[..., Any]) -> None:
+        with torch.no_grad():
+            layer(x)
+
+    def fwdbwd(layer: Callable[..., Any]) -> None:
+        y, _ = layer(x)
+        y.backward(gy)
+
+    cells = []
+    for fn in (fwd, fwdbwd):
+        cands = {"old": lambda fn=fn: fn(old), "new": lambda fn=fn: fn(new)}
+        times = time_interleaved(cands, repeats, 3, lambda: None)
+        mo, mn = times["old"]["median_ms"], times["new"]["median_ms"]
+        cells += [f"{mo:.3f}", f"{mn:.3f}", f"{paired_ratio(cands, 'new', 'old', repeats, 0):.3f}"]
+    grads = []
+    for layer in (old, new):
+        x.grad = None
+        fwdbwd(layer)
+        assert x.grad is not None
+        grads.append(x.grad.clone())
+    return cells, (grads[0] - grads[1]).abs().max().item()
 
 
 def _json_path(opts: Options) -> str:
