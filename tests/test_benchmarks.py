@@ -327,3 +327,23 @@ def test_the_header_names_the_cpu_and_its_instruction_sets():
     head = _tables._header({"cpu": "Made-up CPU", "isa": ["AVX2"], "logical_cpus": 2})
     assert head == "CPU: Made-up CPU; ISA: AVX2; 2 logical CPUs"
     assert "ISA: not recorded" in _tables._header({"cpu": "old run"})
+
+
+def test_bfloat16_against_float32_table_from_timings():
+    """Each candidate's bfloat16 time ÷ its own float32 time, same size, threads and pass; the title
+    says whether the CPU has bfloat16 instructions."""
+    from gatedrnn import bench
+
+    rows = [
+        {"size": "A", "shape": [64, 28, 28, 128], "threads": 1, "pass": "fwdbwd", "dtype": dt, "times": t}
+        for dt, t in [
+            ("float32", {"torch.nn.GRU": {"median_ms": 40.0}, "fused:gru0": {"median_ms": 20.0}}),
+            ("bfloat16", {"torch.nn.GRU": {"median_ms": 10.0}, "fused:gru0": {"median_ms": 15.0}}),
+        ]
+    ]
+    lines = bench._tables._half_speed(rows, "cpu").splitlines()
+    assert [c.strip() for c in lines[0].split("|")[1:-1]] == ["size (B,T,m,n)", "threads", "pass", "nn.GRU", "gru0"]
+    assert [c.strip() for c in lines[2].split("|")[1:-1]] == ["A (64,28,28,128)", "1", "fwdbwd", "0.25", "0.75"]
+    assert bench._tables._half_speed(rows[:1], "cpu") == ""  # no bfloat16 run: no table
+    assert "emulated" in bench._tables._half_note({"isa": ["AVX2", "AVX-512"]})
+    assert "in hardware: AMX" in bench._tables._half_note({"isa": ["AVX2", "AMX"]})

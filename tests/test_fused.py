@@ -317,23 +317,25 @@ def test_fused_unavailable_raises_and_auto_reports() -> None:
     spec = SPECS["gru0"]
     engine = get_engine("fused")
     assert engine.unavailable(spec, torch.empty(2)) is None
-    why = engine.unavailable(spec, torch.empty(2, dtype=torch.bfloat16))
-    assert why is not None and "bfloat16" in why
+    assert engine.unavailable(spec, torch.empty(2, dtype=torch.bfloat16)) is None
+    why = engine.unavailable(spec, torch.empty(2, dtype=torch.float16))
+    assert why is not None and "float16" in why and "bfloat16" in why  # names the half type it runs
     why = engine.unavailable(spec, torch.empty(2, device="meta"))
     assert why is not None and "meta" in why
-    with pytest.raises(RuntimeError, match="engine='fused'"):
-        resolve("fused", spec, torch.empty(2, dtype=torch.bfloat16))
-    gru = GRU(3, 4, engine="fused", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match=r"engine='fused'.*bfloat16"):
+        resolve("fused", spec, torch.empty(2, dtype=torch.float16))
+    gru = GRU(3, 4, engine="fused", dtype=torch.float16)
     with pytest.raises(RuntimeError, match="fused"):
-        gru(torch.randn(2, 1, 3, dtype=torch.bfloat16))
+        gru(torch.randn(2, 1, 3, dtype=torch.float16))
     with pytest.raises(RuntimeError, match="fused"):
         engine.layer(
             spec, True, torch.randn(2, 1, 3, dtype=torch.float16), torch.zeros(1, 4), None, None, None, None, None
         )
-    # auto picks fused on CPU float32/float64 and says so
+    # auto picks fused on CPU float32/float64/bfloat16 and says so
     assert auto_choice(torch.empty(1)) == "fused"
     assert auto_choice(torch.empty(1, dtype=torch.float64)) == "fused"
-    assert auto_choice(torch.empty(1, dtype=torch.bfloat16)) == "reference"
+    assert auto_choice(torch.empty(1, dtype=torch.bfloat16)) == "fused"
+    assert auto_choice(torch.empty(1, dtype=torch.float16)) == "reference"
     gru = GRU(3, 4)
     gru(torch.randn(2, 1, 3))
     assert gru.last_engine == "fused"

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .. import _reference
 from .._specs import Spec
-from . import recording
+from . import autocast_cpu_dtype, recording
 from ._pool import NP_DTYPE, cached_bytes, carve, carved_size, saved_buffer, scratch, unused, zeros
 from ._pool import empty_cache as empty_cache
 from ._second_order import first_order
@@ -47,6 +47,52 @@ __all__ = ["ENGINE", "FusedEngine"]
 def _np(t: Tensor) -> np.ndarray:
     """A NumPy view of a tensor the caller handed in (it may require grad)."""
     return t.detach().numpy()
+
+
+_BF16 = torch.bfloat16
+
+
+def _np32(t: Tensor, half: bool) -> np.ndarray:
+    """``t`` as the kernels read it: a NumPy view where ``half`` is off, else a float32 copy
+    (the kernels run float32 on bfloat16 layers and under autocast)."""
+    return _np(t) if not half or t.dtype == torch.float32 else t.detach().float().numpy()
+
+
+def _bf16_values(t: Tensor) -> np.ndarray:
+    """A float32 copy of ``t`` rounded to bfloat16: the weights of the per-step products in bfloat16
+    mode (exact for bfloat16 parameters, rounded for float32 ones under autocast)."""
+    return t.detach().to(_BF16).float().numpy()
+
+
+def _mm_bf16(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` in bfloat16 with float32 accumulation (torch's bfloat16 product: oneDNN, which uses
+    AVX512-BF16 or AMX where the CPU has them); the result is bfloat16."""
+    return torch.mm(a.to(_BF16), b.to(_BF16))
+
+
+def _mm_into(out: Tensor, a: Tensor, b: Tensor, half: bool) -> None:
+    """``out = a @ b``: in bfloat16 (:func:`_mm_bf16`) where ``half``, else written in place."""
+    if half:
+        out.copy_(_mm_bf16(a, b))
+    else:
+        torch.mm(a, b, out=out)
+
+
+def half_mode(x: Tensor) -> bool | str:
+    """Whether a call with input ``x`` runs in bfloat16 mode (bfloat16 products, float32 elementwise
+    work and state): a bfloat16 input, or a float32 one under ``torch.autocast("cpu",
+    dtype=torch.bfloat16)``. A string says why the call cannot run: float16 (as input, or as the
+    autocast type of a float32 input)."""
+    if x.dtype == _BF16:
+        return True
+    if x.dtype == torch.float16:
+        return "its half type is bfloat16, got float16 (torch's float16 CPU matrix product is slow)"
+    cast = autocast_cpu_dtype()
+    if x.dtype != torch.float32 or cast is None:
+        return False
+    if cast == _BF16:
+        return True
+    return f"its half type is bfloat16 (torch.autocast('cpu', dtype=torch.bfloat16)), got autocast to {cast}"
 
 
 def _k() -> Any:
@@ -193,21 +239,33 @@ def _small(products: bool, batch: int, hid: int, hhw: int) -> bool:
 SMALL_MIN_STEPS = int(os.environ.get("GATEDRNN_SMALL_MIN_STEPS", 16))
 
 
-def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, save):  # type: ignore[no-untyped-def]
+def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, save, half):  # type: ignore[no-untyped-def]
     """The forward of :class:`_Layer`; ``ctx`` is None (and ``save`` False) when it is called
     directly, with nothing to differentiate: no autograd node then (about 20 µs less a call).
     Either way no torch operation here records a graph (autograd.Function runs its forward in
-    no-grad mode), so the inputs are used as they come, without detaching them."""
+    no-grad mode), so the inputs are used as they come, without detaching them.
+
+    ``half`` (:func:`half_mode`): the input projection in bfloat16 (float32 accumulation), the
+    kernels in float32 on the weights rounded to bfloat16, outputs in the input's dtype."""
     steps, batch, _ = x.shape
     hid = h0.shape[-1]
     ra = bool(reset_after and spec.has_reset)
     ng = spec.num_gates * hid
     hhw = spec.hh_blocks() * hid
-    dt = NP_DTYPE[x.dtype]
+    cdt = torch.float32 if half else x.dtype  # the kernels' dtype
+    dt = NP_DTYPE[cdt]
     pbias, gb, bhn = _biases(
-        spec, ra, _np(b_ih) if b_ih is not None else None, _np(b_hh) if b_hh is not None else None, hid, dt
+        spec,
+        ra,
+        _np32(b_ih, half) if b_ih is not None else None,
+        _np32(b_hh, half) if b_hh is not None else None,
+        hid,
+        dt,
     )
-    whh = _np(w_hh) if w_hh is not None else unused(dt, 2)
+    if w_hh is None:
+        whh = unused(dt, 2)
+    else:
+        whh = _bf16_values(w_hh) if half else _np(w_hh)
     if lengths is not None:
         lens = lengths.numpy()
     else:
@@ -224,37 +282,43 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
             (steps, batch, hid),
             (steps if ra else 1, batch, hid),
         ]
-        flat, flat_t = saved_buffer(carved_size(shapes), x.dtype)
+        flat, flat_t = saved_buffer(carved_size(shapes), cdt)
         hs, gs, ns, hn = carve(flat, shapes)
         # The outputs are their own tensor (not a view of the saved states): like torch.nn.GRU's,
         # they may be modified in place (e.g. ReLU(inplace=True)) without touching the saves.
-        y_t = torch.empty((steps, batch, hid), dtype=x.dtype)
+        y_t = torch.empty((steps, batch, hid), dtype=cdt)
     else:
         # inference: gates, candidates and pre-reset terms are one step's scratch rows, and
         # without lengths the states are written straight into the outputs' memory
         shapes = [(1, 1, ng) if gconst else (1, batch, ng), (1, batch, hid), (1, batch, hid)]
-        gs, ns, hn = (scratch(n, s, x.dtype)[1] for n, s in zip(("gs", "ns", "hn"), shapes, strict=True))
+        gs, ns, hn = (scratch(n, s, cdt)[1] for n, s in zip(("gs", "ns", "hn"), shapes, strict=True))
         if lengths is None:
-            states = torch.empty((steps + 1, batch, hid), dtype=x.dtype)
+            states = torch.empty((steps + 1, batch, hid), dtype=cdt)
             hs, y_t, copy_y = states.numpy(), states[1:], False
         else:
-            hs = scratch("hs", (steps + 1, batch, hid), x.dtype)[1]
-            y_t = torch.empty((steps, batch, hid), dtype=x.dtype)
-    xp_t, xp = scratch("xp", (steps * batch, ihw), x.dtype)
+            hs = scratch("hs", (steps + 1, batch, hid), cdt)[1]
+            y_t = torch.empty((steps, batch, hid), dtype=cdt)
+    xp_t, xp = scratch("xp", (steps * batch, ihw), cdt)
     x2, w_t = x.view(steps * batch, -1), w_ih.t()
-    if pbias is None:
+    if half:
+        prod = _mm_bf16(x2, w_t)
+        if pbias is None:
+            xp_t.copy_(prod)
+        else:
+            torch.add(prod, torch.from_numpy(pbias), out=xp_t)  # the bias added in float32
+    elif pbias is None:
         torch.mm(x2, w_t, out=xp_t)
     else:
         torch.addmm(torch.from_numpy(pbias), x2, w_t, out=xp_t)
     xp = xp.reshape(steps, batch, ihw)
-    hs[0] = _np(h0)
-    work = scratch("work", (batch, hhw), x.dtype)[1]
+    hs[0] = _np32(h0, half)
+    work = scratch("work", (batch, hhw), cdt)[1]
     small = _small(spec.candidate_reads_h, batch, hid, hhw)  # the backward's
     small_f = small and steps >= SMALL_MIN_STEPS
-    whh_t = w_hh.detach().t().contiguous().numpy() if small_f else unused(dt, 2)
-    fwd, _ = _kernel_for(spec, ra, x.dtype)
+    whh_t = torch.from_numpy(whh).t().contiguous().numpy() if small_f else unused(dt, 2)
+    fwd, _ = _kernel_for(spec, ra, cdt)
     ranges = row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))
-    fns, pk = _packing(x.dtype, _forward_products(spec, ra, hid) if not small_f else [], ranges)
+    fns, pk = _packing(cdt, _forward_products(spec, ra, hid) if not small_f else [], ranges)
     head = (fns, xp, gb, whh, whh_t)
     tail = (
         bhn,
@@ -270,9 +334,11 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
     )
     run_rows(lambda i, b0, b1: fwd(*head, pk[i % len(pk)], *tail, b0, b1), ranges, 2 * batch * hid * hhw)
     h_n = torch.from_numpy(hs[steps].copy())
+    if cdt != x.dtype:
+        y_t, h_n = y_t.to(x.dtype), h_n.to(x.dtype)
     if save:
         ctx.spec, ctx.ra, ctx.shapes, ctx.lens, ctx.small = spec, ra, shapes, lens, small
-        ctx.reset_after, ctx.lengths = reset_after, lengths
+        ctx.reset_after, ctx.lengths, ctx.half = reset_after, lengths, half
         ctx.save_for_backward(x, w_ih, w_hh, flat_t, h0, b_ih, b_hh)
     return y_t, h_n
 
@@ -286,8 +352,8 @@ class _Layer(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, save):  # type: ignore[override]
-        return _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, save)
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, save, half):  # type: ignore[override]
+        return _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, save, half)
 
     @staticmethod
     def backward(ctx, gy, ghn):  # type: ignore[override]
@@ -302,7 +368,7 @@ class _Layer(torch.autograd.Function):
         grads = first_order(
             lambda: _backward(ctx, saved, gy, ghn), reference, (gy, ghn), (x, h0, w_ih, w_hh, b_ih, b_hh)
         )
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
 def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
@@ -319,10 +385,15 @@ def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
     ng = spec.num_gates * hid
     ihw = spec.ih_blocks() * hid
     hhw = spec.hh_blocks() * hid
-    dtype, dt = x.dtype, NP_DTYPE[x.dtype]
-    gy_n = _np(gy.contiguous()) if gy is not None else np.zeros((steps, batch, hid), dt)
-    ghn_n = _np(ghn.contiguous()) if ghn is not None else np.zeros((batch, hid), dt)
-    whh = _np(w_hh) if w_hh is not None else unused(dt, 2)
+    half: bool = ctx.half
+    dtype = torch.float32 if half else x.dtype  # the kernels' dtype
+    dt = NP_DTYPE[dtype]
+    gy_n = _np32(gy.contiguous(), half) if gy is not None else np.zeros((steps, batch, hid), dt)
+    ghn_n = _np32(ghn.contiguous(), half) if ghn is not None else np.zeros((batch, hid), dt)
+    if w_hh is None:
+        whh = unused(dt, 2)
+    else:
+        whh = _bf16_values(w_hh) if half else _np(w_hh)
     need = ctx.needs_input_grad
     # A few input features: dx and dW_ih are folded into the loop, and dgx is one step's scratch.
     fold = inp <= FOLD_MAX_INPUT
@@ -340,8 +411,8 @@ def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
     dx_t = torch.empty((steps, batch, inp), dtype=dtype) if fold_dx else None
     dxo = dx_t.numpy() if dx_t is not None else unused(dt, 3)
     dwihs = np.zeros((nr, inp, ihw)) if fold_dw else unused(np.float64, 3)
-    wih_t = np.ascontiguousarray(_np(w_ih).T) if fold_dx else unused(dt, 2)
-    xin = _np(x) if fold_dw else unused(dt, 3)
+    wih_t = np.ascontiguousarray((_bf16_values(w_ih) if half else _np(w_ih)).T) if fold_dx else unused(dt, 2)
+    xin = _np32(x, half) if fold_dw else unused(dt, 3)
     sums = bool(need[4] or need[5])
     dbxs = np.zeros((nr, ihw))  # float64 sums: T*B terms
     dbhs = np.zeros((nr, hhw))
@@ -360,26 +431,28 @@ def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
         bwd(*head, pk[i % len(pk)], *args, dgbs[i], *rest, *sums_i, b0, b1)
 
     run_rows(run, ranges, 2 * batch * hid * hhw)
+    # the products over all steps (grad mode is off: see first_order); bfloat16 ones in half mode
+    mm = _mm_bf16 if half else torch.mm
     if fold:
         dx = dx_t if need[0] else None
         dw_ih = torch.from_numpy(np.ascontiguousarray(dwihs.sum(0).T, dtype=dt)) if need[2] else None
     else:
         dgx2 = dgx_t.view(steps * batch, ihw)
-        dx = (dgx2 @ w_ih).view(steps, batch, inp) if need[0] else None  # (grad mode is off: see first_order)
-        dw_ih = dgx2.t() @ x.view(steps * batch, inp) if need[2] else None
+        dx = mm(dgx2, w_ih).view(steps, batch, inp) if need[0] else None
+        dw_ih = mm(dgx2.t(), x.view(steps * batch, inp)) if need[2] else None
     dh0 = dh0_t if need[1] else None
     dw_hh = None
     if need[3]:
         dgh2 = dgh_t.view(steps * batch, hhw)
         hprev = torch.from_numpy(hs[:-1].reshape(steps * batch, hid))
         if two_gemm:
-            assert qs_t is not None
+            assert qs_t is not None and w_hh is not None
             dw_hh = torch.empty((hhw, hid), dtype=dtype)
             if spec.gates_read_h:
-                torch.mm(dgh2[:, :ng].t(), hprev, out=dw_hh[:ng])
-            torch.mm(dgh2[:, hhw - hid :].t(), qs_t.view(steps * batch, hid), out=dw_hh[hhw - hid :])
+                _mm_into(dw_hh[:ng], dgh2[:, :ng].t(), hprev, half)
+            _mm_into(dw_hh[hhw - hid :], dgh2[:, hhw - hid :].t(), qs_t.view(steps * batch, hid), half)
         else:
-            dw_hh = dgh2.t() @ hprev
+            dw_hh = mm(dgh2.t(), hprev)
     db_ih = db_hh = None
     if sums:
         dbx, dbh = (dbxs[0], dbhs[0]) if nr == 1 else (dbxs.sum(0), dbhs.sum(0))
@@ -395,7 +468,11 @@ def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
         if need[5] and ra:
             dbhn = dbh[hhw - hid :]
             db_hh = torch.from_numpy(np.concatenate([dgate, dbhn], dtype=dt) if spec.torch_hh_bias else dbhn.astype(dt))
-    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
+    grads = (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
+    if half:  # each gradient in its input's dtype
+        like = (x, saved[4], w_ih, w_hh, saved[5], saved[6])
+        return tuple(None if g is None or t is None else g.to(t.dtype) for g, t in zip(grads, like, strict=True))
+    return grads
 
 
 @functools.lru_cache(maxsize=1)
@@ -427,8 +504,11 @@ class FusedEngine:
             )
         if x.device.type != "cpu":
             return f"it runs on CPU tensors, got a tensor on {x.device}"
-        if x.dtype not in (torch.float32, torch.float64):
-            return f"it runs float32 and float64, got {x.dtype}"
+        if x.dtype not in (torch.float32, torch.float64, _BF16, torch.float16):
+            return f"it runs float32, float64 and bfloat16, got {x.dtype}"
+        half = half_mode(x)
+        if isinstance(half, str):
+            return half
         return _runtime_problem()
 
     def details(self) -> dict[str, Any]:
@@ -471,6 +551,7 @@ class FusedEngine:
         save = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)
         )
+        half = half_mode(x) is True
         args = (
             x.contiguous(),
             h0.contiguous(),
@@ -482,6 +563,7 @@ class FusedEngine:
             spec,
             reset_after,
             save,
+            half,
         )
         return _Layer.apply(*args) if save else _forward(None, *args)
 

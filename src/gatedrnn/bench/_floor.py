@@ -64,13 +64,22 @@ def sgemm(side: int = SGEMM_SIDE) -> Callable[[], None]:
     return run
 
 
-def onednn_gemm(side: int = SGEMM_SIDE) -> Callable[[], None] | None:
-    """A callable doing one ``side``-cubed float32 product through oneDNN (the library behind
+def onednn_gemm(side: int = SGEMM_SIDE, dtype: torch.dtype | None = None) -> Callable[[], None] | None:
+    """A callable doing one ``side``-cubed product through oneDNN (the library behind
     ``torch.nn.LSTM``; torch's float32 ``mm`` calls MKL instead), or None where torch has no oneDNN.
     oneDNN picks its kernels by the instruction sets alone, where MKL may run a narrower code path
-    on some CPUs: the two rates side by side say whether a faster product exists on the host."""
+    on some CPUs: the two rates side by side say whether a faster product exists on the host.
+    ``dtype`` bfloat16: torch's bfloat16 ``mm`` (oneDNN, float32 accumulation), the product the
+    fused engine runs for its input projection and weight gradients in bfloat16."""
     if not torch.backends.mkldnn.is_available():
         return None
+    if dtype == torch.bfloat16:
+        p, q = torch.randn(side, side, dtype=dtype), torch.randn(side, side, dtype=dtype)
+
+        def run_bf16() -> None:
+            torch.mm(p, q)
+
+        return run_bf16
     a = torch.randn(side, side).to_mkldnn()
     w = torch.randn(side, side).to_mkldnn()
 

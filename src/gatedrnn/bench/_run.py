@@ -74,11 +74,12 @@ def candidates(opts: Options, size: tuple[int, int, int, int], backward: bool, d
             from ._floor import gemm_floor
 
             cands[f"floor:{v}"] = gemm_floor(v, opts.reset_after, size, backward)
-    if cpu32:
+    if device == "cpu" and dtype in (torch.float32, torch.bfloat16):
+        # the rates: MKL's float32 product (the machine's yardstick) and oneDNN's in this dtype
         from ._floor import onednn_gemm, sgemm
 
         cands[f"sgemm:{SGEMM_SIDE}"] = sgemm()
-        onednn = onednn_gemm()
+        onednn = onednn_gemm(dtype=dtype)
         if onednn is not None:
             cands[f"onednn:{SGEMM_SIDE}"] = onednn
     return cands

@@ -62,7 +62,16 @@ def _ratio(a: float | None, b: float | None, nd: int) -> str:
     return "-" if a is None or not b else f"{a / b:.{nd}f}"
 
 
-def _yardsticks(results: list[dict[str, Any]], device: str) -> str:
+def _half_note(machine: dict[str, Any]) -> str:
+    """How a bfloat16 run's products ran: in hardware (AVX512-BF16 or AMX) or emulated."""
+    isa = machine.get("isa")
+    if isa is None:
+        return "bfloat16 hardware not recorded"
+    have = [i for i in isa if i in ("AVX512-BF16", "AMX")]
+    return f"bfloat16 in hardware: {', '.join(have)}" if have else "bfloat16 emulated: no AVX512-BF16 or AMX"
+
+
+def _yardsticks(results: list[dict[str, Any]], device: str, machine: dict[str, Any] | None = None) -> str:
     """Per pass, thread count and dtype: each candidate's share of the host's large-GEMM rate (its
     matrix-product FLOP ÷ time ÷ rate, the rate from ``sgemm:<side>`` in the same rounds), its time ÷
     ``torch.nn.GRU``'s and ÷ ``torch.nn.LSTM``'s, one table per group, a row per size. Beside the
@@ -74,16 +83,20 @@ def _yardsticks(results: list[dict[str, Any]], device: str) -> str:
     rate_key = f"sgemm:{SGEMM_SIDE}"
     out = []
     order = {p: i for i, p in enumerate(_PASS_TITLE)}
+    # forward+backward first; within a pass, the dtypes in the order the run measured them
+    dtypes = list(dict.fromkeys(r["dtype"] for r in results))
     groups = sorted(
-        {(r["pass"], r["threads"], r["dtype"]) for r in results}, key=lambda g: (order.get(g[0], 9), *g[1:])
+        {(r["pass"], r["threads"], r["dtype"]) for r in results},
+        key=lambda g: (order.get(g[0], 9), dtypes.index(g[2]), g[1]),
     )
     for ps, threads, dtype in groups:
         rows = [r for r in results if (r["pass"], r["threads"], r["dtype"]) == (ps, threads, dtype)]
         names = [n for n in ("torch.nn.GRU", "torch.nn.LSTM") if n in rows[0]["times"]]
         names += [n for n in rows[0]["times"] if n.startswith(eng + ":")]
         labels = [n.replace("torch.", "").split(":")[-1] for n in names]
+        half = f" ({_half_note(machine or {})}; oneDNN GFLOP/s: its bfloat16 product)" if dtype == "bfloat16" else ""
         out.append(
-            f"\n{_PASS_TITLE.get(ps, ps)}, {threads} thread(s), {dtype}: share of the GEMM rate · time ÷ "
+            f"\n{_PASS_TITLE.get(ps, ps)}, {threads} thread(s), {dtype}{half}: share of the GEMM rate · time ÷ "
             "torch.nn.GRU · time ÷ torch.nn.LSTM\n"
         )
         out.append("| size (B,T,m,n) | GEMM GFLOP/s | oneDNN GFLOP/s | nn.GRU ms | " + " | ".join(labels) + " |")
@@ -109,6 +122,24 @@ def _yardsticks(results: list[dict[str, Any]], device: str) -> str:
             )
             out.append(head + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def _half_speed(results: list[dict[str, Any]], device: str) -> str:
+    """Each variant's bfloat16 time ÷ its float32 time (same size, threads and pass), where the run
+    has both dtypes; empty otherwise."""
+    eng = "fused" if device == "cpu" else "triton"
+    f32 = {(r["size"], r["threads"], r["pass"]): r["times"] for r in results if r["dtype"] == "float32"}
+    rows = [r for r in results if r["dtype"] == "bfloat16" and (r["size"], r["threads"], r["pass"]) in f32]
+    if not rows:
+        return ""
+    names = [n for n in rows[0]["times"] if n.startswith(eng + ":") or n in ("torch.nn.GRU", "torch.nn.LSTM")]
+    labels = [n.replace("torch.", "").split(":")[-1] for n in names]
+    lines = ["| size (B,T,m,n) | threads | pass | " + " | ".join(labels) + " |", "|---" * (len(labels) + 3) + "|"]
+    for r in rows:
+        base = f32[(r["size"], r["threads"], r["pass"])]
+        cells = [_ratio(r["times"].get(n, {}).get("median_ms"), base.get(n, {}).get("median_ms"), 2) for n in names]
+        lines.append(f"| {_size_label(r)} | {r['threads']} | {r['pass']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _header(machine: dict[str, Any]) -> str:
@@ -175,7 +206,13 @@ def _proportions(results: list[dict[str, Any]], device: str, base: str = "gru0")
 def report(data: dict[str, Any]) -> str:
     """Every table of a benchmark run, from what it saves as JSON (``--report`` reprints one)."""
     results, device = data["results"], data["device"]
-    out = [_header(data.get("machine", {})), _yardsticks(results, device)]
+    out = [_header(data.get("machine", {})), _yardsticks(results, device, data.get("machine", {}))]
+    half = _half_speed(results, device)
+    if half:
+        out.append(
+            f"\nbfloat16 time ÷ float32 time, each candidate against itself ({_half_note(data.get('machine', {}))}):\n"
+        )
+        out.append(half)
     props = _proportions(results, device)
     if props:
         out.append(
