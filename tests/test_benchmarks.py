@@ -70,6 +70,19 @@ def test_packing_compares_both_paths_of_one_layer(capsys):
     assert float(cells[10]) < 1e-4  # the same gradients either way (float32 rounding apart)
 
 
+def test_percall_times_each_part_and_restores_them(capsys):
+    from gatedrnn import _layers
+
+    percall = _load("percall")
+    before = [getattr(owner, name) for _, owner, name in percall.PARTS]
+    assert percall.main(["--calls", "5"]) == 0
+    assert [getattr(owner, name) for _, owner, name in percall.PARTS] == before
+    assert _layers.rnn is before[1]
+    rows = [ln.split("|")[1:-1] for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")][1:]
+    assert len(rows) == 12 and rows[-2][0].strip() == "total (forward+backward)"
+    assert all(float(us) >= 0 for _, us in rows[-2:])
+
+
 def test_revisions_exports_a_revision_that_imports_only_itself(tmp_path):
     """benchmarks/revisions.py compares against a git revision's package: every module of the
     exported copy must come from the copy (an absolute ``gatedrnn`` import left in it would

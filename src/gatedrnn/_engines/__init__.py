@@ -129,7 +129,7 @@ def recording() -> str | None:
     """
     if torch.compiler.is_exporting():
         return "torch.export"
-    if torch.jit.is_tracing():
+    if torch._C._is_tracing():  # (torch.jit.is_tracing() adds a scripting check: 0.7 us a call)
         return "torch.jit.trace"
     if torch._C._functorch.maybe_current_level() is not None:
         return FUNC_TRANSFORM
@@ -166,6 +166,10 @@ def in_compile(engine: Engine, method: Callable[..., Any]) -> Callable[..., Any]
     return opaque(method)
 
 
+# (a set: ``dtype in (a, b, c)`` compares one by one at about 0.2 us each)
+_FUSED_DTYPES = frozenset((torch.float32, torch.float64, torch.bfloat16))
+
+
 def auto_choice(x: Tensor) -> str:
     """What ``engine="auto"`` means for tensors like ``x``.
 
@@ -178,7 +182,7 @@ def auto_choice(x: Tensor) -> str:
         return "reference"
     if x.is_cuda:
         return "triton"
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, torch.bfloat16):
+    if x.is_cpu and x.dtype in _FUSED_DTYPES:
         cast = autocast_cpu_dtype()
         # the fused engine's half type is bfloat16: float32 under another autocast type is not its
         return "fused" if x.dtype != torch.float32 or cast in (None, torch.bfloat16) else "reference"
