@@ -92,7 +92,8 @@ WIRINGS = [(v, ra) for v in VARIANTS for ra in (True, False) if not (v == "mingr
 # 3 threads (uneven ranges 1, 1, 2 rows) running the loop at once, each with one-thread BLAS.
 # "fold": dx and dW_ih produced in the backward loop (FOLD_MAX_INPUT raised above the 5 inputs),
 # with the split. The other paths keep them as matrix products after the loop.
-# "blas": plain ?gemm calls per step; "packed": the recurrent weights packed once per call
+# "blas": plain ?gemm calls per step, and MKL for the products over all steps (the other paths
+# run those through oneDNN where torch has it, its size limit lifted); "packed": the recurrent weights packed once per call
 # (MKL's ?gemm_pack / ?gemm_compute; skipped for a dtype the BLAS has no packed routines for);
 # "split" and "fold" run the default (plain unless GATEDRNN_PACK=1).
 PATHS = [(v, ra, p) for v, ra in WIRINGS for p in ("loops", "bwd-loops", "blas", "packed", "split", "fold")]
@@ -113,6 +114,9 @@ def test_fused_matches_reference(
         if path == "packed" and {torch.float32: "s", torch.float64: "d"}[dtype] not in _kernels.packed_blas():
             pytest.skip(f"the BLAS ({_kernels.blas()[2]}) exports no packed products for {dtype}")
         monkeypatch.setattr(_fused, "PACK", path == "packed")
+        monkeypatch.setattr(_fused, "ONEDNN", False)  # the products over all steps in MKL too
+    else:  # every product over all steps through oneDNN where torch has it, however small
+        monkeypatch.setattr(_fused, "ONEDNN_MIN_FLOPS", 0)
     threads = torch.get_num_threads()
     monkeypatch.setattr(_fused, "FOLD_MAX_INPUT", 10**6 if path == "fold" else 0)
     # "blas" and "split" take what they save from the pool (reused buffers hold stale numbers:
@@ -343,6 +347,36 @@ def test_fused_unavailable_raises_and_auto_reports() -> None:
     assert info["auto"]["cpu float32"] == "fused"
     assert info["engines"]["fused"]["available"] is True
     assert info["engines"]["fused"]["blas"]
+
+
+def test_products_over_all_steps_choose_onednn_by_size_and_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """_mm_nt: oneDNN for float32 products from ONEDNN_MIN_FLOPS up, MKL below, for float64, and
+    for a transposed operand of _FRESH_MAX_BYTES or more; the same numbers either way."""
+    from gatedrnn._engines import _fused
+
+    if _fused._onednn_linear() is None:
+        pytest.skip("this torch has no oneDNN")
+    calls = []
+    op = _fused._onednn_linear()
+
+    def spy(*args):  # type: ignore[no-untyped-def]
+        calls.append(args[0].shape)
+        return op(*args)
+
+    monkeypatch.setattr(_fused, "_onednn_linear", lambda: spy)
+    monkeypatch.setattr(_fused, "ONEDNN_MIN_FLOPS", 2 * 40 * 30 * 20)
+    a, b = torch.randn(40, 30), torch.randn(20, 30)
+    torch.testing.assert_close(_fused._mm_nt(a, b), a @ b.t())
+    assert len(calls) == 1
+    _fused._mm_nt(a[:39], b)  # below the limit
+    _fused._mm_nt(a.double(), b.double())
+    assert len(calls) == 1
+    monkeypatch.setattr(_fused, "_FRESH_MAX_BYTES", a.nbytes)
+    at = a.t().contiguous().t()  # transposed, as large as the limit
+    torch.testing.assert_close(_fused._mm_nt(at, b), a @ b.t())
+    assert len(calls) == 1
+    _fused._mm_nt(a, b)  # contiguous: no copy, so no limit
+    assert len(calls) == 2
 
 
 def test_packed_products_asked_for_without_them_raise(monkeypatch: pytest.MonkeyPatch) -> None:

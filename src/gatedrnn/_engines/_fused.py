@@ -71,12 +71,52 @@ def _mm_bf16(a: Tensor, b: Tensor) -> Tensor:
     return torch.mm(a.to(_BF16), b.to(_BF16))
 
 
-def _mm_into(out: Tensor, a: Tensor, b: Tensor, half: bool) -> None:
-    """``out = a @ b``: in bfloat16 (:func:`_mm_bf16`) where ``half``, else written in place."""
-    if half:
-        out.copy_(_mm_bf16(a, b))
-    else:
-        torch.mm(a, b, out=out)
+# The float32 products over all steps (input projection, dx, dW_ih, dW_hh) run through oneDNN where
+# torch has it: on a CPU where MKL runs a narrower code path than the CPU has (AVX2 on an AMD EPYC
+# with AVX-512) oneDNN's is 1.3-2.5x faster (docs/fused.md, "Products over all steps").
+# GATEDRNN_ONEDNN=0 keeps torch.mm (MKL) for them; float64 always uses it.
+ONEDNN = os.environ.get("GATEDRNN_ONEDNN", "1") == "1"
+
+
+@functools.lru_cache(maxsize=1)
+def _onednn_linear() -> Any:
+    """torch's oneDNN linear on dense tensors (``torch.ops.mkldnn._linear_pointwise``), or None
+    where this torch has no oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):  # pragma: no cover - depends on the torch build
+        return None
+
+
+_FRESH_MAX_BYTES = 32 << 20  # glibc's largest mmap threshold: bigger allocations are fresh pages
+ONEDNN_MIN_FLOPS = int(os.environ.get("GATEDRNN_ONEDNN_MIN_FLOPS", 16_000_000))
+
+
+def _mm_nt(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``a @ b.T (+ bias)``: through oneDNN for float32 (see :data:`ONEDNN`), else torch's ``mm``.
+    Products below ``ONEDNN_MIN_FLOPS`` stay with MKL (oneDNN's cost a call outweighs its rate
+    there), and so do those with a transposed operand of ``_FRESH_MAX_BYTES`` or more (oneDNN
+    copies it first, into fresh pages every call: the weight gradients at size B, 38 MiB)."""
+    op = _onednn_linear() if ONEDNN and a.dtype == torch.float32 else None
+    big = 2 * a.shape[0] * a.shape[1] * b.shape[0] >= ONEDNN_MIN_FLOPS
+    if op is not None and big and all(t.is_contiguous() or t.nbytes < _FRESH_MAX_BYTES for t in (a, b)):
+        return op(a, b, bias, "none", [], "")
+    return a @ b.t() if bias is None else torch.addmm(bias, a, b.t())
+
+
+def _onednn_projection(x2: Tensor, w_ih: Tensor, out_bytes: int) -> bool:
+    """Whether the input projection runs through oneDNN (:func:`_mm_nt`'s rule, and an output
+    below ``_FRESH_MAX_BYTES``: oneDNN writes a fresh tensor, MKL the reused scratch)."""
+    if not (ONEDNN and x2.dtype == torch.float32 and _onednn_linear() is not None):
+        return False
+    return out_bytes < _FRESH_MAX_BYTES and 2 * x2.shape[0] * x2.shape[1] * w_ih.shape[0] >= ONEDNN_MIN_FLOPS
+
+
+def _mm(a: Tensor, b: Tensor, half: bool) -> Tensor:
+    """``a @ b`` for the products over all steps: bfloat16 (:func:`_mm_bf16`) where ``half``."""
+    return _mm_bf16(a, b) if half else _mm_nt(a, b.t())
 
 
 def half_mode(x: Tensor) -> bool | str:
@@ -307,6 +347,12 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
             xp_t.copy_(prod)
         else:
             torch.add(prod, torch.from_numpy(pbias), out=xp_t)  # the bias added in float32
+    elif _onednn_projection(x2, w_ih, xp.nbytes):
+        # oneDNN writes a tensor of its own (no out=): the kernels read that one. Up to glibc's
+        # largest heap block: above it every call maps fresh pages and faults on them (at size B,
+        # 38 MiB, that cost more than oneDNN saved), and MKL writes into the reused scratch.
+        bias = torch.from_numpy(pbias) if pbias is not None else None
+        xp = _mm_nt(x2, w_ih, bias).numpy()
     elif pbias is None:
         torch.mm(x2, w_t, out=xp_t)
     else:
@@ -433,14 +479,13 @@ def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
 
     run_rows(run, ranges, 2 * batch * hid * hhw)
     # the products over all steps (grad mode is off: see first_order); bfloat16 ones in half mode
-    mm = _mm_bf16 if half else torch.mm
     if fold:
         dx = dx_t if need[0] else None
         dw_ih = torch.from_numpy(np.ascontiguousarray(dwihs.sum(0).T, dtype=dt)) if need[2] else None
     else:
         dgx2 = dgx_t.view(steps * batch, ihw)
-        dx = mm(dgx2, w_ih).view(steps, batch, inp) if need[0] else None
-        dw_ih = mm(dgx2.t(), x.view(steps * batch, inp)) if need[2] else None
+        dx = _mm(dgx2, w_ih, half).view(steps, batch, inp) if need[0] else None
+        dw_ih = _mm(dgx2.t(), x.view(steps * batch, inp), half) if need[2] else None
     dh0 = dh0_t if need[1] else None
     dw_hh = None
     if need[3]:
@@ -450,10 +495,10 @@ def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
             assert qs_t is not None and w_hh is not None
             dw_hh = torch.empty((hhw, hid), dtype=dtype)
             if spec.gates_read_h:
-                _mm_into(dw_hh[:ng], dgh2[:, :ng].t(), hprev, half)
-            _mm_into(dw_hh[hhw - hid :], dgh2[:, hhw - hid :].t(), qs_t.view(steps * batch, hid), half)
+                dw_hh[:ng] = _mm(dgh2[:, :ng].t(), hprev, half)
+            dw_hh[hhw - hid :] = _mm(dgh2[:, hhw - hid :].t(), qs_t.view(steps * batch, hid), half)
         else:
-            dw_hh = mm(dgh2.t(), hprev)
+            dw_hh = _mm(dgh2.t(), hprev, half)
     db_ih = db_hh = None
     if sums:
         dbx, dbh = (dbxs[0], dbhs[0]) if nr == 1 else (dbxs.sum(0), dbhs.sum(0))

@@ -95,7 +95,7 @@ def gemm_floor(variant: str, reset_after: bool, size: tuple[int, int, int, int],
     The per-step products run the way the engine runs them: with several torch threads, on the
     same batch row ranges at once (one-thread BLAS each, in torch's OpenMP team).
     """
-    from .._engines._fused import SMALL_MIN_STEPS, _backward_products, _forward_products, _packing, _small
+    from .._engines._fused import SMALL_MIN_STEPS, _backward_products, _forward_products, _mm_nt, _packing, _small
     from .._engines._threads import row_ranges, run_rows
     from .._specs import get_spec
 
@@ -115,9 +115,6 @@ def gemm_floor(variant: str, reset_after: bool, size: tuple[int, int, int, int],
     dgx = torch.randn(steps * batch, ihw)
     dgh = torch.randn(steps * batch, max(hhw, 1))
     hs = torch.randn(steps * batch, hid)
-    # outputs preallocated: the floor times the products, not first touches of fresh memory
-    xp, dx = torch.empty(steps * batch, ihw), torch.empty(steps * batch, inp)
-    dw_ih, dw_hh = torch.empty(ihw, inp), torch.empty(max(hhw, 1), hid)
     small = _small(spec.candidate_reads_h, batch, hid, hhw)
     small_f = small and steps >= SMALL_MIN_STEPS
     whh_t, wg_t, wn_t = (np.ascontiguousarray(m.T) for m in (whh, wg, wn))
@@ -148,16 +145,17 @@ def gemm_floor(variant: str, reset_after: bool, size: tuple[int, int, int, int],
             if spec.gates_read_h:
                 floor_nn(fns_b, dg[b0:b1], wg, pk[0], out_b[b0:b1], steps, small)
 
+    # the products over all steps as the engine runs them (oneDNN or MKL: _fused._mm_nt)
     def run() -> None:
-        torch.mm(x2, w_ih.t(), out=xp)
+        _mm_nt(x2, w_ih)
         if spec.candidate_reads_h:
             run_rows(forward_rows, ranges, step_flops)
         if not backward:
             return
         if spec.candidate_reads_h:
             run_rows(backward_rows, ranges, step_flops)
-            torch.mm(dgh.t(), hs, out=dw_hh)
-        torch.mm(dgx, w_ih, out=dx)
-        torch.mm(dgx.t(), x2, out=dw_ih)
+            _mm_nt(dgh.t(), hs.t())
+        _mm_nt(dgx, w_ih.t())
+        _mm_nt(dgx.t(), x2.t())
 
     return run
