@@ -20,13 +20,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 SMALL = ["--hidden", "8", "--epochs", "1", "--train-limit", "200", "--test-limit", "50", "--threads", "1"]
 
 
-def shared_data() -> Path:
-    for candidate in (Path(__file__).resolve().parents[2] / "shared" / "data", Path("/work/shared/data")):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("../shared/data (the real data sets) is missing beside the repository")
-
-
 def invoke(*args: str):
     return runner.invoke(app, list(args))
 
@@ -58,7 +51,8 @@ def test_compare_prints_the_table_and_writes_the_run_folder(tmp_path):
     result = invoke("compare", "--cells", "gru0,mingru", "--lr", "1e-2", *SMALL, "--no-progress", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert "| gru0 | 0.01 |" in result.output and "| mingru | 0.01 |" in result.output
-    assert (out / "summary.md").read_text().endswith(result.output.split("\n\n")[1].split("\nrun folder")[0] + "\n")
+    printed = result.output.split("\n\n", 1)[1].split("\nrun folder")[0]  # the table and its timing note
+    assert printed.startswith("| cell |") and (out / "summary.md").read_text().endswith(printed)
     for name in ("curves.png", "metrics.jsonl", "metrics.csv", "config.toml", "summary.csv"):
         assert (out / name).is_file()
     cfg = json.loads((out / "config.json").read_text())
@@ -125,11 +119,19 @@ def test_bad_options_are_one_line_errors(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("hidden = [")
     assert_clean_error(invoke("compare", "--config", str(bad), "--out", out), "not valid TOML")
+    assert_clean_error(invoke("compare", "--set", "engine=fusd", "--out", out), "did you mean 'fused'?")
+    assert_clean_error(invoke("compare", "--data-dir", "", "--out", out), "data_dir: expected a folder path")
+    # an engine named explicitly that cannot run here: said before training, not a traceback from the layer
+    assert_clean_error(invoke("compare", *TINY, "--set", "engine=scan", "--out", out), "engine: 'scan' cannot run")
+    assert not Path(out).exists()
 
 
 def test_missing_mnist_training_images_are_a_clean_error(tmp_path):
-    result = invoke("compare", "--task", "mnist-rows", "--data-dir", str(shared_data()), "--out", str(tmp_path / "m"))
-    assert_clean_error(result, "train")
+    (tmp_path / "data" / "mnist").mkdir(parents=True)  # an empty MNIST folder
+    result = invoke(
+        "compare", "--task", "mnist-rows", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "m")
+    )
+    assert_clean_error(result, "train-images-idx3-ubyte", "--download")
 
 
 def test_corrupt_data_is_a_clean_error(tmp_path):
@@ -144,9 +146,22 @@ def test_corrupt_data_is_a_clean_error(tmp_path):
 
 
 def test_info_prints_versions_engines_tasks():
+    import gatedrnn
+
     result = invoke("info")
     assert result.exit_code == 0
-    assert "engines:" in result.output and "digits-rows" in result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"gatedrnn {gatedrnn.__version__}, torch ")
+    assert lines[2].split() == ["engine", "available", "variants"]
+    expected = gatedrnn.info()["engines"]
+    for name, entry in expected.items():  # one row per engine: its name, yes/no, its variants
+        row = next(line for line in lines if line.split()[:1] == [name])
+        assert row.split()[1] == ("yes" if entry["available"] else "no")
+        assert row.endswith(", ".join(entry["variants"]) or "-")
+    assert any(
+        line.split() == ["digits-rows", "scikit-learn", "digits,", "8", "steps", "of", "8", "pixels"] for line in lines
+    )
+    assert "{" not in result.output and "'available'" not in result.output  # no raw dicts
     result = invoke("info", "--json")
     data = json.loads(result.output)
     import gatedrnn
@@ -221,3 +236,174 @@ def test_a_preset_runs_through_compare(tmp_path):
     assert result.exit_code == 0, result.output
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["train_bits"], cfg["test_bits"], cfg["hidden"]) == (8, 16, 16)
+
+
+# --- run folders: never overwritten silently ---------------------------------------------------------
+
+TINY = ["--hidden", "4", "--epochs", "1", "--train-limit", "64", "--test-limit", "16", "--set", "threads=1"]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_existing_run_folder_is_refused_unless_resume_or_overwrite(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("compare", "--cells", "gru3", *TINY, "--out", str(out)).exit_code == 0
+    before = _snapshot(out)
+    for command in (["compare", "--cells", "mgu"], ["train", "--cell", "mgu"], ["gradients", "--cells", "mgu"]):
+        result = invoke(*command, *TINY, "--out", str(out))
+        assert_clean_error(result, f"--out {out}", "--resume", "--overwrite")
+    assert _snapshot(out) == before
+
+
+def test_resume_with_nothing_to_resume_is_an_error(tmp_path):
+    for command in (["compare"], ["train", "--cell", "gru3"], ["gradients"]):
+        assert_clean_error(invoke(*command, *TINY, "--resume", "--out", str(tmp_path / "none")), "nothing to resume")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert_clean_error(invoke("compare", *TINY, "--resume", "--out", str(tmp_path / "other")), "not a gatedrnn run")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "none").exists()
+
+
+def test_overwrite_replaces_the_run_and_leaves_nothing_beside_it(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("compare", "--cells", "gru3", *TINY, "--out", str(out)).exit_code == 0
+    result = invoke("compare", "--cells", "mgu", *TINY, "--overwrite", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "replacing the run" in result.output
+    assert {r["cell"] for r in read_metrics(out)} == {"mgu"}
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["mgu_lr0.005_s0.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no hidden build or old folder left
+
+
+def test_ctrl_c_during_an_overwrite_keeps_the_old_run(tmp_path, monkeypatch):
+    from gatedrnn.experiments import run as run_module
+
+    out = tmp_path / "run"
+    assert invoke("compare", "--cells", "gru3", *TINY, "--out", str(out)).exit_code == 0
+    before = _snapshot(out)
+    real = run_module.train_run
+
+    def train_then_ctrl_c(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "train_run", train_then_ctrl_c)
+    result = invoke("compare", "--cells", "mgu", *TINY, "--overwrite", "--out", str(out))
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert f"interrupted: {out} still holds the previous run" in result.output
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_ctrl_c_says_how_to_resume_and_report_names_the_missing_runs(tmp_path, monkeypatch):
+    from gatedrnn.experiments import run as run_module
+
+    out = tmp_path / "run"
+    real, calls = run_module.train_run, []
+
+    def second_run_interrupted(*args, **kwargs):
+        calls.append(args[4])  # the cell
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "train_run", second_run_interrupted)
+    args = ["compare", "--cells", "gru3,mgu,mingru", "--hidden", "4", "--epochs", "2", "--train-limit", "64"]
+    args += ["--test-limit", "16", "--threads", "1", "--no-progress", "--out", str(out)]
+    result = invoke(*args)
+    assert result.exit_code == 130
+    assert f"--resume --out {out}" in result.output and "Traceback" not in result.output
+    report = invoke("report", str(out))
+    assert report.exit_code == 0, report.output
+    assert "mgu_lr0.005_s0 (not started)" in report.output and "mingru_lr0.005_s0 (not started)" in report.output
+    assert "gru3_lr0.005_s0" not in report.output.split("unfinished")[1]
+    assert f"--config {out / 'config.toml'} --resume --out {out}" in report.output
+    monkeypatch.setattr(run_module, "train_run", real)
+    result = invoke("compare", "--config", str(out / "config.toml"), "--resume", "--out", str(out))  # the hint
+    assert result.exit_code == 0, result.output
+    assert "gru3_lr0.005_s0: resuming from epoch 2 of 2" in result.output
+    assert {r["cell"] for r in read_metrics(out)} == {"gru3", "mgu", "mingru"}
+    assert "unfinished" not in invoke("report", str(out)).output
+
+
+# --- the command line itself ---------------------------------------------------------------------------
+
+
+def _unwrapped(text: str) -> str:
+    return "".join(text.split())  # help text wraps anywhere, hyphens included
+
+
+def test_help_shows_defaults_and_plain_flags():
+    for command in ("compare", "train", "gradients"):
+        text = invoke(command, "--help").output
+        assert "<bool>" not in text, command
+        flat = _unwrapped(text)
+        assert "Hiddenunitsperlayer.[default:64]" in flat and "Trainingepochs.[default:15]" in flat
+        assert "--downloadFetch" in flat and "--resumeContinue" in flat and "--overwriteReplace" in flat
+    assert "[default:digits-rows]" in _unwrapped(invoke("compare", "--help").output)
+    assert "[default:digits-pixels]" in _unwrapped(invoke("gradients", "--help").output)
+    assert "<bool>" not in invoke("--help").output
+
+
+def test_version():
+    import gatedrnn
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output == f"gatedrnn {gatedrnn.__version__}\n"
+
+
+def test_compare_train_and_gradients_share_every_run_option():
+    from gatedrnn.cli import RUN_OPTIONS
+
+    flags = {"set_": "--set", "progress": "--progress"}
+    for command in ("compare", "train", "gradients"):
+        text = invoke(command, "--help").output
+        for name in RUN_OPTIONS:
+            flag = flags.get(name, "--" + name.replace("_", "-"))
+            assert f"  {flag} " in text, (command, flag)
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["--task", "digits-row"], "did you mean 'digits-rows'?"),
+        (["--cells", "gru0,mgx"], "did you mean 'mgu'?"),
+        (["--set", "hiden=3"], "did you mean 'hidden'?"),
+        (["--set", "seq_lenght=3"], "did you mean 'seq_len'?"),
+    ],
+)
+def test_typos_get_a_did_you_mean(tmp_path, args, hint):
+    assert_clean_error(invoke("compare", *args, "--out", str(tmp_path / "r")), hint)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("error", [ValueError, RuntimeError, KeyError])
+def test_an_internal_error_keeps_its_traceback(tmp_path, monkeypatch, error):
+    """Only the project's own error types are one-line messages: a plain ValueError from deep code
+    is a bug and must show where it came from."""
+    from gatedrnn.experiments import run as run_module
+
+    def broken(*args, **kwargs):
+        raise error("deep inside")
+
+    monkeypatch.setattr(run_module, "run_compare", broken)
+    result = invoke("compare", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 1 and isinstance(result.exception, error)
+    assert "error: " not in result.output
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path, monkeypatch):
+    args = ["compare", "--cells", "gru3", *TINY]
+    quiet = invoke(*args, "--out", str(tmp_path / "a"))  # CliRunner's streams are not a terminal
+    assert quiet.exit_code == 0, quiet.output
+    assert "\r" not in quiet.output and "batch/s" not in quiet.output
+    from gatedrnn.experiments import train
+
+    monkeypatch.setattr(train, "on_a_terminal", lambda: True)
+    shown = invoke(*args, "--out", str(tmp_path / "b"))
+    assert shown.exit_code == 0 and "\r" in shown.output and "batch" in shown.output
+    hidden = invoke(*args, "--no-progress", "--out", str(tmp_path / "c"))
+    assert hidden.exit_code == 0 and "\r" not in hidden.output

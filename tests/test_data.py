@@ -3,8 +3,8 @@
 Every file here is built by the test itself (tiny IDX files, aclImdb folders and tarballs), with
 expected values written by hand or packed independently with ``struct``; downloads go through
 ``file://`` URLs or a fake opener, and a fixture makes any socket use fail, so no test touches the
-network. The real data sets in ``shared/data`` (beside the checkout) are read at the end; those
-tests skip when that folder is absent.
+network. The real data sets (the ``data_dir`` fixture: ``shared/data`` beside the checkout, else
+``$GATEDRNN_DATA``) are read at the end; those tests skip when neither is there.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import socket
 import struct
 import tarfile
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gatedrnn.experiments import _download, data
+from gatedrnn.experiments import _download, _imdb, data
 from gatedrnn.experiments.data import (
     Checksum,
     CorruptData,
@@ -39,19 +38,6 @@ from gatedrnn.experiments.data import (
     resolve_data_dir,
     tokenize,
 )
-
-
-def _find_shared_data() -> Path | None:
-    # CI clones the repo with shared/ beside it (<root>/../shared/data); worktrees sit deeper.
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "shared" / "data"
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-SHARED = _find_shared_data()
-needs_shared = pytest.mark.skipif(SHARED is None, reason="shared/data (the real data sets) is not beside the checkout")
 
 
 @pytest.fixture(autouse=True)
@@ -205,14 +191,11 @@ def test_checksum_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     img_gz = (folder / "t10k-images-idx3-ubyte.gz").read_bytes()
     lab_gz = (folder / "t10k-labels-idx1-ubyte.gz").read_bytes()
     img_raw, lab_raw = gzip.decompress(img_gz), gzip.decompress(lab_gz)
-    table = dict(data.CHECKSUMS)
-    monkeypatch.setattr(data, "CHECKSUMS", table)
 
     def use(images_entry: Checksum, labels_entry: Checksum | None = None) -> None:
-        table[("fashion-mnist", "t10k-images-idx3-ubyte.gz")] = images_entry
-        table[("fashion-mnist", "t10k-labels-idx1-ubyte.gz")] = labels_entry or Checksum(
-            sha256=hashlib.sha256(lab_raw).hexdigest()
-        )
+        monkeypatch.setitem(data.CHECKSUMS, ("fashion-mnist", "t10k-images-idx3-ubyte.gz"), images_entry)
+        labels = labels_entry or Checksum(sha256=hashlib.sha256(lab_raw).hexdigest())
+        monkeypatch.setitem(data.CHECKSUMS, ("fashion-mnist", "t10k-labels-idx1-ubyte.gz"), labels)
 
     use(Checksum(md5=hashlib.md5(img_gz).hexdigest()))  # the original .gz
     np.testing.assert_array_equal(load_image_set("fashion-mnist", "test", tmp_path)[0], images)
@@ -234,7 +217,7 @@ def test_checksum_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
     # Only the .gz MD5 known (like MNIST's training images): a different .gz is refused...
     use(Checksum(md5="0" * 32, size=len(img_raw)))
-    with pytest.raises(CorruptData, match=r"md5 expected 0{32}"):
+    with pytest.raises(CorruptData, match=r"checksum mismatch: md5 of the file expected 0{32}"):
         load_image_set("fashion-mnist", "test", tmp_path)
     # ...and an uncompressed copy can only be size-checked.
     (folder / "t10k-images-idx3-ubyte.gz").unlink()
@@ -318,11 +301,9 @@ def test_download_image_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     }
     base = serve(tmp_path, files)
     dead = (tmp_path / "no-such-mirror").as_uri() + "/"
-    monkeypatch.setattr(data, "URLS", {**data.URLS, "mnist": [dead, base]})  # first mirror fails
-    table = {**data.CHECKSUMS}
+    monkeypatch.setitem(data.URLS, "mnist", [dead, base])  # first mirror fails
     for name, blob in files.items():
-        table[("mnist", name)] = Checksum(md5=hashlib.md5(blob).hexdigest())
-    monkeypatch.setattr(data, "CHECKSUMS", table)
+        monkeypatch.setitem(data.CHECKSUMS, ("mnist", name), Checksum(md5=hashlib.md5(blob).hexdigest()))
     root = tmp_path / "data"
     x, y = load_image_set("mnist", "test", root, download=True)
     np.testing.assert_array_equal(x, images)
@@ -331,27 +312,40 @@ def test_download_image_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         assert (root / "mnist" / name).read_bytes() == blob
     assert sorted(p.name for p in (root / "mnist").iterdir()) == sorted(files)  # no temp files left
     # A second call reads the files in place (the mirror is gone).
-    monkeypatch.setattr(data, "URLS", {**data.URLS, "mnist": [dead]})
+    monkeypatch.setitem(data.URLS, "mnist", [dead])
     np.testing.assert_array_equal(load_image_set("mnist", "test", root, download=True)[0], images)
 
 
 def test_download_checksum_mismatch_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     base = serve(tmp_path, {"t10k-images-idx3-ubyte.gz": b"not the real file"})
-    monkeypatch.setattr(data, "URLS", {**data.URLS, "mnist": [base]})
+    monkeypatch.setitem(data.URLS, "mnist", [base])
     root = tmp_path / "data"
-    with pytest.raises(CorruptData, match=r"checksum mismatch: md5 .* expected 9fb629c4189551a2d022fa330f9573f3"):
+    with pytest.raises(
+        CorruptData,
+        match=r"t10k-images-idx3-ubyte.gz: checksum mismatch: sha256 .* expected 0fa7898d509279e4.*downloaded from file:",
+    ):
         load_image_set("mnist", "test", root, download=True)
     assert list((root / "mnist").iterdir()) == []
 
 
 def test_download_all_mirrors_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dead = [(tmp_path / f"dead{i}").as_uri() + "/" for i in range(2)]
-    monkeypatch.setattr(data, "URLS", {**data.URLS, "fashion-mnist": dead})
+    monkeypatch.setitem(data.URLS, "fashion-mnist", dead)
     with pytest.raises(DownloadFailed) as info:
         load_image_set("fashion-mnist", "train", tmp_path / "data", download=True)
     for url in dead:
         assert url + "train-images-idx3-ubyte.gz" in str(info.value)
     assert isinstance(info.value, DataError)
+
+
+def only(blob: bytes):
+    """A download check that accepts exactly ``blob`` (as the checksum rule would refuse the rest)."""
+
+    def check(path: Path) -> None:
+        if path.read_bytes() != blob:
+            raise CorruptData(f"{path.name}: not the expected bytes")
+
+    return check
 
 
 def test_download_short_read_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -365,12 +359,10 @@ def test_download_short_read_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(_download, "urlopen", lambda url, timeout: Response(b"x" * 40))
     dest = tmp_path / "out" / "f.bin"
     with pytest.raises(_download.DownloadError, match=r"after 40 of 100 bytes"):
-        _download.download(["https://example.invalid/f.bin"], dest, algorithm="md5", expected=None)
+        _download.download(["https://example.invalid/f.bin"], dest)
     assert not dest.exists() and list(dest.parent.iterdir()) == []
     monkeypatch.setattr(_download, "urlopen", lambda url, timeout: Response(b"y" * 100))
-    _download.download(
-        ["https://example.invalid/f.bin"], dest, algorithm="md5", expected=hashlib.md5(b"y" * 100).hexdigest()
-    )
+    _download.download(["https://example.invalid/f.bin"], dest, check=only(b"y" * 100))
     assert dest.read_bytes() == b"y" * 100
 
 
@@ -392,11 +384,24 @@ def test_download_cut_connection_tries_next_mirror(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(_download, "urlopen", opener)
     dest = tmp_path / "f.bin"
     urls = ["https://first.invalid/f.bin", "https://second.invalid/f.bin"]
-    _download.download(urls, dest, algorithm="sha256", expected=hashlib.sha256(b"payload").hexdigest())
+    _download.download(urls, dest, check=only(b"payload"))
     assert seen == urls and dest.read_bytes() == b"payload"
     monkeypatch.setattr(_download, "urlopen", lambda url, timeout: Cut())
     with pytest.raises(_download.DownloadError, match=r"first\.invalid/f\.bin: IncompleteRead"):
-        _download.download(urls[:1], tmp_path / "g.bin", algorithm="md5", expected=None)
+        _download.download(urls[:1], tmp_path / "g.bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_download_refused_copy_tries_next_mirror_and_is_never_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_download, "urlopen", lambda url, timeout: io.BytesIO(url.encode()))
+    urls = ["https://bad.invalid/f.bin", "https://good.invalid/f.bin"]
+    dest = tmp_path / "f.bin"
+    _download.download(urls, dest, check=only(urls[1].encode()))
+    assert dest.read_bytes() == urls[1].encode()
+    with pytest.raises(CorruptData, match=r"not the expected bytes \(downloaded from https://bad\.invalid/f\.bin"):
+        _download.download(urls[:1], tmp_path / "g.bin", check=only(b"other"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
 
 
@@ -485,7 +490,7 @@ def test_imdb_cache_is_used_and_refreshed(tmp_path: Path, monkeypatch: pytest.Mo
         raise AssertionError("the archive was parsed again despite a valid cache")
 
     with monkeypatch.context() as m:
-        m.setattr(data, "_parse_imdb_archive", no_parse)
+        m.setattr(_imdb, "_parse_imdb_archive", no_parse)
         assert load_imdb("test", tmp_path, verify=False, cache_dir=cache)[0] == EXPECTED["test"][0]
         assert load_imdb("train", tmp_path, verify=False, cache_dir=cache)[0] == EXPECTED["train"][0]
 
@@ -508,7 +513,7 @@ def test_imdb_cache_never_skips_verification(tmp_path: Path) -> None:
     make_tar(tmp_path / "imdb" / "aclImdb_v1.tar.gz", imdb_members())
     cache = tmp_path / "cache"
     assert load_imdb("train", tmp_path, verify=False, cache_dir=cache)[0] == EXPECTED["train"][0]
-    with pytest.raises(CorruptData, match=r"checksum mismatch: md5 expected 7c2ac02c"):
+    with pytest.raises(CorruptData, match=r"checksum mismatch: md5 of the file expected 7c2ac02c"):
         load_imdb("train", tmp_path, cache_dir=cache)
 
 
@@ -534,8 +539,8 @@ def test_imdb_cache_falls_back_when_data_folder_read_only(tmp_path: Path, monkey
 
     make_tar(tmp_path / "data" / "imdb" / "aclImdb_v1.tar.gz", imdb_members())
     monkeypatch.setattr(platformdirs, "user_cache_dir", lambda appname: str(tmp_path / "user" / appname))
-    real_writable = data._writable
-    monkeypatch.setattr(data, "_writable", lambda folder: "data" not in folder.parts and real_writable(folder))
+    real_writable = _imdb._writable
+    monkeypatch.setattr(_imdb, "_writable", lambda folder: "data" not in folder.parts and real_writable(folder))
     assert load_imdb("test", tmp_path / "data", verify=False)[0] == EXPECTED["test"][0]
     assert not (tmp_path / "data" / "imdb" / "cache").exists()
     assert len(list((tmp_path / "user" / "gatedrnn" / "parsed").glob("imdb-test-*.json.gz"))) == 1
@@ -575,11 +580,15 @@ def test_imdb_archive_damaged_or_wrong(tmp_path: Path) -> None:
         load_imdb("train", tmp_path, verify=False, cache_dir=tmp_path / "c1")
     # Under a known name with checksums on: refused before it is read.
     archive.write_bytes(blob)
-    with pytest.raises(CorruptData, match=r"checksum mismatch: md5 expected 7c2ac02c03563afcf9b574c7e56c153a"):
+    with pytest.raises(
+        CorruptData, match=r"checksum mismatch: md5 of the file expected 7c2ac02c03563afcf9b574c7e56c153a"
+    ):
         load_imdb("train", tmp_path, cache_dir=tmp_path / "c2")
     archive.unlink()
     make_tar(tmp_path / "imdb" / "aclImdb_train_test.tar.gz", imdb_members())
-    with pytest.raises(CorruptData, match=r"size check failed: expected 30078464 bytes"):
+    with pytest.raises(
+        CorruptData, match=r"aclImdb_train_test.tar.gz: checksum mismatch: sha256 of the file expected fc13d7b4"
+    ):
         load_imdb("train", tmp_path, cache_dir=tmp_path / "c3")
     # An archive without the split's reviews.
     make_tar(tmp_path / "x" / "imdb" / "aclImdb_v1.tar.gz", [("aclImdb/README", b"r")])
@@ -606,12 +615,8 @@ def test_imdb_missing_message(tmp_path: Path) -> None:
 def test_imdb_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = make_tar(tmp_path / "src" / "aclImdb_v1.tar.gz", imdb_members())
     blob = source.read_bytes()
-    monkeypatch.setattr(data, "URLS", {**data.URLS, "imdb": [source.parent.as_uri() + "/"]})
-    monkeypatch.setattr(
-        data,
-        "CHECKSUMS",
-        {**data.CHECKSUMS, ("imdb", "aclImdb_v1.tar.gz"): Checksum(md5=hashlib.md5(blob).hexdigest())},
-    )
+    monkeypatch.setitem(data.URLS, "imdb", [source.parent.as_uri() + "/"])
+    monkeypatch.setitem(data.CHECKSUMS, ("imdb", "aclImdb_v1.tar.gz"), Checksum(md5=hashlib.md5(blob).hexdigest()))
     texts, labels = load_imdb("test", tmp_path / "data", download=True)
     assert texts == EXPECTED["test"][0] and labels.tolist() == EXPECTED["test"][1]
     assert (tmp_path / "data" / "imdb" / "aclImdb_v1.tar.gz").read_bytes() == blob
@@ -635,7 +640,7 @@ def test_rt_polarity_latin1(tmp_path: Path, layout: str) -> None:
 def test_rt_polarity_checksum_and_missing(tmp_path: Path) -> None:
     write(tmp_path / "rt-polarity" / "rt-polarity.pos", POS)
     write(tmp_path / "rt-polarity" / "rt-polarity.neg", NEG)
-    with pytest.raises(CorruptData, match=r"rt-polarity.pos: checksum mismatch: sha256 expected 2da124ec"):
+    with pytest.raises(CorruptData, match=r"rt-polarity.pos: checksum mismatch: sha256 of the file expected 2da124ec"):
         load_rt_polarity(tmp_path)
     with pytest.raises(DatasetMissing) as info:
         load_rt_polarity(tmp_path / "empty")
@@ -649,19 +654,69 @@ def test_rt_polarity_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         tmp_path / "src" / "rt-polaritydata.tar.gz",
         [("rt-polaritydata", None), ("rt-polaritydata/rt-polarity.pos", POS), ("rt-polaritydata/rt-polarity.neg", NEG)],
     )
-    monkeypatch.setattr(data, "URLS", {**data.URLS, "rt-polarity": [archive.parent.as_uri() + "/"]})
+    monkeypatch.setitem(data.URLS, "rt-polarity", [archive.parent.as_uri() + "/"])
     root = tmp_path / "data"
     # With the real checksums the tiny files are refused and nothing is written.
     with pytest.raises(CorruptData, match=r"checksum mismatch"):
         load_rt_polarity(root, download=True)
     assert list((root / "rt-polarity").iterdir()) == []
-    table = {**data.CHECKSUMS}
-    table[("rt-polarity", "rt-polarity.pos")] = Checksum(sha256=hashlib.sha256(POS).hexdigest())
-    table[("rt-polarity", "rt-polarity.neg")] = Checksum(sha256=hashlib.sha256(NEG).hexdigest())
-    monkeypatch.setattr(data, "CHECKSUMS", table)
+    monkeypatch.setitem(
+        data.CHECKSUMS, ("rt-polarity", "rt-polarity.pos"), Checksum(sha256=hashlib.sha256(POS).hexdigest())
+    )
+    monkeypatch.setitem(
+        data.CHECKSUMS, ("rt-polarity", "rt-polarity.neg"), Checksum(sha256=hashlib.sha256(NEG).hexdigest())
+    )
     texts, labels = load_rt_polarity(root, download=True)
     assert labels.tolist() == [1, 1, 0, 0, 0] and texts[0] == "un film très drôle ."
     assert sorted(p.name for p in (root / "rt-polarity").iterdir()) == ["rt-polarity.neg", "rt-polarity.pos"]
+
+
+# ----------------------------------------------------------------------- one rule for every file
+@pytest.mark.parametrize("kind", ["idx", "archive", "text"])
+def test_one_checksum_rule_for_every_kind_of_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """An IDX .gz, an archive and a text file are checked by the same rule: the MD5 of the file as
+    distributed accepts it whatever else the table says; else a SHA-256 of the content decides; else
+    an MD5 that differs refuses; else a size that differs refuses."""
+    if kind == "idx":
+        make_image_set(tmp_path, "mnist", "test", 3)
+        key, path = ("mnist", "t10k-images-idx3-ubyte.gz"), tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz"
+        monkeypatch.setitem(data.CHECKSUMS, ("mnist", "t10k-labels-idx1-ubyte.gz"), Checksum())
+        content = gzip.decompress(path.read_bytes())
+
+        def load(i: int) -> None:
+            load_image_set("mnist", "test", tmp_path)
+
+    elif kind == "archive":
+        path = make_tar(tmp_path / "imdb" / "aclImdb_v1.tar.gz", imdb_members())
+        key, content = ("imdb", path.name), path.read_bytes()
+
+        def load(i: int) -> None:
+            load_imdb("test", tmp_path, cache_dir=tmp_path / f"cache{i}")
+
+    else:
+        path = write(tmp_path / "rt-polarity" / "rt-polarity.pos", POS)
+        write(tmp_path / "rt-polarity" / "rt-polarity.neg", NEG)
+        key, content = ("rt-polarity", path.name), POS
+        monkeypatch.setitem(data.CHECKSUMS, ("rt-polarity", "rt-polarity.neg"), Checksum())
+
+        def load(i: int) -> None:
+            load_rt_polarity(tmp_path)
+
+    md5, sha = hashlib.md5(path.read_bytes()).hexdigest(), hashlib.sha256(content).hexdigest()
+    cases = [
+        (Checksum(md5=md5, sha256="0" * 64, size=1), None),  # the original file, byte for byte
+        (Checksum(md5="0" * 32, sha256=sha, size=len(content)), None),  # a copy with the same content
+        (Checksum(md5="1" * 32, sha256="0" * 64), "sha256 .* expected 0{64}"),
+        (Checksum(md5="0" * 32, size=len(content)), "md5 of the file expected 0{32}"),
+        (Checksum(size=len(content) + 1), f"size check failed: expected {len(content) + 1} bytes"),
+    ]
+    for i, (entry, refusal) in enumerate(cases):
+        monkeypatch.setitem(data.CHECKSUMS, key, entry)
+        if refusal is None:
+            load(i)
+        else:
+            with pytest.raises(CorruptData, match=f"{path.name}: (checksum mismatch: )?{refusal}"):
+                load(i)
 
 
 # ------------------------------------------------------------------------------ tokenize, Vocab
@@ -722,7 +777,25 @@ def test_vocab_errors(call, error: type, message: str) -> None:
         call()
 
 
-# --------------------------------------------------------------------------- real data (shared/)
+# ------------------------------------------------------------------- real data (data_dir fixture)
+def test_the_data_fixture_finds_the_folder_beside_the_checkout_then_the_env_and_else_skips(tmp_path: Path) -> None:
+    from conftest import data_dir_or_skip
+
+    repo = tmp_path / "parent" / "checkout"
+    repo.mkdir(parents=True)
+    with pytest.raises(pytest.skip.Exception, match=r"\.\./shared/data .*GATEDRNN_DATA"):
+        data_dir_or_skip(repo, {})
+    with pytest.raises(pytest.skip.Exception):
+        data_dir_or_skip(repo, {"GATEDRNN_DATA": str(tmp_path / "no-such-folder")})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert data_dir_or_skip(repo, {"GATEDRNN_DATA": str(elsewhere)}) == elsewhere
+    beside = tmp_path / "parent" / "shared" / "data"
+    beside.mkdir(parents=True)
+    assert data_dir_or_skip(repo, {"GATEDRNN_DATA": str(elsewhere)}) == beside
+    assert data_dir_or_skip(repo, {}) == beside
+
+
 def _plain_idx(path: Path) -> np.ndarray:
     """An independent reader: gunzip, skip the fixed header, reshape with the dims from the header."""
     raw = gzip.open(path).read()
@@ -731,46 +804,40 @@ def _plain_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw[4 + 4 * ndim :], dtype=np.uint8).reshape(dims)
 
 
-@needs_shared
-def test_real_fashion_mnist() -> None:
-    x, y = load_image_set("fashion-mnist", "test", SHARED)
+def test_real_fashion_mnist(data_dir: Path) -> None:
+    x, y = load_image_set("fashion-mnist", "test", data_dir)
     assert x.shape == (10000, 28, 28) and x.dtype == np.uint8 and y.shape == (10000,)
     assert np.bincount(y).tolist() == [1000] * 10
-    np.testing.assert_array_equal(x, _plain_idx(SHARED / "fashion-mnist" / "t10k-images-idx3-ubyte.gz"))
-    x, y = load_image_set("fashion-mnist", "train", SHARED)
+    np.testing.assert_array_equal(x, _plain_idx(data_dir / "fashion-mnist" / "t10k-images-idx3-ubyte.gz"))
+    x, y = load_image_set("fashion-mnist", "train", data_dir)
     assert x.shape == (60000, 28, 28) and np.bincount(y).tolist() == [6000] * 10
 
 
-@needs_shared
-def test_real_mnist() -> None:
-    x, y = load_image_set("mnist", "test", SHARED)
+def test_real_mnist(data_dir: Path) -> None:
+    x, y = load_image_set("mnist", "test", data_dir)
     assert x.shape == (10000, 28, 28)
     # MNIST test-set class counts, as published with the data set.
     assert np.bincount(y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
-    np.testing.assert_array_equal(x, _plain_idx(SHARED / "mnist" / "t10k-images-idx3-ubyte.gz"))
-    train_labels = read_idx(SHARED / "mnist" / "train-labels-idx1-ubyte.gz")
+    np.testing.assert_array_equal(x, _plain_idx(data_dir / "mnist" / "t10k-images-idx3-ubyte.gz"))
+    train_labels = read_idx(data_dir / "mnist" / "train-labels-idx1-ubyte.gz")
     assert train_labels.shape == (60000,) and train_labels[:5].tolist() == [5, 0, 4, 1, 9]
-    with pytest.raises(DatasetMissing, match=re.escape(str(SHARED / "mnist" / "train-images-idx3-ubyte.gz"))):
-        load_image_set("mnist", "train", SHARED)  # the training images are not in shared/data
 
 
-@needs_shared
-def test_real_rt_polarity() -> None:
-    texts, labels = load_rt_polarity(SHARED)
+def test_real_rt_polarity(data_dir: Path) -> None:
+    texts, labels = load_rt_polarity(data_dir)
     assert len(texts) == 10662 and labels.tolist() == [1] * 5331 + [0] * 5331
     assert texts[0].startswith("the rock is destined to be the 21st century's new")
     assert all(texts)
 
 
 @pytest.fixture(scope="session")
-def real_imdb(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[str], np.ndarray]]:
+def real_imdb(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[str], np.ndarray]]:
     """Both IMDB splits, parsed once per session from the real archive (cache in a temp folder)."""
     cache = tmp_path_factory.mktemp("imdb-cache")
-    return {split: load_imdb(split, SHARED, cache_dir=cache) for split in ("train", "test")}
+    return {split: load_imdb(split, data_dir, cache_dir=cache) for split in ("train", "test")}
 
 
-@needs_shared
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_real_imdb(real_imdb: dict, split: str) -> None:
     texts, labels = real_imdb[split]

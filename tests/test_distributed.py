@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from gatedrnn.experiments.report import read_metrics
@@ -41,20 +42,23 @@ def _train_args(out: Path, cell: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _run(cmd: list[str]) -> None:
+def _run(cmd: list[str]) -> str:
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process(tmp_path):
     for cell in ("gru1",):
         one, two = tmp_path / f"one-{cell}", tmp_path / f"two-{cell}"
-        _run([sys.executable, *_train_args(one, cell)])
+        assert "distributed" not in _run([sys.executable, *_train_args(one, cell)])
         torchrun = [
             sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
             "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
         ]  # fmt: skip
-        _run([*torchrun, *_train_args(two, cell)])
+        said = _run([*torchrun, *_train_args(two, cell)])
+        assert said.count("distributed: 2 processes, backend gloo") == 1  # said once, by rank 0
 
         a = load_checkpoint(one / "checkpoints" / f"{cell}_lr0.01_s0.pt")
         b = load_checkpoint(two / "checkpoints" / f"{cell}_lr0.01_s0.pt")

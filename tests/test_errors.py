@@ -18,9 +18,10 @@ import gatedrnn
         ({"hidden_size": 2.5}, r"hidden_size: expected an integer >= 1, got 2.5"),
         ({"input_size": -1}, r"input_size: expected an integer >= 1, got -1"),
         ({"num_layers": 0}, r"num_layers: expected an integer >= 1, got 0"),
-        ({"dropout": 1.0}, r"dropout: expected a number in \[0, 1\), got 1.0"),
-        ({"dropout": -0.1}, r"dropout: expected a number in \[0, 1\), got -0.1"),
-        ({"dropout": True}, r"dropout: expected a number in \[0, 1\), got True"),
+        ({"dropout": 1.5}, r"dropout: expected a number in \[0, 1\], got 1.5"),
+        ({"dropout": -0.1}, r"dropout: expected a number in \[0, 1\], got -0.1"),
+        ({"dropout": True}, r"dropout: expected a number in \[0, 1\], got True"),
+        ({"dropout": "0.5"}, r"dropout: expected a number in \[0, 1\], got '0.5'"),
         ({"engine": "cudnn"}, r"engine: expected 'auto' or one of \[.*'reference'.*\], got 'cudnn'"),
     ],
 )

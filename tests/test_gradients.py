@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -107,7 +109,13 @@ def test_run_gradients_writes_the_figure_and_the_numbers(tmp_path):
         progress=False,
         out=str(tmp_path / "g"),
     )
-    out, table = run_gradients(cfg)
+    old = os.umask(0o022)
+    try:
+        out, table = run_gradients(cfg)
+    finally:
+        os.umask(old)
+    for path in out.rglob("*"):  # the mode of any file the user writes, not mkstemp's 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
     png = (out / "gradients.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((out / "gradients.json").read_text())

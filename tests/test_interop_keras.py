@@ -1,4 +1,6 @@
-"""Keras GRU files ⇄ gatedrnn, checked in Keras itself (torch backend, no TensorFlow).
+"""Keras GRU files ⇄ gatedrnn, checked in Keras itself: on its torch backend in this process, and
+on TensorFlow (where it is installed) by running this file again in a process of its own with
+``KERAS_BACKEND=tensorflow`` (Keras picks its backend once, when it is imported).
 
 Keras numbers are first checked against Keras' GRU equations written out here (float64), so
 that a wrong gate order, transposition or bias row is caught by two independent references.
@@ -6,10 +8,11 @@ that a wrong gate order, transposition or bias row is caught by two independent 
 
 from __future__ import annotations
 
+import importlib.util
 import os
-
-os.environ["KERAS_BACKEND"] = "torch"
-
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,13 @@ import torch
 
 import gatedrnn
 from gatedrnn.interop import KerasFileError, from_keras, from_torch, keras_layers, to_keras, to_torch
+
+HAS_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
+BACKEND = os.environ.setdefault("KERAS_BACKEND", "torch")
+if BACKEND == "torch":
+    # Keras imports TensorFlow, when it is installed, even on the torch backend (to check types
+    # while saving): keep it (its threads and seconds of start-up) out of the torch test process.
+    sys.modules.setdefault("tensorflow", None)  # type: ignore[arg-type]
 
 keras = pytest.importorskip("keras")
 pytest.importorskip("h5py")
@@ -282,3 +292,346 @@ def test_nested_model(tmp_path: Path) -> None:
     x = np.random.default_rng(9).standard_normal((2, 5, 3)).astype(np.float32)
     with torch.no_grad():
         np.testing.assert_allclose(_np(sub(x)), ours(torch.from_numpy(x))[0].numpy(), atol=TOL)
+
+
+def _weights_of(model, skip: str) -> dict[str, list[np.ndarray]]:
+    return {
+        layer.name: [np.array(w) for w in layer.get_weights()]
+        for layer in model.layers
+        if layer.weights and layer.name != skip
+    }
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".weights.h5"])
+def test_file_with_other_recurrent_layers(suffix: str, tmp_path: Path) -> None:
+    """LSTM, SimpleRNN, Bidirectional(LSTM) and an RNN of stacked GRU cells beside one GRU: listed
+    as what they are, skipped, never read as a GRU; the one GRU needs no name."""
+    keras.utils.set_random_seed(12)
+
+    def build():
+        inp = keras.Input((None, 3))
+        a = keras.layers.LSTM(4, return_sequences=True, name="lstm")(inp)
+        b = keras.layers.GRU(5, return_sequences=True, name="enc")(a)
+        c = keras.layers.SimpleRNN(3, return_sequences=True, name="simple")(b)
+        d = keras.layers.Bidirectional(keras.layers.LSTM(2, return_sequences=True), name="bilstm")(c)
+        cells = [keras.layers.GRUCell(2), keras.layers.GRUCell(2)]
+        e = keras.layers.RNN(keras.layers.StackedRNNCells(cells), return_sequences=True, name="cells")(d)
+        return keras.Model(inp, keras.layers.Dense(2, name="head")(e))
+
+    model = build()
+    for w in model.weights:
+        w.assign(np.random.default_rng(len(w.path)).uniform(-0.5, 0.5, w.shape).astype(np.float32))
+    path = tmp_path / ("m" + suffix)
+    model.save(path) if suffix == ".keras" else model.save_weights(path)
+
+    info = {i["name"]: i for i in keras_layers(path)}
+    assert set(info) == {"lstm", "enc", "simple", "bilstm", "cells"}
+    assert [n for n, i in info.items() if i["gru"]] == ["enc"]
+    cells = {"lstm": "LSTMCell", "enc": "GRUCell", "simple": "SimpleRNNCell", "bilstm": "LSTMCell"}
+    assert {n: info[n]["cell"] for n in cells} == cells and info["cells"]["cell"] == "StackedRNNCells"
+    assert (info["enc"]["input_size"], info["enc"]["hidden_size"], info["lstm"]["hidden_size"]) == (4, 5, 4)
+    if suffix == ".keras":
+        assert [i["class_name"] for i in keras_layers(path)] == [
+            "LSTM",
+            "GRU",
+            "SimpleRNN",
+            "Bidirectional(LSTM)",
+            "RNN(StackedRNNCells)",
+        ]
+    with pytest.raises(KerasFileError, match=r"'lstm' .* is not a GRU"):
+        from_keras(path, "lstm")
+
+    x = np.random.default_rng(13).standard_normal((2, 6, 3)).astype(np.float32)
+    into_gru = _np(keras.Model(model.inputs[0], model.get_layer("lstm").output)(x))
+    ours = from_keras(path)  # the file's only GRU
+    with torch.no_grad():
+        y = ours(torch.from_numpy(into_gru))[0].numpy()
+    np.testing.assert_allclose(y, _np(keras.Model(model.inputs[0], model.get_layer("enc").output)(x)), atol=TOL)
+
+    torch.manual_seed(14)
+    new = gatedrnn.GRU(4, 5, batch_first=True)
+    to_keras(new, path)  # no name needed either
+    if suffix == ".keras":
+        loaded = keras.saving.load_model(path)
+    else:
+        loaded = build()
+        loaded.load_weights(path)
+    with torch.no_grad():
+        want = new(torch.from_numpy(into_gru))[0].numpy()
+    np.testing.assert_allclose(_np(keras.Model(loaded.inputs[0], loaded.get_layer("enc").output)(x)), want, atol=TOL)
+    before, after = _weights_of(model, "enc"), _weights_of(loaded, "enc")
+    for name in before:
+        for a, b in zip(after[name], before[name], strict=True):
+            np.testing.assert_array_equal(a, b)  # every other layer untouched
+
+
+@pytest.mark.parametrize(
+    ("reset_after", "use_bias", "go_backwards"), [(True, True, False), (False, True, True), (True, False, True)]
+)
+def test_rnn_of_gru_cell(reset_after: bool, use_bias: bool, go_backwards: bool, tmp_path: Path) -> None:
+    """``RNN(GRUCell(...))``, alone and in a Bidirectional: its settings are read (direction, reset
+    form, bias) and it computes as the GRU layer with the same settings."""
+    keras.utils.set_random_seed(15)
+
+    def cell(units: int):
+        return keras.layers.GRUCell(units, reset_after=reset_after, use_bias=use_bias)
+
+    inp = keras.Input((None, 3))
+    r = keras.layers.RNN(cell(4), return_sequences=True, go_backwards=go_backwards, name="r")(inp)
+    bi = keras.layers.Bidirectional(keras.layers.RNN(cell(2), return_sequences=True), name="bi")(r)
+    model = keras.Model(inp, bi)
+    for w in model.weights:
+        w.assign(np.random.default_rng(len(w.path)).uniform(-0.6, 0.6, w.shape).astype(np.float32))
+    path = tmp_path / "m.keras"
+    model.save(path)
+
+    info = {i["name"]: i for i in keras_layers(path)}
+    assert info["r"]["class_name"] == "RNN(GRUCell)" and info["bi"]["class_name"] == "Bidirectional(RNN(GRUCell))"
+    assert (info["r"]["go_backwards"], info["r"]["reset_after"], info["r"]["use_bias"]) == (
+        go_backwards,
+        reset_after,
+        use_bias,
+    )
+    assert info["bi"]["bidirectional"] and info["bi"]["go_backwards"] is False
+
+    x = np.random.default_rng(16).standard_normal((2, 7, 3)).astype(np.float32)
+    want_r = _np(keras.Model(inp, r)(x))
+    if go_backwards:
+        with pytest.raises(KerasFileError, match="go_backwards=True"):
+            from_keras(path, "r")
+    else:
+        with pytest.raises(KerasFileError, match=r"go_backwards: .* has go_backwards=False"):
+            from_keras(path, "r", go_backwards=True)
+    kw = {"go_backwards": True} if go_backwards else {}
+    read_r, read_bi = from_keras(path, "r", **kw), from_keras(path, "bi")
+    assert (read_r.reset_after, read_r.bias, read_bi.bidirectional) == (reset_after, use_bias, True)
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        np.testing.assert_allclose(read_r(xt.flip(1) if go_backwards else xt)[0].numpy(), want_r, atol=TOL)
+        np.testing.assert_allclose(read_bi(torch.from_numpy(want_r))[0].numpy(), _np(model(x)), atol=TOL)
+
+    torch.manual_seed(17)
+    new = gatedrnn.GRU(3, 4, batch_first=True, bias=use_bias, reset_after=reset_after)
+    with torch.no_grad():
+        for p in new.parameters():
+            p.uniform_(-0.6, 0.6)
+    to_keras(new, path, "r", **kw)
+    loaded = keras.saving.load_model(path)
+    with torch.no_grad():
+        want = new(xt.flip(1) if go_backwards else xt)[0].numpy()
+    np.testing.assert_allclose(_np(keras.Model(loaded.inputs[0], loaded.get_layer("r").output)(x)), want, atol=TOL)
+
+
+@pytest.mark.parametrize(
+    ("layer", "setting"),
+    [
+        (
+            lambda: keras.layers.RNN(keras.layers.GRUCell(4, activation="relu"), return_sequences=True),
+            "activation='relu'",
+        ),
+        (
+            lambda: keras.layers.RNN(keras.layers.GRUCell(4, recurrent_activation="hard_sigmoid")),
+            "recurrent_activation='hard_sigmoid'",
+        ),
+        (lambda: keras.layers.GRU(4, recurrent_activation="relu"), "recurrent_activation='relu'"),
+        (
+            lambda: keras.layers.Bidirectional(keras.layers.RNN(keras.layers.GRUCell(4, activation="sigmoid"))),
+            "activation='sigmoid'",
+        ),
+    ],
+    ids=["rnn-activation", "rnn-recurrent_activation", "gru-recurrent_activation", "bidirectional-rnn-activation"],
+)
+def test_settings_gatedrnn_cannot_compute_are_refused(layer, setting: str, tmp_path: Path) -> None:
+    path = tmp_path / "m.keras"
+    keras.Sequential([keras.Input((None, 3)), layer()]).save(path)
+    with pytest.raises(KerasFileError, match=setting.replace("(", r"\(")):
+        from_keras(path)
+    bidirectional = keras_layers(path)[0]["bidirectional"]
+    with pytest.raises(KerasFileError, match=setting):
+        to_keras(gatedrnn.GRU(3, 4, bidirectional=bidirectional), path)
+
+
+def test_stacks_of_reversed_layers_are_refused(tmp_path: Path) -> None:
+    """Two go_backwards=True layers: the second reads the first's outputs reversed again, so no
+    gatedrnn stack computes them; each layer on its own input flipped in time does."""
+    keras.utils.set_random_seed(18)
+    model = keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            keras.layers.GRU(4, return_sequences=True, go_backwards=True, name="a"),
+            keras.layers.GRU(4, return_sequences=True, go_backwards=True, name="b"),
+        ]
+    )
+    for w in model.weights:
+        w.assign(np.random.default_rng(len(w.path)).uniform(-0.6, 0.6, w.shape).astype(np.float32))
+    model.save(tmp_path / "m.keras")
+    model.save_weights(tmp_path / "m.weights.h5")
+    for path in (tmp_path / "m.keras", tmp_path / "m.weights.h5"):
+        with pytest.raises(KerasFileError, match=r"\['a', 'b'\] .* go_backwards=True"):
+            from_keras(path, ["a", "b"], go_backwards=True)
+        with pytest.raises(KerasFileError, match=r"\['a', 'b'\] .* go_backwards=True"):
+            to_keras(gatedrnn.GRU(3, 4, num_layers=2, batch_first=True), path, ["a", "b"], go_backwards=True)
+    # the documented way: each layer on its own input, flipped in time
+    a, b = (from_keras(tmp_path / "m.keras", name, go_backwards=True) for name in "ab")
+    x = np.random.default_rng(19).standard_normal((2, 6, 3)).astype(np.float32)
+    with torch.no_grad():
+        ya = a(torch.from_numpy(x).flip(1))[0]
+        y = b(ya.flip(1))[0].numpy()
+    np.testing.assert_allclose(y, _np(model(x)), atol=TOL)
+
+    # a forward layer under a reversed one, and a layer that outputs its last state only
+    mixed = keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            keras.layers.GRU(4, return_sequences=True, name="f"),
+            keras.layers.GRU(4, return_sequences=True, go_backwards=True, name="r"),
+        ]
+    )
+    mixed.save(tmp_path / "mixed.keras")
+    with pytest.raises(KerasFileError, match=r"\['r'\] .* go_backwards=True"):
+        from_keras(tmp_path / "mixed.keras", ["f", "r"])
+    last = keras.Sequential(
+        [
+            keras.Input((5, 3)),
+            keras.layers.GRU(4, name="g1"),
+            keras.layers.RepeatVector(5),
+            keras.layers.GRU(4, return_sequences=True, name="g2"),
+        ]
+    )
+    last.save(tmp_path / "last.keras")
+    with pytest.raises(KerasFileError, match=r"\['g1'\] .* return_sequences=False"):
+        from_keras(tmp_path / "last.keras", ["g1", "g2"])
+    assert from_keras(tmp_path / "last.keras", "g1").num_layers == 1  # alone it is a GRU: h_n is its output
+
+
+def test_keras_dropout_masks() -> None:
+    """Why the settings map as they do (Keras' own cell): ``dropout`` alone is one mask on the
+    input, shared by the gate blocks (gatedrnn's input_dropout); ``recurrent_dropout`` draws one
+    mask per gate block (z, r, h), where gatedrnn draws one shared mask, and then three for the
+    input too."""
+    x, h = keras.ops.ones((5, 3)), keras.ops.ones((5, 4))
+    plain = keras.layers.GRU(4, dropout=0.5)
+    plain.build((None, None, 3))
+    mask = _np(plain.cell.get_dropout_mask(x))
+    assert mask.shape == (5, 3) and set(np.unique(mask)) <= {0.0, 2.0}  # one mask, scaled by 1/(1-p)
+    both = keras.layers.GRU(4, dropout=0.5, recurrent_dropout=0.5)
+    both.build((None, None, 3))
+    keras.utils.set_random_seed(0)
+    masks = [_np(m) for m in both.cell.get_recurrent_dropout_mask(h)]
+    assert len(masks) == 3 and len(both.cell.get_dropout_mask(x)) == 3
+    assert not (np.array_equal(masks[0], masks[1]) and np.array_equal(masks[1], masks[2]))
+
+
+def _gru_layers(model) -> list:
+    out = []
+    for layer in model.layers:
+        out += [layer.forward_layer, layer.backward_layer] if hasattr(layer, "forward_layer") else [layer]
+    return out
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_dropout_settings_both_ways(bidirectional: bool, tmp_path: Path) -> None:
+    """input_dropout is Keras' dropout, in a new file's config and back; recurrent_dropout is
+    written and read only when asked for; eval outputs agree in Keras."""
+    torch.manual_seed(12)
+    ours = gatedrnn.GRU(3, 4, num_layers=2, bidirectional=bidirectional, batch_first=True, input_dropout=0.25)
+    x = np.random.default_rng(12).standard_normal((2, 6, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = ours.eval()(torch.from_numpy(x))[0].numpy()
+    path = tmp_path / "new.keras"
+    to_keras(ours, path)
+    loaded = keras.saving.load_model(path)
+    grus = _gru_layers(loaded)
+    assert len(grus) == 2 * ours.num_directions
+    assert [(g.dropout, g.recurrent_dropout) for g in grus] == [(0.25, 0.0)] * len(grus)
+    np.testing.assert_allclose(_np(loaded(x)), want, atol=TOL)  # Keras' call: training=False
+    names = [layer["name"] for layer in keras_layers(path)]
+    back = from_keras(path, names)
+    assert (back.options.input_dropout, back.options.recurrent_dropout) == (0.25, 0.0)
+
+    with_rd = gatedrnn.GRU(3, 4, num_layers=2, bidirectional=bidirectional, batch_first=True, recurrent_dropout=0.5)
+    with pytest.raises(ValueError, match=r"recurrent_dropout=0\.5: Keras' recurrent_dropout draws three"):
+        to_keras(with_rd, tmp_path / "rd.keras")
+    assert not (tmp_path / "rd.keras").exists()
+    to_keras(with_rd, tmp_path / "rd.keras", recurrent_dropout=0.375)
+    loaded = keras.saving.load_model(tmp_path / "rd.keras")
+    assert [(g.dropout, g.recurrent_dropout) for g in _gru_layers(loaded)] == [(0.0, 0.375)] * len(grus)
+    with pytest.raises(KerasFileError, match=r"recurrent_dropout: .* have recurrent_dropout=0\.375"):
+        from_keras(tmp_path / "rd.keras", names)
+    back = from_keras(tmp_path / "rd.keras", names, recurrent_dropout=0.125)
+    assert (back.options.input_dropout, back.options.recurrent_dropout) == (0.0, 0.125)
+
+
+def test_dropout_read_from_a_keras_model_and_written_into_it(tmp_path: Path) -> None:
+    """A model built in Keras (a GRU, an RNN(GRUCell)): dropout is read, recurrent_dropout only
+    when asked for; writing into a layer replaces its settings with the model's and keeps the
+    other layers' configs."""
+    keras.utils.set_random_seed(13)
+    inp = keras.Input((None, 3))
+    y = keras.layers.GRU(5, return_sequences=True, dropout=0.2, name="enc")(inp)
+    cell = keras.layers.GRUCell(5, dropout=0.2, recurrent_dropout=0.3)
+    y = keras.layers.RNN(cell, return_sequences=True, name="other")(y)
+    model = keras.Model(inp, y)
+    model.save(tmp_path / "m.keras")
+    enc = keras.Model(inp, model.get_layer("enc").output)
+    x = np.random.default_rng(13).standard_normal((2, 7, 3)).astype(np.float32)
+    ours = from_keras(tmp_path / "m.keras", "enc")
+    assert (ours.options.input_dropout, ours.options.recurrent_dropout) == (0.2, 0.0)
+    with torch.no_grad():
+        np.testing.assert_allclose(ours.eval()(torch.from_numpy(x))[0].numpy(), _np(enc(x)), atol=TOL)
+    with pytest.raises(KerasFileError, match=r"recurrent_dropout: .*\['other'\].* have recurrent_dropout=0\.3"):
+        from_keras(tmp_path / "m.keras", "other")
+    other = from_keras(tmp_path / "m.keras", "other", recurrent_dropout=0.25)
+    assert (other.options.input_dropout, other.options.recurrent_dropout) == (0.2, 0.25)
+    with pytest.raises(KerasFileError, match="mix dropout settings"):
+        from_keras(tmp_path / "m.keras", ["enc", "other"], recurrent_dropout=0.0)
+
+    torch.manual_seed(14)
+    new = gatedrnn.GRU(5, 5, batch_first=True, input_dropout=0.125)
+    to_keras(new, tmp_path / "m.keras", "other")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert (loaded.get_layer("enc").dropout, loaded.get_layer("enc").recurrent_dropout) == (0.2, 0.0)
+    rnn_cell = loaded.get_layer("other").cell
+    assert (rnn_cell.dropout, rnn_cell.recurrent_dropout) == (0.125, 0.0)
+    hidden = np.random.default_rng(14).standard_normal((2, 7, 5)).astype(np.float32)
+    with torch.no_grad():
+        want = new.eval()(torch.from_numpy(hidden))[0].numpy()
+    np.testing.assert_allclose(_np(loaded.get_layer("other")(hidden)), want, atol=TOL)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"layer_norm": True}, r"Keras' GRU has no layer_norm \(layer_norm=True\)"),
+        ({"zoneout": 0.25}, r"Keras' GRU has no zoneout \(zoneout=0\.25\)"),
+        ({"weight_drop": 0.25}, r"Keras' GRU has no weight_drop \(weight_drop=0\.25\)"),
+        ({"layer_norm": True, "zoneout": 0.5}, "no layer_norm and no zoneout"),
+    ],
+)
+def test_options_keras_lacks_are_refused(option: dict, message: str, tmp_path: Path) -> None:
+    model = gatedrnn.GRU(3, 4, batch_first=True, **option)
+    for name in ("new.keras", "new.weights.h5"):
+        with pytest.raises(ValueError, match=message):
+            to_keras(model, tmp_path / name)
+        with pytest.raises(ValueError, match=message):
+            to_keras(model, tmp_path / name, recurrent_dropout=0.0)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match=r"recurrent_dropout: expected a probability in \[0, 1\), got 1\.5"):
+        to_keras(gatedrnn.GRU(3, 4), tmp_path / "x.keras", recurrent_dropout=1.5)
+
+
+def test_keras_runs_the_backend_asked_for() -> None:
+    assert keras.backend.backend() == BACKEND
+
+
+@pytest.mark.skipif(not HAS_TENSORFLOW, reason="tensorflow is not installed")
+@pytest.mark.skipif(BACKEND != "torch", reason="started from the torch-backend run")
+def test_every_case_on_the_tensorflow_backend() -> None:
+    """This whole file again, with Keras on TensorFlow: every file gatedrnn writes loads there
+    with the same outputs, and files TensorFlow-backed Keras writes read the same."""
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "not tensorflow_backend"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=1200)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    summary = run.stdout.strip().splitlines()[-1]
+    assert re.search(r"\b\d+ passed\b", summary) and "skipped" not in summary, summary

@@ -97,6 +97,29 @@ def test_to_torch_refuses_inexact() -> None:
         to_torch(nn.GRU(3, 4))  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"layer_norm": True},
+        {"recurrent_dropout": 0.25},
+        {"input_dropout": 0.25},
+        {"zoneout": 0.25},
+        {"weight_drop": 0.25},
+    ],
+)
+def test_to_torch_refuses_every_option(option: dict) -> None:
+    """torch.nn.GRU has none of the options: each is refused by name, for a layer and a cell."""
+    (name,) = option
+    with pytest.raises(ValueError, match=rf"torch\.nn\.GRU has no {name}\b.*{name}="):
+        to_torch(gatedrnn.GRU(3, 4, **option))
+    if name in ("layer_norm", "zoneout"):
+        with pytest.raises(ValueError, match=rf"torch\.nn\.GRU has no {name}\b"):
+            to_torch(gatedrnn.GRUCell(3, 4, **option))
+    with pytest.raises(ValueError, match=r"no layer_norm and no zoneout"):
+        to_torch(gatedrnn.GRU(3, 4, layer_norm=True, zoneout=0.5))
+    to_torch(gatedrnn.GRU(3, 4, num_layers=2, dropout=0.5))  # torch's own inter-layer dropout maps
+
+
 def test_from_torch_refuses_other_modules() -> None:
     with pytest.raises(TypeError, match=r"torch\.nn\.GRU.*LSTM"):
         from_torch(nn.LSTM(3, 4))  # type: ignore[arg-type]

@@ -46,6 +46,109 @@ def test_round_trip_every_variant(variant: str, reset_after: bool, tmp_path: Pat
     _same_model(cell, load(path))
 
 
+OPTIONS = {"layer_norm": True, "recurrent_dropout": 0.25, "input_dropout": 0.125, "zoneout": 0.375, "weight_drop": 0.5}
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_round_trip_keeps_the_options(variant: str, reset_after: bool, tmp_path: Path) -> None:
+    torch.manual_seed(11)
+    model = gatedrnn.GRU(
+        3, 4, num_layers=2, bidirectional=True, variant=variant, reset_after=reset_after, engine="reference", **OPTIONS
+    )
+    with torch.no_grad():  # gains and shifts away from 1 and 0, so that a lost one shows
+        for p in model.parameters():
+            p.uniform_(-0.8, 0.8)
+    path = tmp_path / "m.safetensors"
+    save(model, path)
+    back = load(path, engine="reference")
+    _same_model(model, back)
+    assert back.options == model.options
+    assert any(name.startswith("ln_weight_hh_l1_reverse") for name, _ in back.named_parameters()) == (
+        variant != "mingru"
+    )
+    x = torch.randn(5, 2, 3)
+    model.eval(), back.eval()  # zoneout's expectation: the options change the eval output too
+    torch.testing.assert_close(back(x)[0], model(x)[0], rtol=0, atol=0)
+    cell = gatedrnn.GRUCell(3, 4, variant=variant, reset_after=reset_after, layer_norm=True, zoneout=0.25)
+    save(cell, path)
+    cell_back = load(path)
+    _same_model(cell, cell_back)
+    assert cell_back.options == cell.options
+
+
+def _header(path: Path) -> dict:
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n])
+
+
+def test_version_1_files_load_with_the_options_off(tmp_path: Path) -> None:
+    """Files written before the options existed: format_version 1, no option keys."""
+    path = tmp_path / "m.safetensors"
+    model = gatedrnn.GRU(3, 4, num_layers=2, variant="gru2", reset_after=False)
+    save(model, path)
+    meta = _header(path)["__metadata__"]
+    assert meta["format_version"] == "2"
+    assert {k: meta[k] for k in OPTIONS} == {
+        "layer_norm": "false",
+        "recurrent_dropout": "0.0",
+        "input_dropout": "0.0",
+        "zoneout": "0.0",
+        "weight_drop": "0.0",
+    }
+    data = path.read_bytes()
+
+    def to_v1(h: dict) -> None:
+        h["__metadata__"]["format_version"] = "1"
+        for key in OPTIONS:
+            del h["__metadata__"][key]
+
+    _rewrite_header(path, data, to_v1)
+    back = load(path)
+    _same_model(model, back)
+    assert back.options == gatedrnn.GRU(1, 1).options  # all off
+    # a version-1 file never had option keys
+    _rewrite_header(path, data, lambda h: h["__metadata__"].update(format_version="1"))
+    with pytest.raises(ModelFileError, match=r"m\.safetensors: metadata has unexpected keys \['input_dropout'"):
+        load(path)
+    cell = gatedrnn.GRUCell(3, 4)
+    save(cell, path)
+    assert sorted(set(_header(path)["__metadata__"]) & set(OPTIONS)) == ["layer_norm", "zoneout"]
+    full = gatedrnn.GRU(3, 4, num_layers=2, dropout=1.0)  # torch.nn.GRU's range for dropout: [0, 1]
+    save(full, path)
+    assert load(path).dropout == 1.0
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("layer_norm", "yes"),
+        ("zoneout", "1.0"),
+        ("zoneout", "nan"),
+        ("recurrent_dropout", "-0.25"),
+        ("input_dropout", "inf"),
+        ("weight_drop", "a half"),
+        ("weight_drop", None),  # missing
+    ],
+)
+def test_bad_option_metadata_is_refused(tmp_path: Path, key: str, value: str | None) -> None:
+    path = tmp_path / "m.safetensors"
+    save(gatedrnn.GRU(3, 4, zoneout=0.5), path)
+
+    def edit(h: dict) -> None:
+        if value is None:
+            del h["__metadata__"][key]
+        else:
+            h["__metadata__"][key] = value
+
+    _rewrite_header(path, path.read_bytes(), edit)
+    want = rf"missing \['{key}'\]" if value is None else f"metadata '{key}': expected"
+    with pytest.raises(ModelFileError, match=want) as info:
+        load(path)
+    assert "m.safetensors" in str(info.value)
+
+
 def test_torch_gru_is_saved_as_gru0(tmp_path: Path) -> None:
     ref = torch.nn.GRU(3, 4, num_layers=2)
     save(ref, tmp_path / "t.safetensors")

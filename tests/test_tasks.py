@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -11,14 +9,6 @@ import torch
 from gatedrnn.experiments.config import Config, ConfigError
 from gatedrnn.experiments.models import SequenceModel
 from gatedrnn.experiments.tasks import TASKS, build_task, get_task
-
-
-def shared_data() -> Path:
-    """The repository's ../shared/data (CI), or this machine's copy."""
-    for candidate in (Path(__file__).resolve().parents[2] / "shared" / "data", Path("/work/shared/data")):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("../shared/data (the real data sets) is missing beside the repository")
 
 
 def cfg(**kw) -> Config:
@@ -180,13 +170,13 @@ def test_packed_token_model_ignores_padding():
         assert torch.allclose(out[1:2], alone, atol=1e-12)
 
 
-# --- tasks that read the data sets in ../shared/data ---------------------------------------------
+# --- tasks that read the real data sets (the data_dir fixture) -------------------------------------
 
 
-def test_fashion_mnist_rows_and_pixels_from_shared_data():
+def test_fashion_mnist_rows_and_pixels_from_real_data(data_dir):
     from gatedrnn.experiments.data import load_image_set
 
-    root = shared_data()
+    root = data_dir
     data = build_task(cfg(task="fashion-mnist-rows", data_dir=str(root), train_limit=500, test_limit=200))
     assert data.train.x.shape == (500, 28, 28) and data.test.x.shape == (200, 28, 28)
     assert data.output_size == 10 and data.input_size == 28
@@ -201,15 +191,17 @@ def test_fashion_mnist_rows_and_pixels_from_shared_data():
     assert pix.train.x.shape == (50, 784, 1) and pix.input_size == 1
 
 
-def test_mnist_without_training_images_is_a_clear_error():
+def test_mnist_without_training_images_is_a_clear_error(tmp_path):
     from gatedrnn.experiments.data import DatasetMissing
 
-    with pytest.raises(DatasetMissing, match="train"):
-        build_task(cfg(task="mnist-rows", data_dir=str(shared_data())))
+    (tmp_path / "mnist").mkdir()  # the labels alone: the training images are missing
+    (tmp_path / "mnist" / "train-labels-idx1-ubyte.gz").write_bytes(b"")
+    with pytest.raises(DatasetMissing, match="train-images-idx3-ubyte"):
+        build_task(cfg(task="mnist-rows", data_dir=str(tmp_path)))
 
 
-def test_rt_polarity_tokens_and_labels():
-    data = build_task(cfg(task="rt-polarity", data_dir=str(shared_data()), vocab_size=5000, max_len=30))
+def test_rt_polarity_tokens_and_labels(data_dir):
+    data = build_task(cfg(task="rt-polarity", data_dir=str(data_dir), vocab_size=5000, max_len=30))
     assert data.tokens and data.output_size == 2
     assert len(data.train) + len(data.test) == 10662 and len(data.test) == 1066
     assert data.input_size <= 5000
@@ -223,10 +215,10 @@ def test_rt_polarity_tokens_and_labels():
     assert abs(float(data.train.y.double().mean()) - 0.5) < 0.02
 
 
-def test_imdb_reviews_become_padded_token_ids_with_lengths():
+def test_imdb_reviews_become_padded_token_ids_with_lengths(data_dir):
     from gatedrnn.experiments import data as d
 
-    root = shared_data()
+    root = data_dir
     data = build_task(cfg(task="imdb", data_dir=str(root), train_limit=300, test_limit=100, max_len=50))
     assert data.tokens and data.output_size == 2
     assert len(data.train) == 300 and len(data.test) == 100
@@ -250,8 +242,8 @@ def test_imdb_reviews_become_padded_token_ids_with_lengths():
     assert known >= len(tokens) // 2
 
 
-def test_mnist_tasks_shapes_labels_and_permutation(monkeypatch):
-    """MNIST's training images are not on this machine: the loader is replaced by known arrays."""
+def test_mnist_tasks_shapes_labels_and_permutation(monkeypatch, tmp_path):
+    """The loader is replaced by known arrays (a real MNIST training set is 47 MB)."""
     from gatedrnn.experiments import data as d
 
     rng = np.random.default_rng(0)
@@ -266,8 +258,9 @@ def test_mnist_tasks_shapes_labels_and_permutation(monkeypatch):
         return sets[split]
 
     monkeypatch.setattr(d, "load_image_set", fake_load)
-    rows = build_task(cfg(task="mnist-rows", data_dir="/somewhere"))
-    assert calls == [("mnist", "train", "/somewhere", False), ("mnist", "test", "/somewhere", False)]
+    where = str(tmp_path / "somewhere")
+    rows = build_task(cfg(task="mnist-rows", data_dir=where))
+    assert calls == [("mnist", "train", where, False), ("mnist", "test", where, False)]
     assert rows.train.x.shape == (60, 28, 28) and rows.test.x.shape == (20, 28, 28)
     # rows keep every image whole (in a shuffled order) with its label, scaled to [0, 1]
     lookup = {img.tobytes(): int(lab) for img, lab in zip(*sets["train"], strict=True)}

@@ -166,3 +166,63 @@ def test_single_layer_dropout_warns_like_torch():
         torch.nn.GRU(I, H, 1, dropout=0.5)
     with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
         gatedrnn.GRU(I, H, 1, dropout=0.5)
+
+
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_empty_batch_backward_like_torch(batch_first, with_h0, engine):
+    """A batch of no sequences: same shapes, same requires_grad, and a backward that gives the
+    same (zero) gradients as torch.nn.GRU's."""
+    ref, ours = _pair(2, True, batch_first, True, torch.float64, engine)
+    x = torch.randn((0, T, I) if batch_first else (T, 0, I), dtype=torch.float64)
+    h0 = torch.randn(4, 0, H, dtype=torch.float64) if with_h0 else None
+    results = []
+    for model in (ref, ours):
+        xx = x.clone().requires_grad_(True)
+        hh = None if h0 is None else h0.clone().requires_grad_(True)
+        y, hn = model(xx, hh)
+        assert (y.requires_grad, hn.requires_grad) == (True, True)
+        (y.sum() + hn.sum()).backward()
+        grads = [xx.grad] + ([] if hh is None else [hh.grad]) + [p.grad for p in model.parameters()]
+        results.append([y.detach(), hn.detach(), *grads])
+    for a, b in zip(*results, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_dropout_one_like_torch(engine):
+    """dropout=1.0 (accepted as by torch.nn.GRU): every inter-layer activation is zero in training,
+    nothing is dropped in eval; outputs and every gradient as torch's."""
+    ref, ours = _pair(3, True, False, True, torch.float64, engine)
+    ref.dropout = ours.dropout = 1.0
+    assert gatedrnn.GRU(I, H, 3, dropout=1.0).dropout == 1.0
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    for training in (True, False):
+        ref.train(training)
+        ours.train(training)
+        y_ref, hn_ref, g_ref = _run(ref, x, None, "padded", None, False)
+        y, hn, g = _run(ours, x, None, "padded", None, False)
+        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(hn, hn_ref, rtol=1e-10, atol=1e-12)
+        for name in g_ref:
+            torch.testing.assert_close(g[name], g_ref[name], rtol=1e-10, atol=1e-12, msg=f"gradient of {name}")
+        zero = (g_ref["weight_ih_l1"] == 0).all() and (g_ref["weight_ih_l2"] == 0).all()
+        assert bool(zero) == training  # the dropped activations are the next layer's input
+
+
+@pytest.mark.parametrize("value", [True, False, 0, 1, 2, 0.0, 1.0, None, "yes", torch.tensor(True)])
+@pytest.mark.parametrize("flag", ["bias", "batch_first"])
+def test_bool_flags_like_torch(flag, value):
+    """Non-bool ``bias`` / ``batch_first``: torch.nn.GRU raises TypeError (with its message) and so
+    does gatedrnn.GRU; torch.nn.GRUCell takes any truthy value for ``bias``, and so does GRUCell."""
+    try:
+        ref = torch.nn.GRU(I, H, **{flag: value})
+    except TypeError as e:
+        with pytest.raises(TypeError) as ours:
+            gatedrnn.GRU(I, H, **{flag: value})
+        assert str(ours.value) == str(e)
+    else:
+        assert list(gatedrnn.GRU(I, H, **{flag: value}).state_dict()) == list(ref.state_dict())
+    if flag == "bias":
+        ref_cell = torch.nn.GRUCell(I, H, bias=value)
+        assert list(gatedrnn.GRUCell(I, H, bias=value).state_dict()) == list(ref_cell.state_dict())

@@ -6,10 +6,12 @@ import csv
 import json
 import os
 import signal
+import stat
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,45 @@ def test_compare_on_digits_learns_and_writes_every_artefact(tmp_path):
     again = Config.from_dict(load_toml(out / "config.toml"))
     assert again == cfg
     assert json.loads((out / "config.json").read_text()) == cfg.to_dict()
+
+
+def test_run_files_get_the_mode_of_any_file_the_user_writes(tmp_path):
+    """0o666 & ~umask (0o644 under umask 022), as open() gives, not mkstemp's private 0o600."""
+    old = os.umask(0o022)
+    try:
+        out, _, _ = run_compare(small(tmp_path, cells=["gru3"], epochs=1, train_limit=64, test_limit=32), say=None)
+    finally:
+        os.umask(old)
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert Path("checkpoints/gru3_lr0.01_s0.pt") in files and Path("summary.md") in files
+    assert {str(f): oct(stat.S_IMODE((out / f).stat().st_mode)) for f in files} == {str(f): "0o644" for f in files}
+
+
+def test_seconds_per_epoch_leave_out_first_use_compilation(tmp_path, monkeypatch):
+    """The first forward of each cell stands for an engine compiling on first use: it moves a fake
+    clock by 100 s. No epoch's seconds may include it; the warm-up records it, the table says so."""
+    import types
+
+    from gatedrnn.experiments import train
+    from gatedrnn.experiments.models import SequenceModel
+
+    clock, compiled = [0.0], set()
+    real_forward = SequenceModel.forward
+
+    def forward(self, *args, **kwargs):
+        if self.cell not in compiled:
+            compiled.add(self.cell)
+            clock[0] += 100.0
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SequenceModel, "forward", forward)
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    out, _, table = run_compare(small(tmp_path, cells=["gru3", "mgu"], epochs=2, train_limit=64), say=None)
+    records = read_metrics(out)
+    assert [r["seconds"] for r in records] == [0.0] * 4
+    assert [r["warmup_seconds"] for r in records] == [100.0, 0.0, 100.0, 0.0]
+    assert all(float(row["seconds"]) == 0.0 for row in _csv(out / "summary.csv"))
+    assert "timed after an untimed warm-up step" in table and table in (out / "summary.md").read_text()
 
 
 def _model_params(cell: str, hidden: int):
@@ -176,6 +217,21 @@ def test_resume_refuses_a_different_config(tmp_path):
         run_compare(changed, resume=True, say=None)
 
 
+def test_resume_reads_checkpoints_written_before_a_config_key_existed(tmp_path):
+    """A key added later (the options) and absent from an older checkpoint's config is its
+    default there: such a run resumes; a non-default value is still a change."""
+    cfg = small(tmp_path, cells=["gru1"], epochs=1, train_limit=100)
+    run_compare(cfg, say=None)
+    ckpt_path = next((Path(cfg.out) / "checkpoints").glob("*.pt"))
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    del ckpt["config"]["zoneout"], ckpt["config"]["layer_norm"]
+    torch.save(ckpt, ckpt_path)
+    _, results, _ = run_compare(small(tmp_path, cells=["gru1"], epochs=2, train_limit=100), resume=True, say=None)
+    assert [r["epoch"] for r in results[0].history] == [1, 2]
+    with pytest.raises(ConfigError, match=r"zoneout: 0\.0 -> 0\.1"):
+        run_compare(small(tmp_path, cells=["gru1"], epochs=3, train_limit=100, zoneout=0.1), resume=True, say=None)
+
+
 def test_resume_of_a_finished_run_trains_only_the_new_epochs(tmp_path):
     cfg = small(tmp_path, cells=["gru1"], epochs=2, train_limit=200)
     run_compare(cfg, say=None)
@@ -205,15 +261,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
-    killed, ref = tmp_path / "killed", tmp_path / "ref"
-    ckpt = killed / "checkpoints" / "gru1_lr0.01_s3.pt"
-    log = tmp_path / "killed.log"
+def _kill_at_first_checkpoint(cmd: list[str], written: Callable[[], object], log: Path) -> None:
+    """Start ``cmd``, SIGKILL it as soon as ``written()`` (its first checkpoint) is true."""
     with log.open("wb") as err:
-        proc = subprocess.Popen(_train_cmd(killed), env=_env(), stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 120
-        while not ckpt.exists():
+        while not written():
             if proc.poll() is not None:
                 pytest.fail(f"the run ended before its first checkpoint: {log.read_text()[-2000:]}")
             if time.monotonic() > deadline:
@@ -226,6 +280,13 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
+    killed, ref = tmp_path / "killed", tmp_path / "ref"
+    ckpt = killed / "checkpoints" / "gru1_lr0.01_s3.pt"
+    _kill_at_first_checkpoint(_train_cmd(killed), lambda: ckpt.exists(), tmp_path / "killed.log")
     done = load_checkpoint(ckpt)["epoch"]
     assert 1 <= done < 8, f"the run was killed after epoch {done} of 8"
 
@@ -241,3 +302,17 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     assert [[r[k] for k in keys] for r in a["history"]] == [[r[k] for k in keys] for r in b["history"]]
     # the run folder's metrics hold every epoch once, restored ones included
     assert [r["epoch"] for r in read_metrics(killed)] == list(range(1, 9))
+
+
+@pytest.mark.slow
+def test_sigkill_during_an_overwrite_leaves_the_old_run_intact(tmp_path):
+    old = tmp_path / "run"
+    run_compare(small(tmp_path, cells=["gru3"], epochs=1, train_limit=64, test_limit=16, out=str(old)), say=None)
+    before = {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()}
+
+    def building() -> bool:  # the new run's first checkpoint, in the hidden folder beside the old one
+        return bool(list(tmp_path.glob(".run.overwrite-*/checkpoints/*.pt")))
+
+    _kill_at_first_checkpoint(_train_cmd(old, "--overwrite"), building, tmp_path / "overwrite.log")
+    assert {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
+    assert read_metrics(old)[0]["cell"] == "gru3"

@@ -1,4 +1,4 @@
-"""Atomic file writes, shared by model files (interop) and downloaded / cached data (experiments).
+"""Atomic file writes: the one writer of model files (interop), run folders, downloads and caches.
 
 A file is written under a temporary name beside its destination, flushed and fsynced, then moved
 onto the destination with ``os.replace``; on any error the temporary file is removed and the
@@ -13,10 +13,10 @@ import contextlib
 import os
 import pathlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
-__all__ = ["atomic_file", "atomic_write", "fsync_dir"]
+__all__ = ["atomic_file", "atomic_write", "atomic_write_text", "fsync_dir"]
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:
@@ -43,10 +43,17 @@ def _create_beside(dest: pathlib.Path) -> tuple[int, pathlib.Path]:
 
 
 @contextlib.contextmanager
-def atomic_file(dest: str | os.PathLike[str], *, parents: bool = False) -> Iterator[IO[bytes]]:
+def atomic_file(
+    dest: str | os.PathLike[str],
+    *,
+    parents: bool = False,
+    check: Callable[[pathlib.Path], object] | None = None,
+) -> Iterator[IO[bytes]]:
     """Yield a temporary file beside ``dest``; on success fsync it and os.replace it onto ``dest``.
 
-    ``parents``: create ``dest``'s folder (and its parents) if missing.
+    ``parents``: create ``dest``'s folder (and its parents) if missing. ``check``: called with the
+    temporary file's path once it is complete; what it raises aborts the write (a download whose
+    checksum fails never takes the destination's name).
     """
     dest = pathlib.Path(dest)
     if parents:
@@ -57,6 +64,8 @@ def atomic_file(dest: str | os.PathLike[str], *, parents: bool = False) -> Itera
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        if check is not None:
+            check(tmp)
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -69,3 +78,8 @@ def atomic_write(dest: str | os.PathLike[str], data: bytes, *, parents: bool = F
     """Write ``data`` to ``dest`` atomically (see :func:`atomic_file`)."""
     with atomic_file(dest, parents=parents) as handle:
         handle.write(data)
+
+
+def atomic_write_text(dest: str | os.PathLike[str], text: str, *, parents: bool = False) -> None:
+    """Write ``text`` (UTF-8) to ``dest`` atomically (see :func:`atomic_file`)."""
+    atomic_write(dest, text.encode("utf-8"), parents=parents)

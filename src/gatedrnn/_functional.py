@@ -3,6 +3,11 @@
 The driver owns the loops over layers and directions and never touches a variant's maths: each
 (layer, direction) is one call of ``engine.layer``, which runs forward in time. The reverse
 direction reverses every sequence within its own length, runs forward, and reverses back.
+
+It also draws every random mask of the options (:mod:`gatedrnn._options`) in one place
+(:func:`draw_masks`), applies the two that act outside the recurrence (input dropout on ``x``,
+DropConnect on ``U``) and hands the others to the engine with the layer norm's parameters and the
+resets in the direction's own time order (:class:`gatedrnn._options.Extras`).
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._engines import Engine, in_compile, resolve
+from ._options import NONE, Extras, Options
 from ._specs import Spec
 
-__all__ = ["LayerWeights", "reverse_index", "rnn"]
+__all__ = ["LayerWeights", "Masks", "draw_masks", "reverse_index", "reverse_resets", "rnn"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,70 @@ class LayerWeights:
     w_hh: Tensor | None
     b_ih: Tensor | None
     b_hh: Tensor | None
+    ln_ih: tuple[Tensor, Tensor] | None = None  # (gain, shift) with layer_norm
+    ln_hh: tuple[Tensor, Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Masks:
+    """One layer-direction's random masks (None where the option is off or in eval)."""
+
+    x: Tensor | None = None  # [B, I] input dropout, scaled
+    h: Tensor | None = None  # [B, H] recurrent dropout, scaled
+    u: Tensor | None = None  # weight_hh's shape: DropConnect, scaled
+    zoneout: Tensor | None = None  # [T, B, H] ζ: 1 keeps h(t-1)
+
+
+def _keep(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
+    """A dropout mask with keep probability ``1 - p``, scaled by ``1 / (1 - p)``."""
+    return like.new_empty(shape).bernoulli_(1.0 - p).div_(1.0 - p)
+
+
+def draw_masks(
+    options: Options, training: bool, weights: Sequence[Sequence[LayerWeights]], x: Tensor, hidden: int
+) -> list[list[Masks]]:
+    """Every random mask of one forward call, ``[layer][direction]``, from torch's default generator
+    in a fixed order (per layer, per direction: input, recurrent, DropConnect, zoneout), so that
+    ``torch.manual_seed`` fixes them and every engine sees the same masks. None in eval.
+
+    Args:
+        x: ``[T, B, I]`` the layer's input (shape, dtype and device of the masks).
+    """
+    steps, batch = x.shape[0], x.shape[1]
+    out = []
+    for k, layer in enumerate(weights):
+        width = x.shape[2] if k == 0 else hidden * len(layer)
+        dirs = []
+        for w in layer:
+            if not training:
+                dirs.append(Masks())
+                continue
+            m_x = _keep((batch, width), options.input_dropout, x) if options.input_dropout else None
+            m_h = (
+                _keep((batch, hidden), options.recurrent_dropout, x)
+                if options.recurrent_dropout and w.w_hh is not None
+                else None
+            )
+            m_u = (
+                _keep(tuple(w.w_hh.shape), options.weight_drop, x)
+                if options.weight_drop and w.w_hh is not None
+                else None
+            )
+            zeta = x.new_empty((steps, batch, hidden)).bernoulli_(options.zoneout) if options.zoneout else None
+            dirs.append(Masks(m_x, m_h, m_u, zeta))
+        out.append(dirs)
+    return out
+
+
+def reverse_resets(resets: Tensor, lengths: Tensor | None) -> Tensor:
+    """The reverse direction's resets, in forward time: a segment that starts at ``t`` (forward)
+    ends at ``t - 1``, where the reverse direction starts it afresh. ``[T, B]`` bool in, out."""
+    shifted = torch.zeros_like(resets)
+    shifted[:-1] = resets[1:]
+    if lengths is not None:  # the last step of each sequence: where the reverse direction starts anyway
+        last = (lengths - 1).unsqueeze(0)
+        shifted = shifted.scatter(0, last, False)
+    return shifted
 
 
 def reverse_index(lengths: Tensor, steps: int) -> Tensor:
@@ -45,7 +115,7 @@ def _reverse(x: Tensor, lengths: Tensor | None, idx: Tensor | None) -> Tensor:
     if lengths is None:
         return x.flip(0)
     assert idx is not None
-    return x.gather(0, idx.unsqueeze(-1).expand_as(x))
+    return x.gather(0, idx if x.dim() == 2 else idx.unsqueeze(-1).expand_as(x))
 
 
 def rnn(
@@ -59,6 +129,8 @@ def rnn(
     training: bool = False,
     engine: str | Engine = "auto",
     lengths: Tensor | None = None,
+    options: Options | None = None,
+    resets: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, str]:
     """Run a stacked (bi)directional recurrent layer, time-major, inputs already validated.
 
@@ -67,14 +139,31 @@ def rnn(
         h0: ``[L*D, B, H]`` (index ``layer*D + direction``, as ``torch.nn.GRU``).
         weights: ``weights[layer][direction]``.
         lengths: ``[B]`` int64 on x's device, or None.
+        options: the layer's options (:mod:`gatedrnn._options`); None: all off.
+        resets: ``[T, B]`` bool on x's device, or None: zero the state before these steps.
 
     Returns:
         ``y`` ``[T, B, D*H]``, ``h_n`` ``[L*D, B, H]``, and the engine's name.
     """
-    eng = resolve(engine, spec, x) if isinstance(engine, str) else engine
-    run_layer = in_compile(eng, eng.layer)
+    options = options or Options()
+    hidden = h0.shape[-1]
+    masks = draw_masks(options, training, weights, x, hidden)
+    zoneout_eval = options.zoneout if (options.zoneout and not training) else None
     num_dirs = len(weights[0])
     idx = reverse_index(lengths, x.shape[0]) if lengths is not None else None
+    resets_rev = None
+    if resets is not None and num_dirs == 2:
+        resets_rev = _reverse(reverse_resets(resets, lengths), lengths, idx)
+
+    def extras(w: LayerWeights, m: Masks, d: int) -> Extras:
+        zoneout = m.zoneout if m.zoneout is not None else zoneout_eval
+        if w.ln_ih is None and m.h is None and zoneout is None and resets is None:
+            return NONE
+        return Extras(w.ln_ih, w.ln_hh, m.h, zoneout, resets if d == 0 else resets_rev)
+
+    first = extras(weights[0][0], masks[0][0], 0)
+    eng = resolve(engine, spec, x, first) if isinstance(engine, str) else engine
+    run_layer = in_compile(eng, eng.layer)
     finals: list[Tensor] = []
     layer_in = x
     for k, layer in enumerate(weights):
@@ -82,8 +171,14 @@ def rnn(
             layer_in = F.dropout(layer_in, dropout, training=True)
         outs = []
         for d, w in enumerate(layer):
+            m = masks[k][d]
             inp = layer_in if d == 0 else _reverse(layer_in, lengths, idx)
-            y, hn = run_layer(spec, reset_after, inp, h0[k * num_dirs + d], w.w_ih, w.w_hh, w.b_ih, w.b_hh, lengths)
+            if m.x is not None:
+                inp = inp * m.x
+            w_hh = w.w_hh * m.u if m.u is not None else w.w_hh
+            y, hn = run_layer(
+                spec, reset_after, inp, h0[k * num_dirs + d], w.w_ih, w_hh, w.b_ih, w.b_hh, lengths, extras(w, m, d)
+            )
             outs.append(y if d == 0 else _reverse(y, lengths, idx))
             finals.append(hn)
         layer_in = outs[0] if num_dirs == 1 else torch.cat(outs, dim=-1)

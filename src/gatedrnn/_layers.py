@@ -13,6 +13,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _reference
 from ._engines import check_engine_name
 from ._functional import LayerWeights, rnn
+from ._options import Options
 from ._specs import check_int, get_spec, param_shapes
 
 __all__ = ["GRU", "GRUCell", "InputError"]
@@ -24,14 +25,14 @@ class InputError(RuntimeError, ValueError):
 
 def _check_config(variant: str, bias: bool, dropout: float, engine: str) -> None:
     spec = get_spec(variant)
-    if spec.name == "gru3" and not bias:
+    if spec.gates_need_bias and not bias:
         raise ValueError(
-            "bias: variant 'gru3' takes its gates from the bias alone; with bias=False they would be "
-            "a constant 0.5. Expected bias=True for gru3, got bias=False"
+            f"bias: variant {variant!r} takes its gates from the bias alone; with bias=False they would be "
+            f"a constant 0.5. Expected bias=True for {variant}, got bias=False"
         )
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        # torch.nn.GRU also takes 1.0, which zeroes every inter-layer activation: refused here.
-        raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
+        # 1.0, as in torch.nn.GRU, zeroes every inter-layer activation in training
+        raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
     check_engine_name(engine)
 
 
@@ -93,22 +94,84 @@ def _check_lengths(lengths: Any, steps: int, batch: int, enforce_sorted: bool, d
     return lengths
 
 
+def _check_resets(resets: Any, x: Tensor, unbatched: bool, batch_first: bool) -> Tensor:
+    """``resets`` as a ``[T, B]`` bool tensor on x's device (time-major), or a clear error."""
+    steps, batch = x.shape[0], x.shape[1]
+    want = (steps,) if unbatched else ((batch, steps) if batch_first else (steps, batch))
+    if not isinstance(resets, Tensor):
+        raise InputError(f"resets: expected a bool tensor of shape {want} or None, got {type(resets).__name__}")
+    if resets.dtype != torch.bool:
+        raise InputError(f"resets: expected dtype torch.bool, got {resets.dtype}")
+    if tuple(resets.shape) != want:
+        order = "(time,)" if unbatched else ("(batch, time)" if batch_first else "(time, batch)")
+        raise InputError(f"resets: expected shape {want} {order}, like the input's, got {tuple(resets.shape)}")
+    if resets.device != x.device:
+        raise InputError(f"resets: expected device {x.device} (the input's), got {resets.device}")
+    if unbatched:
+        return resets.unsqueeze(1)
+    return resets.t() if batch_first else resets
+
+
+def _unpack_resets(resets: Any, packed: PackedSequence) -> Tensor:
+    """The resets of a packed input: a PackedSequence of bools packed like it, as ``[T, B]``."""
+    if not isinstance(resets, PackedSequence):
+        raise InputError(
+            f"resets: for a PackedSequence input expected a PackedSequence of bools packed like it, "
+            f"got {type(resets).__name__}"
+        )
+    same = torch.equal(resets.batch_sizes, packed.batch_sizes) and all(
+        (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+        for a, b in ((resets.sorted_indices, packed.sorted_indices), (resets.unsorted_indices, packed.unsorted_indices))
+    )
+    if not same or resets.data.dim() != 1:
+        raise InputError(
+            "resets: expected a PackedSequence packed like the input (same batch_sizes and sorted_indices) "
+            f"holding one bool per step, got data of shape {tuple(resets.data.shape)}"
+        )
+    if resets.data.dtype != torch.bool:
+        raise InputError(f"resets: expected dtype torch.bool, got {resets.data.dtype}")
+    if resets.data.device != packed.data.device:
+        raise InputError(f"resets: expected device {packed.data.device} (the input's), got {resets.data.device}")
+    padded, _, _ = _unpack(resets)
+    return padded
+
+
 class _Family(nn.Module):
     """What :class:`GRU` and :class:`GRUCell` share: torch's initialisation, the spec on unpickling."""
 
     hidden_size: int
     variant: str
+    options: Options
 
     def reset_parameters(self) -> None:
-        """``U(-1/sqrt(H), 1/sqrt(H))`` for every parameter, as ``torch.nn.GRU`` / ``GRUCell``."""
+        """``U(-1/sqrt(H), 1/sqrt(H))`` for every weight and bias, as ``torch.nn.GRU`` / ``GRUCell``;
+        layer-norm gains 1 and shifts 0."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         with torch.no_grad():
-            for p in self.parameters():
-                p.uniform_(-bound, bound)
+            for name, p in self.named_parameters():
+                if name.startswith("ln_weight"):
+                    p.fill_(1.0)
+                elif name.startswith("ln_bias"):
+                    p.zero_()
+                else:
+                    p.uniform_(-bound, bound)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.spec = get_spec(self.variant)
+        if "options" not in self.__dict__:  # pickled before the options existed
+            self.options = Options()
+
+    @property
+    def layer_norm(self) -> bool:
+        return self.options.layer_norm
+
+    @property
+    def zoneout(self) -> float:
+        return self.options.zoneout
+
+    def _options_repr(self) -> str:
+        return "".join(f", {k}={v!r}" for k, v in self.options.non_default().items())
 
 
 class GRU(_Family):
@@ -123,11 +186,30 @@ class GRU(_Family):
             ``reset_after=False``, ONNX default). Ignored by ``mingru`` (no reset gate).
         engine: ``"auto"``, ``"reference"``, ``"fused"`` (CPU) or ``"triton"`` (CUDA). After a
             forward, :attr:`last_engine` names the engine that ran.
+        layer_norm: layer-normalise the input and the recurrent pre-activations (Ba et al. 2016),
+            with gains ``ln_weight_ih_l{k}``/``ln_weight_hh_l{k}`` and shifts ``ln_bias_*``.
+        recurrent_dropout: variational dropout of ``h(t-1)`` where it enters the recurrent
+            products: one mask per sequence, layer and direction, shared by every block (Gal &
+            Ghahramani 2016; Keras' ``recurrent_dropout`` draws one per gate block). Training only.
+        input_dropout: the same on each layer's input ``x`` (Keras' ``dropout``). ``dropout`` is
+            ``torch.nn.GRU``'s, between layers.
+        zoneout: each unit keeps ``h(t-1)`` with this probability at each step in training, and
+            blends with it in expectation in eval (Krueger et al. 2017).
+        weight_drop: DropConnect on ``weight_hh``, one mask per forward call (Merity et al. 2018).
+            Training only; the parameter is never modified.
 
-    ``forward(input, hx=None, lengths=None, enforce_sorted=False)``: ``input`` is ``[T, B, I]``
-    (``[B, T, I]`` with ``batch_first``), ``[T, I]`` unbatched, or a ``PackedSequence``;
-    ``lengths`` (padded input only) gives each sequence's length: outputs past it are zero and
-    ``h_n`` is the state at its last step. Returns ``(output, h_n)`` like ``torch.nn.GRU``.
+    The options' equations: :mod:`gatedrnn._options`. Every engine runs them with the same masks
+    (drawn from torch's generator: ``torch.manual_seed`` fixes them).
+
+    ``forward(input, hx=None, lengths=None, enforce_sorted=False, resets=None)``: ``input`` is
+    ``[T, B, I]`` (``[B, T, I]`` with ``batch_first``), ``[T, I]`` unbatched, or a
+    ``PackedSequence``; ``lengths`` (padded input only) gives each sequence's length: outputs past it
+    are zero, ``h_n`` is the state at its last step, and what the input holds past it (even NaN or
+    inf) reaches no output and no gradient. ``resets``: a bool tensor shaped like the input's time
+    and batch axes (``[T, B]``, ``[B, T]`` with ``batch_first``, ``[T]`` unbatched, or a
+    ``PackedSequence`` of bools packed like ``input``): where true, the state is set to zero before
+    that step (episode boundaries), and no gradient flows across. Returns ``(output, h_n)`` like
+    ``torch.nn.GRU``.
     """
 
     def __init__(
@@ -142,6 +224,11 @@ class GRU(_Family):
         variant: str = "gru0",
         reset_after: bool = True,
         engine: str = "auto",
+        layer_norm: bool = False,
+        recurrent_dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        weight_drop: float = 0.0,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -149,7 +236,11 @@ class GRU(_Family):
         check_int("input_size", input_size, 1)
         check_int("hidden_size", hidden_size, 1)
         check_int("num_layers", num_layers, 1)
+        for flag, value in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(value, bool):  # torch.nn.GRU's check and message (GRUCell has none)
+                raise TypeError(f"{flag} should be of type bool, got: {type(value).__name__}")
         _check_config(variant, bias, dropout, engine)
+        self.options = Options(layer_norm, recurrent_dropout, input_dropout, zoneout, weight_drop)
         if dropout > 0 and num_layers == 1:
             warnings.warn(  # torch.nn.GRU's warning, word for word
                 "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
@@ -176,7 +267,8 @@ class GRU(_Family):
             for d in range(self.num_directions):
                 suffix = f"_l{k}" + ("_reverse" if d else "")
                 names = {}
-                for base, shape in param_shapes(self.spec, layer_in, hidden_size, self.bias, self.reset_after).items():
+                shapes = param_shapes(self.spec, layer_in, hidden_size, self.bias, self.reset_after, layer_norm)
+                for base, shape in shapes.items():
                     self.register_parameter(base + suffix, nn.Parameter(torch.empty(shape, **factory)))
                     names[base] = base + suffix
                 dirs.append(names)
@@ -199,11 +291,17 @@ class GRU(_Family):
                     w_hh=getattr(self, names["weight_hh"]) if "weight_hh" in names else None,
                     b_ih=getattr(self, names["bias_ih"]) if "bias_ih" in names else None,
                     b_hh=getattr(self, names["bias_hh"]) if "bias_hh" in names else None,
+                    ln_ih=self._ln(names, "ih"),
+                    ln_hh=self._ln(names, "hh"),
                 )
                 for names in layer
             ]
             for layer in self._param_names
         ]
+
+    def _ln(self, names: dict[str, str], side: str) -> tuple[Tensor, Tensor] | None:
+        key = f"ln_weight_{side}"
+        return (getattr(self, names[key]), getattr(self, names[f"ln_bias_{side}"])) if key in names else None
 
     @property
     def all_weights(self) -> list[list[Tensor]]:
@@ -226,7 +324,7 @@ class GRU(_Family):
             s += f", reset_after={self.reset_after}"
         if self.engine != "auto":
             s += f", engine={self.engine!r}"
-        return s
+        return s + self._options_repr()
 
     def _reference_param(self) -> Tensor:
         return getattr(self, self._param_names[0][0]["weight_ih"])
@@ -237,6 +335,7 @@ class GRU(_Family):
         hx: Tensor | None = None,
         lengths: Tensor | list[int] | None = None,
         enforce_sorted: bool = False,
+        resets: Tensor | PackedSequence | None = None,
     ) -> tuple[Tensor | PackedSequence, Tensor]:
         w = self._reference_param()
         packed_index = None
@@ -246,6 +345,8 @@ class GRU(_Family):
                 raise InputError("lengths: a PackedSequence carries its own lengths; expected lengths=None")
             x, seq_lengths, packed_index = _unpack(input)
             batch_first = False
+            if resets is not None:
+                resets = _unpack_resets(resets, input)
         else:
             if not isinstance(input, Tensor):
                 raise InputError(f"input: expected a Tensor or PackedSequence, got {type(input).__name__}")
@@ -268,6 +369,8 @@ class GRU(_Family):
             raise InputError("input: expected a sequence length of at least 1, got 0 time steps")
         if lengths is not None:
             seq_lengths = _check_lengths(lengths, steps, batch, enforce_sorted, x.device)
+        if resets is not None and packed_index is None:
+            resets = _check_resets(resets, x, unbatched, batch_first)
 
         state_shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
         if hx is None:
@@ -283,23 +386,23 @@ class GRU(_Family):
             _check_like("hx", hx, w, "layer")
             h0 = hx.unsqueeze(1) if unbatched else hx
 
-        if batch == 0:
-            y = x.new_zeros((steps, 0, self.num_directions * self.hidden_size))
-            h_n = h0 + 0
-        else:
-            y, h_n, ran = rnn(
-                x,
-                h0,
-                self.layer_weights(),
-                self.spec,
-                self.reset_after,
-                dropout=self.dropout,
-                training=self.training,
-                engine=self.engine,
-                lengths=seq_lengths,
-            )
-            # a plain attribute: set past nn.Module.__setattr__'s parameter/buffer/module checks
-            object.__setattr__(self, "last_engine", ran)
+        y, h_n, ran = rnn(
+            x,
+            h0,
+            self.layer_weights(),
+            self.spec,
+            self.reset_after,
+            dropout=self.dropout,
+            training=self.training,
+            # an empty batch has nothing to compute: the reference's torch operations take it and
+            # connect the (empty) results to every parameter, as torch.nn.GRU's do
+            engine=self.engine if batch else "reference",
+            lengths=seq_lengths,
+            options=self.options,
+            resets=resets,
+        )
+        # a plain attribute: set past nn.Module.__setattr__'s parameter/buffer/module checks
+        object.__setattr__(self, "last_engine", ran)
         if packed_index is not None:
             assert isinstance(input, PackedSequence)
             out = PackedSequence(y[packed_index], input.batch_sizes, input.sorted_indices, input.unsorted_indices)
@@ -316,6 +419,12 @@ class GRUCell(_Family):
 
     Parameters ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` with the layouts of
     :mod:`gatedrnn._specs`; for ``gru0`` with ``reset_after=True`` exactly ``torch.nn.GRUCell``'s.
+
+    The options that make sense for one step: ``layer_norm`` (gains ``ln_weight_ih``,
+    ``ln_weight_hh``, shifts ``ln_bias_ih``, ``ln_bias_hh``) and ``zoneout`` (a fresh mask at each
+    call in training, the expectation in eval); equations in :mod:`gatedrnn._options`. The
+    per-sequence masks (``recurrent_dropout``, ``input_dropout``, ``weight_drop``) need a sequence:
+    use :class:`GRU`.
     """
 
     def __init__(
@@ -325,6 +434,8 @@ class GRUCell(_Family):
         bias: bool = True,
         variant: str = "gru0",
         reset_after: bool = True,
+        layer_norm: bool = False,
+        zoneout: float = 0.0,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -332,15 +443,17 @@ class GRUCell(_Family):
         check_int("input_size", input_size, 1)
         check_int("hidden_size", hidden_size, 1)
         _check_config(variant, bias, 0.0, "auto")
+        self.options = Options(layer_norm=layer_norm, zoneout=zoneout)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bool(bias)
         self.variant = variant
         self.reset_after = bool(reset_after)
         self.spec = get_spec(variant)
-        for base, shape in param_shapes(self.spec, input_size, hidden_size, self.bias, self.reset_after).items():
+        shapes = param_shapes(self.spec, input_size, hidden_size, self.bias, self.reset_after, layer_norm)
+        for base, shape in shapes.items():
             self.register_parameter(base, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
-        for base in ("weight_hh", "bias_ih", "bias_hh"):
+        for base in ("weight_hh", "bias_ih", "bias_hh", *(("ln_weight_hh", "ln_bias_hh") if layer_norm else ())):
             if not hasattr(self, base):
                 self.register_parameter(base, None)
         self.reset_parameters()
@@ -352,7 +465,7 @@ class GRUCell(_Family):
         s += f", variant={self.variant!r}"
         if self.spec.has_reset:
             s += f", reset_after={self.reset_after}"
-        return s
+        return s + self._options_repr()
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         w = self.weight_ih
@@ -374,6 +487,12 @@ class GRUCell(_Family):
                 raise InputError(f"hx: expected shape {want}, got {tuple(hx.shape)}")
             _check_like("hx", hx, w, "cell")
             h = hx.unsqueeze(0) if unbatched else hx
-        gx, nx = _reference.project(self.spec, x, w, self.bias_ih, self.bias_hh, self.hidden_size)
-        h_new = _reference.step(self.spec, self.reset_after, gx, nx, h, self.weight_hh, self.bias_hh)
+        ln_ih = (self.ln_weight_ih, self.ln_bias_ih) if self.layer_norm else None
+        ln_hh = (self.ln_weight_hh, self.ln_bias_hh) if self.layer_norm and self.weight_hh is not None else None
+        gx, nx = _reference.project(self.spec, x, w, self.bias_ih, self.bias_hh, self.hidden_size, ln_ih)
+        h_new = _reference.step(self.spec, self.reset_after, gx, nx, h, self.weight_hh, self.bias_hh, ln_hh)
+        p = self.options.zoneout
+        if p:
+            zeta = h.new_empty(h.shape).bernoulli_(p) if self.training else p
+            h_new = _reference.carry(h, h_new, zeta)
         return h_new.squeeze(0) if unbatched else h_new

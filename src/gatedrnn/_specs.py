@@ -37,8 +37,50 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Generic, NamedTuple, TypeVar
 
-__all__ = ["SPECS", "Spec", "check_int", "count_parameters", "get_spec", "param_shapes"]
+__all__ = [
+    "SPECS",
+    "Blocks",
+    "Spec",
+    "Wiring",
+    "check_int",
+    "count_parameters",
+    "get_spec",
+    "join_bias",
+    "param_shapes",
+    "split",
+]
+
+_GATES = {("r", "z"): "two gates r, z", ("f",): "MGU's coupled gate f", ("z",): "minGRU's update gate z"}
+
+
+class Wiring(NamedTuple):
+    """A variant's wiring in one reset form: the switches every compiled kernel is specialised on,
+    numba's (closure constants) and Triton's (``tl.constexpr`` of the same names in capitals, see
+    :meth:`constexprs`). Made by :meth:`Spec.wiring`."""
+
+    gates: int  # 2: r, z; 1: MGU's f (coupled) or minGRU's z
+    coupled: bool  # one gate f: r = f, z = 1 - f
+    gates_read_x: bool  # the gates' pre-activation has W x (else a constant: their bias, or 0)
+    gates_read_h: bool  # ... and U h(t-1)
+    cand_reads_h: bool  # the candidate has U_n h(t-1) (False: no recurrent product at all)
+    cand_tanh: bool  # the candidate goes through tanh
+    reset_after: bool  # r multiplies U_n h + b_hn (False: U_n (r h), a second product; or no reset)
+
+    @property
+    def gates_const(self) -> bool:
+        """The gates read neither x nor h: the same activations at every step and row (GRU3)."""
+        return not (self.gates_read_x or self.gates_read_h)
+
+    @property
+    def reset_before(self) -> bool:
+        """Two dependent products a step: ``U_g h`` for the gates, then ``U_n (r h)``."""
+        return self.cand_reads_h and not self.reset_after
+
+    def constexprs(self) -> dict[str, int | bool]:
+        """The switches as Triton keyword arguments: ``GATES``, ``COUPLED``, ..., ``RESET_AFTER``."""
+        return {k.upper(): v for k, v in self._asdict().items()}
 
 
 @dataclass(frozen=True)
@@ -73,6 +115,27 @@ class Spec:
     torch_hh_bias: bool
     equations: str
 
+    def __post_init__(self) -> None:
+        """Refuse wirings the equations (and so the engines) do not define."""
+
+        def bad(why: str) -> ValueError:
+            return ValueError(f"Spec {self.name!r}: {why}")
+
+        if self.gates not in _GATES:
+            raise bad(f"gates: expected one of {list(_GATES)} ({', '.join(_GATES.values())}), got {self.gates!r}")
+        if not (self.gates_read_x or self.gates_read_h or self.gates_have_bias):
+            raise bad("the gates read none of x, h(t-1) and a bias: they would be a constant 0.5")
+        if self.gates == ("z",) and self.candidate_reads_h:
+            raise bad("one update gate z and a candidate that reads h(t-1): there is no reset gate for it")
+        if self.gates == ("f",) and not self.candidate_reads_h:
+            raise bad("a coupled gate f is the reset gate of a candidate that reads h(t-1)")
+        if self.gates_read_h and not self.candidate_reads_h:
+            raise bad("gates that read h(t-1) with a candidate that does not: no recurrent product is defined")
+        if not self.candidate_tanh and self.candidate_reads_h:
+            raise bad("a linear candidate (candidate_tanh=False) is defined only without h(t-1) (minGRU)")
+        if self.torch_hh_bias and not (self.gates_read_x and self.gates_have_bias and self.candidate_reads_h):
+            raise bad("torch_hh_bias (torch.nn.GRU's b_hr, b_hz) needs gates that read x and have a bias")
+
     @property
     def num_gates(self) -> int:
         return len(self.gates)
@@ -86,6 +149,38 @@ class Spec:
     def has_reset(self) -> bool:
         """A reset gate multiplies the recurrent part of the candidate (reset_after matters)."""
         return self.candidate_reads_h
+
+    @property
+    def gates_need_bias(self) -> bool:
+        """The gates read neither x nor h: without a bias they are a constant 0.5 (GRU3)."""
+        return not (self.gates_read_x or self.gates_read_h)
+
+    @property
+    def is_classic(self) -> bool:
+        """The classic GRU (Cho et al.): what ``torch.nn.GRU``, Keras' ``GRU`` and ONNX's ``GRU``
+        operator compute, in their layouts."""
+        return self.torch_hh_bias
+
+    def torch_expressible(self, reset_after: bool) -> str | None:
+        """None if ``torch.nn.GRU`` computes this variant exactly (zero blocks for the gates'
+        missing inputs, MGU's ``z`` block as the negated ``f`` block), else why not."""
+        if not (self.candidate_reads_h and self.candidate_tanh):
+            return "its candidate is linear, without tanh, and it has no recurrent weights"
+        if not reset_after:
+            return "torch.nn.GRU only has the reset_after=True form (reset applied after the recurrent matmul)"
+        return None
+
+    def wiring(self, reset_after: bool) -> Wiring:
+        """The kernels' switches for this variant in the given reset form."""
+        return Wiring(
+            gates=self.num_gates,
+            coupled=self.coupled,
+            gates_read_x=self.gates_read_x,
+            gates_read_h=self.gates_read_h,
+            cand_reads_h=self.candidate_reads_h,
+            cand_tanh=self.candidate_tanh,
+            reset_after=bool(reset_after and self.has_reset),
+        )
 
     def ih_blocks(self) -> int:
         return (self.num_gates if self.gates_read_x else 0) + 1
@@ -211,9 +306,15 @@ def get_spec(variant: str) -> Spec:
 
 
 def param_shapes(
-    variant: str | Spec, input_size: int, hidden_size: int, bias: bool = True, reset_after: bool = True
+    variant: str | Spec,
+    input_size: int,
+    hidden_size: int,
+    bias: bool = True,
+    reset_after: bool = True,
+    layer_norm: bool = False,
 ) -> dict[str, tuple[int, ...]]:
-    """Shapes of one layer-direction's parameters, keyed by base name (``weight_ih`` ...)."""
+    """Shapes of one layer-direction's parameters, keyed by base name (``weight_ih`` ...); with
+    ``layer_norm`` also its gains and shifts (:mod:`gatedrnn._options`)."""
     spec = variant if isinstance(variant, Spec) else get_spec(variant)
     h = hidden_size
     shapes: dict[str, tuple[int, ...]] = {"weight_ih": (spec.ih_blocks() * h, input_size)}
@@ -223,19 +324,86 @@ def param_shapes(
         shapes["bias_ih"] = (spec.bias_ih_blocks() * h,)
         if spec.bias_hh_blocks(reset_after):
             shapes["bias_hh"] = (spec.bias_hh_blocks(reset_after) * h,)
+    if layer_norm:
+        shapes["ln_weight_ih"] = shapes["ln_bias_ih"] = (spec.ih_blocks() * h,)
+        if spec.hh_blocks():
+            shapes["ln_weight_hh"] = shapes["ln_bias_hh"] = (spec.hh_blocks() * h,)
     return shapes
 
 
 def count_parameters(
-    variant: str, input_size: int, hidden_size: int, reset_after: bool = True, bias: bool = True
+    variant: str,
+    input_size: int,
+    hidden_size: int,
+    reset_after: bool = True,
+    bias: bool = True,
+    layer_norm: bool = False,
 ) -> int:
     """Parameters of a one-layer, one-direction layer of ``variant``.
 
     With ``reset_after=False`` and a bias these are Dey & Salem's counts (m inputs, n units):
     gru0 3(n²+nm+n), gru1 3n²+nm+3n, gru2 3n²+nm+n, gru3 n²+nm+3n; MGU 2(n²+nm+n);
     minGRU 2(nm+n). With ``reset_after=True`` gru0 has ``torch.nn.GRU``'s 3(n²+nm)+6n and the
-    other variants with a reset gate one more vector of n (``b_hn``).
+    other variants with a reset gate one more vector of n (``b_hn``). ``layer_norm`` adds a gain
+    and a shift per pre-activation: 2(ih_blocks + hh_blocks)·n (gru0: 12n).
     """
     check_int("input_size", input_size, 1)
     check_int("hidden_size", hidden_size, 1)
-    return sum(math.prod(shape) for shape in param_shapes(variant, input_size, hidden_size, bias, reset_after).values())
+    shapes = param_shapes(variant, input_size, hidden_size, bias, reset_after, layer_norm)
+    return sum(math.prod(shape) for shape in shapes.values())
+
+
+# ------------------------------------------------------------------------------------- the layout
+A = TypeVar("A")  # torch.Tensor or numpy.ndarray: the layout only slices and concatenates
+
+
+@dataclass(frozen=True)
+class Blocks(Generic[A]):
+    """One layer-direction's parameters split into the blocks the equations name (None: absent).
+
+    Shapes with ``G`` gates, ``H`` units, ``I`` inputs. The same split serves gradients (the
+    blocks of ``d weight_ih`` ...) and every engine and converter (:func:`split`, :func:`join_bias`).
+    """
+
+    w_g: A | None  # [G*H, I]  W_g: the gates' input weights (gates_read_x)
+    w_n: A | None  # [H, I]  W_n
+    u_g: A | None  # [G*H, H]  U_g (gates_read_h)
+    u_n: A | None  # [H, H]  U_n (candidate_reads_h)
+    b_g: A | None  # [G*H]  the gates' bias b_g (gates_have_bias and bias)
+    b_n: A | None  # [H]  b_in (reset-after) or b_n
+    b_hg: A | None  # [G*H]  torch.nn.GRU's b_hr, b_hz (gru0, reset-after): added to b_g
+    b_hn: A | None  # [H]  b_hn inside the reset product (reset-after)
+
+    def gate_bias(self) -> A | None:
+        """The gates' constant pre-activation ``b_g (+ b_hg)``, or None."""
+        if self.b_hg is None:
+            return self.b_g
+        return self.b_hg if self.b_g is None else self.b_g + self.b_hg
+
+
+def split(spec: Spec, w_ih: A | None, w_hh: A | None, b_ih: A | None, b_hh: A | None, hidden: int) -> Blocks[A]:
+    """The blocks of one layer-direction's ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``
+    (layouts in this module's docstring; ``bias_hh`` exists in the reset-after form only; pass None
+    for what the caller does not need): views, nothing copied."""
+    gh = spec.num_gates * hidden
+    return Blocks(
+        w_g=w_ih[:gh] if (spec.gates_read_x and w_ih is not None) else None,
+        w_n=w_ih[-hidden:] if w_ih is not None else None,
+        u_g=w_hh[:gh] if (spec.gates_read_h and w_hh is not None) else None,
+        u_n=w_hh[-hidden:] if (spec.candidate_reads_h and w_hh is not None) else None,
+        b_g=b_ih[:gh] if (spec.gates_have_bias and b_ih is not None) else None,
+        b_n=b_ih[-hidden:] if b_ih is not None else None,
+        b_hg=b_hh[:gh] if (spec.torch_hh_bias and b_hh is not None) else None,
+        b_hn=b_hh[-hidden:] if b_hh is not None else None,
+    )
+
+
+def join_bias(spec: Spec, b_g: A | None, b_n: A, b_hn: A | None, cat: Any) -> tuple[A, A | None]:
+    """``(bias_ih, bias_hh)`` from their blocks, the inverse of :func:`split` (e.g. the bias
+    gradients from the sums of the pre-activation gradients). ``b_g`` is the gates' block of
+    ``bias_ih`` and, for gru0, of ``bias_hh`` (their gradients are equal); ``b_hn`` None: no
+    ``bias_hh`` (reset-before form). ``cat``: ``torch.cat`` or ``numpy.concatenate``."""
+    b_ih = cat([b_g, b_n]) if spec.gates_have_bias else b_n
+    if b_hn is None:
+        return b_ih, None
+    return b_ih, cat([b_g, b_hn]) if spec.torch_hh_bias else b_hn

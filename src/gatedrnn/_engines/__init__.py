@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import _reference
+from .._options import NONE, Extras
 from .._specs import Spec
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "check_engine_name",
     "empty_cache",
     "in_compile",
+    "not_yet",
     "opaque",
     "recording",
     "resolve",
@@ -42,7 +44,11 @@ class Engine(Protocol):
         w_ih ``[ih_blocks*H, I]``, w_hh ``[hh_blocks*H, H]`` or None, b_ih, b_hh or None
         (layouts in :mod:`gatedrnn._specs`).
         lengths: ``[B]`` int64 or None; steps ``t >= lengths[b]`` keep the state, output 0.
+        extras: the options' per-call inputs (:class:`gatedrnn._options.Extras`; default none).
     and returns ``(y [T, B, H], h_n [B, H])``, differentiable in x, h0 and every weight.
+    A backward never reads the caller's ``lengths`` (it may be refilled before ``backward()``):
+    an engine whose backward needs it keeps a copy. What ``x`` holds at ``t >= lengths[b]``
+    (NaN or inf included) reaches no output and no gradient.
     """
 
     name: str
@@ -50,8 +56,9 @@ class Engine(Protocol):
     # callers (``resolve``, ``_functional.rnn``) run them through :func:`opaque` under it
     traceable: bool
 
-    def unavailable(self, spec: Spec, x: Tensor) -> str | None:
-        """None if this engine can run ``spec`` on tensors like ``x``, else the reason."""
+    def unavailable(self, spec: Spec, x: Tensor, extras: Extras = NONE) -> str | None:
+        """None if this engine can run ``spec`` with these options on tensors like ``x``, else the
+        reason (naming the option it cannot run)."""
         ...
 
     def layer(
@@ -65,6 +72,7 @@ class Engine(Protocol):
         b_ih: Tensor | None,
         b_hh: Tensor | None,
         lengths: Tensor | None,
+        extras: Extras = NONE,
     ) -> tuple[Tensor, Tensor]: ...
 
 
@@ -74,7 +82,7 @@ class ReferenceEngine:
     name = "reference"
     traceable = True
 
-    def unavailable(self, spec: Spec, x: Tensor) -> str | None:
+    def unavailable(self, spec: Spec, x: Tensor, extras: Extras = NONE) -> str | None:
         return None
 
     layer = staticmethod(_reference.run_layer)
@@ -198,15 +206,23 @@ def autocast_cpu_dtype() -> torch.dtype | None:
         return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
 
 
-def resolve(name: str, spec: Spec, x: Tensor) -> Engine:
+def resolve(name: str, spec: Spec, x: Tensor, extras: Extras = NONE) -> Engine:
     """The engine for this call; raises if it cannot run it."""
     chosen = auto_choice(x) if name == "auto" else name
     engine = get_engine(chosen)
-    why = in_compile(engine, engine.unavailable)(spec, x)
+    why = in_compile(engine, engine.unavailable)(spec, x, extras)
     if why is not None:
         origin = f"engine='auto' chose {chosen!r}, but it" if name == "auto" else f"engine={chosen!r}"
         raise RuntimeError(f"{origin} cannot run here: {why}")
     return engine
+
+
+def not_yet(extras: Extras, supported: tuple[str, ...] = ()) -> str | None:
+    """An engine's refusal of the options it does not run (None if it runs them all)."""
+    missing = [n for n in extras.names() if n not in supported]
+    if not missing:
+        return None
+    return f"it does not run {', '.join(missing)}; engine='reference' runs every option"
 
 
 def empty_cache() -> None:

@@ -33,8 +33,9 @@ import torch
 from torch import Tensor
 
 from .. import _reference
-from .._specs import Spec
-from . import autocast_cpu_dtype, recording
+from .._options import NONE, Extras
+from .._specs import Spec, join_bias, split
+from . import autocast_cpu_dtype, not_yet, recording
 from ._pool import NP_DTYPE, cached_bytes, carve, carved_size, saved_buffer, scratch, unused, zeros
 from ._pool import empty_cache as empty_cache
 from ._second_order import first_order
@@ -151,16 +152,7 @@ _KERNELS: Any = None
 
 @functools.cache
 def _kernel_for(spec: Spec, reset_after: bool, dtype: torch.dtype):
-    return _k().kernels(
-        spec.gates_read_x,
-        spec.gates_read_h,
-        spec.num_gates == 2,
-        spec.coupled,
-        spec.candidate_reads_h,
-        spec.candidate_tanh,
-        bool(reset_after and spec.has_reset),
-        dtype == torch.float32,
-    )
+    return _k().kernels(spec.wiring(reset_after), dtype == torch.float32)
 
 
 # The per-step products on MKL's packed recurrent weights (packed once per call and row range, see
@@ -230,7 +222,7 @@ def _backward_products(spec: Spec, ra: bool, hid: int) -> list[tuple[int, int]]:
 
 
 def _biases(
-    spec: Spec, reset_after: bool, b_ih: np.ndarray | None, b_hh: np.ndarray | None, hid: int, dt: type
+    spec: Spec, b_ih: np.ndarray | None, b_hh: np.ndarray | None, hid: int, dt: type
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """``(projection bias [ihb*H] or None, gates' constant pre-activation [G*H], b_hn [H])``.
 
@@ -239,25 +231,16 @@ def _biases(
     kernels only read them).
     """
     gh = spec.num_gates * hid
-    hh_gates = b_hh is not None and spec.torch_hh_bias and reset_after
-    bhn = b_hh[-hid:] if (reset_after and spec.has_reset and b_hh is not None) else zeros(dt, hid)
-    if spec.gates_read_x and b_ih is not None and spec.gates_have_bias:
-        # the common case (gru0, MGU): [b_i(gates) (+ b_h(gates)) | b_in], two operations
-        pbias = b_ih.copy()
-        if hh_gates:
-            pbias[:gh] += b_hh[:gh]
-        return pbias, zeros(dt, gh), bhn
-    gbias = b_ih[:gh] if (b_ih is not None and spec.gates_have_bias) else None
-    if hh_gates:
-        gbias = b_hh[:gh] if gbias is None else gbias + b_hh[:gh]
-    nbias = b_ih[-hid:] if b_ih is not None else None
+    blocks = split(spec, None, None, b_ih, b_hh, hid)
+    bhn = blocks.b_hn if blocks.b_hn is not None else zeros(dt, hid)
+    gbias = blocks.gate_bias()
     if not spec.gates_read_x:
-        return nbias, (gbias if gbias is not None else zeros(dt, gh)), bhn
-    if gbias is None and nbias is None:
+        return blocks.b_n, (gbias if gbias is not None else zeros(dt, gh)), bhn
+    if gbias is None and blocks.b_n is None:
         return None, zeros(dt, gh), bhn
     pbias = np.empty(gh + hid, dt)
     pbias[:gh] = gbias if gbias is not None else 0.0
-    pbias[gh:] = nbias if nbias is not None else 0.0
+    pbias[gh:] = blocks.b_n if blocks.b_n is not None else 0.0
     return pbias, zeros(dt, gh), bhn
 
 
@@ -297,7 +280,6 @@ def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, spec, reset_after, sav
     dt = NP_DTYPE[cdt]
     pbias, gb, bhn = _biases(
         spec,
-        ra,
         _np32(b_ih, half) if b_ih is not None else None,
         _np32(b_hh, half) if b_hh is not None else None,
         hid,
@@ -418,6 +400,20 @@ class _Layer(torch.autograd.Function):
         return (*grads, None, None, None, None, None)
 
 
+def _without_padding(x: Tensor, lens: np.ndarray) -> Tensor:
+    """``x`` ``[T, B, I]`` as ``[T*B, I]`` rows for the dW_ih product, with zero rows past each
+    length: the product multiplies the padding by its zero gradient, and ``0 * NaN`` is NaN.
+    (The loops never read the padding; NumPy's row assignment is several times faster than
+    ``masked_fill`` on small inputs.) ``x`` itself when nothing is padded."""
+    steps, batch, inp = x.shape
+    rows = (_np(x) if x.dtype != _BF16 else x.detach().float().numpy()).reshape(steps * batch, inp)
+    if batch == 0 or lens.min() >= steps:
+        return torch.from_numpy(rows)
+    rows = rows.copy()
+    rows[(np.arange(steps)[:, None] >= lens[None, :]).reshape(-1)] = 0
+    return torch.from_numpy(rows)
+
+
 def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
     """The backward of :class:`_Layer`: gradients for (x, h0, w_ih, w_hh, b_ih, b_hh). It runs with
     grad mode off (see :func:`first_order`); ``gy``/``ghn`` reach the kernels through ``_np``.
@@ -485,7 +481,7 @@ def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
     else:
         dgx2 = dgx_t.view(steps * batch, ihw)
         dx = _mm(dgx2, w_ih, half).view(steps, batch, inp) if need[0] else None
-        dw_ih = _mm(dgx2.t(), x.view(steps * batch, inp), half) if need[2] else None
+        dw_ih = _mm(dgx2.t(), _without_padding(x, lens), half) if need[2] else None
     dh0 = dh0_t if need[1] else None
     dw_hh = None
     if need[3]:
@@ -508,15 +504,12 @@ def _backward(ctx, saved, gy, ghn):  # type: ignore[no-untyped-def]
             dgate = dbh[:ng]
         else:
             dgate = dgbs[0] if nr == 1 else dgbs.sum(0)
-        if need[4]:
-            dn = dbx[ihw - hid :]
-            db_ih = torch.from_numpy(np.concatenate([dgate, dn], dtype=dt) if spec.gates_have_bias else dn.astype(dt))
-        if need[5] and ra:
-            dbhn = dbh[hhw - hid :]
-            db_hh = torch.from_numpy(np.concatenate([dgate, dbhn], dtype=dt) if spec.torch_hh_bias else dbhn.astype(dt))
+        b_ih, b_hh = join_bias(spec, dgate, dbx[ihw - hid :], dbh[hhw - hid :] if ra else None, np.concatenate)
+        db_ih = torch.from_numpy(b_ih.astype(dt)) if need[4] else None
+        db_hh = torch.from_numpy(b_hh.astype(dt)) if (need[5] and b_hh is not None) else None
     grads = (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
     if half:  # each gradient in its input's dtype
-        like = (x, saved[4], w_ih, w_hh, saved[5], saved[6])
+        like = (x, saved[4], saved[1], saved[2], saved[5], saved[6])
         return tuple(None if g is None or t is None else g.to(t.dtype) for g, t in zip(grads, like, strict=True))
     return grads
 
@@ -541,7 +534,10 @@ class FusedEngine:
     name = "fused"
     traceable = False  # NumPy views and numba calls: run eagerly under torch.compile
 
-    def unavailable(self, spec: Spec, x: Tensor) -> str | None:
+    def unavailable(self, spec: Spec, x: Tensor, extras: Extras = NONE) -> str | None:
+        why = not_yet(extras)
+        if why is not None:
+            return why
         rec = recording()
         if rec is not None:
             return (
@@ -585,19 +581,21 @@ class FusedEngine:
         b_ih: Tensor | None,
         b_hh: Tensor | None,
         lengths: Tensor | None,
+        extras: Extras = NONE,
     ) -> tuple[Tensor, Tensor]:
-        why = self.unavailable(spec, x)
+        why = self.unavailable(spec, x, extras)
         if why is not None:
             raise RuntimeError(f"engine='fused' cannot run here: {why}")
         for name, t in (("h0", h0), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
             if t is not None and t.dtype != x.dtype:
                 raise ValueError(f"{name}: expected dtype {x.dtype} (the input's), got {t.dtype}")
-        if lengths is not None:
-            lengths = lengths.to(torch.int64).contiguous()
         save = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)
         )
         half = half_mode(x) is True
+        if lengths is not None:
+            # the backward reads it: its own copy, as the caller may refill theirs before backward()
+            lengths = lengths.to(dtype=torch.int64, memory_format=torch.contiguous_format, copy=save)
         args = (
             x.contiguous(),
             h0.contiguous(),

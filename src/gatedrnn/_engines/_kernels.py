@@ -1,16 +1,17 @@
 """The fused engine's compiled loops (numba, nopython, ``cache=True``): one kernel for the family.
 
-A variant's wiring enters as compile-time switches (closure constants of :func:`kernels`), never
-as branches in the inner loop:
+A variant's wiring (:class:`gatedrnn._specs.Wiring`, the switches the Triton kernels take too)
+enters as compile-time switches (closure constants of :func:`kernels`), never as branches in the
+inner loop; inside the loops they have short names:
 
-* ``gx``: the gates read ``x`` (their input-side pre-activation comes from the projection ``xp``);
-  otherwise they read a constant vector ``gb`` (their bias, or zeros).
-* ``gh``: the gates read ``h(t-1)`` (a block of the recurrent matrix product).
-* ``two``: two gates ``r, z`` (else one gate: MGU's ``f`` if ``coupled``, minGRU's ``z``).
-* ``cand_h``: the candidate reads ``h(t-1)`` (False for minGRU: no matrix product at all).
-* ``tanh``: the candidate goes through ``tanh``.
+* ``gx`` (``gates_read_x``): the gates read ``x`` (their input-side pre-activation comes from the
+  projection ``xp``); otherwise they read a constant vector ``gb`` (their bias, or zeros).
+* ``gh`` (``gates_read_h``): the gates read ``h(t-1)`` (a block of the recurrent matrix product).
+* ``two`` (``gates == 2``): two gates ``r, z`` (else one gate: MGU's ``f`` if ``coupled``, minGRU's ``z``).
+* ``cand_h`` (``cand_reads_h``): the candidate reads ``h(t-1)`` (False for minGRU: no matrix product).
+* ``tanh`` (``cand_tanh``): the candidate goes through ``tanh``.
 * ``reset_after``: ``n = tanh(W_n x + b_in + r*(U_n h + b_hn))``; else ``tanh(W_n x + U_n (r*h) + b_n)``.
-* ``fast``: float32 activations as a rational ``tanh`` that vectorises (numba's ``np.tanh`` and
+* ``fast`` (the data type, not the wiring): float32 activations as a rational ``tanh`` that vectorises (numba's ``np.tanh`` and
   ``np.exp`` are scalar library calls without SVML); float64 uses ``np.tanh``/``np.exp``.
 
 Per time step the forward does one BLAS ``gemm`` on the recurrent weights (two dependent ones
@@ -37,6 +38,8 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
+
+from .._specs import Wiring
 
 __all__ = ["SMALL_MAX_BATCH", "blas", "kernels", "mkl_local_threads", "pack_size", "packed_blas"]
 
@@ -388,14 +391,16 @@ def _tanh(fast, x):
 
 # -------------------------------------------------------------------------------------- kernels
 @functools.cache
-def kernels(
-    gx: bool, gh: bool, two: bool, coupled: bool, cand_h: bool, tanh: bool, reset_after: bool, fast: bool
-) -> tuple[Callable[..., None], Callable[..., None]]:
-    """``(forward, backward)`` compiled loops for one wiring (see the module docstring).
+def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..., None]]:
+    """``(forward, backward)`` compiled loops for one wiring (see the module docstring); ``fast``:
+    float32 (rational activations).
 
     Compiles lazily on first call (numba dispatchers), cached on disk next to this module.
     """
     # Only plain constants in the closure (numba keys its on-disk cache by their pickled bytes).
+    gx, gh, two, coupled = bool(wiring.gates_read_x), bool(wiring.gates_read_h), wiring.gates == 2, bool(wiring.coupled)
+    cand_h, tanh, reset_after = bool(wiring.cand_reads_h), bool(wiring.cand_tanh), bool(wiring.reset_after)
+    fast = bool(fast)
     use_gemm = cand_h  # every variant whose gates read h also has a candidate that reads h
     two_gemm = cand_h and not reset_after
     # gates from their bias alone (GRU3): the same activations at every step and row, computed

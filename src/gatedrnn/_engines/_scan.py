@@ -32,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._options import NONE, Extras
+from .._reference import mask_padding
 from .._specs import Spec
-from . import FORWARD_AD, FUNC_TRANSFORM, recording
+from . import FORWARD_AD, FUNC_TRANSFORM, not_yet, recording
 from ._second_order import first_order
 
 __all__ = ["ENGINE", "linear_scan", "log_scan", "mingru_layer", "mingru_step"]
@@ -117,6 +119,8 @@ def mingru_layer(
         ``y`` ``[T, B, H]`` and ``h_n`` ``[B, H]``, differentiable by autograd.
     """
     hid = h0.shape[-1]
+    if lengths is not None:
+        x = mask_padding(x, lengths)  # padding never reaches a gradient, whatever it holds
     pre = F.linear(x, w_ih, b_ih)
     zpre, n = pre[..., :hid], pre[..., hid:]
     log_a = F.logsigmoid(zpre)
@@ -145,7 +149,10 @@ class ScanEngine:
     name = "scan"
     traceable = True  # torch operations only
 
-    def unavailable(self, spec: Spec, x: Tensor) -> str | None:
+    def unavailable(self, spec: Spec, x: Tensor, extras: Extras = NONE) -> str | None:
+        why = not_yet(extras)
+        if why is not None:
+            return why
         rec = recording()
         if rec in (FUNC_TRANSFORM, FORWARD_AD):  # (torch.export and torch.jit.trace record the scan)
             return (
@@ -169,8 +176,9 @@ class ScanEngine:
         b_ih: Tensor | None,
         b_hh: Tensor | None,
         lengths: Tensor | None,
+        extras: Extras = NONE,
     ) -> tuple[Tensor, Tensor]:
-        why = self.unavailable(spec, x)
+        why = self.unavailable(spec, x, extras)
         if why is not None:
             raise RuntimeError(f"engine='scan' cannot run here: {why}")
         return mingru_layer(x, h0, w_ih, b_ih, lengths)

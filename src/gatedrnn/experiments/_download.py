@@ -1,4 +1,4 @@
-"""Streaming downloads with checksum checks and atomic writes (private helper of ``data``).
+"""Streaming downloads, vetted before they take their name, and atomic writes (private; see ``data``).
 
 Nothing here is imported at package import time; ``urllib`` and ``tqdm`` are imported lazily.
 Tests replace :data:`urlopen` (or point the URL tables at ``file://`` URLs) so that no test ever
@@ -8,12 +8,13 @@ touches the network.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from .._files import atomic_file
+from ._console import on_a_terminal
+from ._datadir import CorruptData
 
 CHUNK = 1 << 20
 
@@ -30,27 +31,12 @@ urlopen: Callable[[str, float], Any] = _default_urlopen
 
 
 class DownloadError(OSError):
-    """Base used by ``data.DownloadFailed``; kept here so this module stands alone."""
+    """Every mirror failed on the network; ``data.DownloadFailed`` carries it to the caller."""
 
 
-def file_digest(path: pathlib.Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-class ChecksumMismatch(ValueError):
-    def __init__(self, url: str, algorithm: str, expected: str, got: str) -> None:
-        super().__init__(f"{url}: {algorithm} expected {expected}, got {got}")
-        self.url, self.algorithm, self.expected, self.got = url, algorithm, expected, got
-
-
-def _stream(url: str, handle: IO[bytes], algorithm: str, desc: str, timeout: float) -> str:
+def _stream(url: str, handle: IO[bytes], desc: str, timeout: float) -> None:
     from tqdm import tqdm
 
-    digest = hashlib.new(algorithm)
     with contextlib.closing(urlopen(url, timeout)) as response:
         total: int | None = None
         headers = getattr(response, "headers", None)
@@ -59,49 +45,46 @@ def _stream(url: str, handle: IO[bytes], algorithm: str, desc: str, timeout: flo
             if length and str(length).isdigit():
                 total = int(length)
         received = 0
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=None) as bar:
+        with tqdm(
+            total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not on_a_terminal()
+        ) as bar:
             for chunk in iter(lambda: response.read(CHUNK), b""):
                 handle.write(chunk)
-                digest.update(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
         if total is not None and received != total:
             raise DownloadError(f"{url}: connection closed after {received} of {total} bytes")
-    return digest.hexdigest()
 
 
 def download(
     urls: Sequence[str],
     dest: pathlib.Path,
     *,
-    algorithm: str,
-    expected: str | None,
+    check: Callable[[pathlib.Path], object] | None = None,
     timeout: float = 60.0,
 ) -> pathlib.Path:
-    """Fetch the first URL that works into ``dest`` (atomically), checking its ``algorithm`` digest.
+    """Fetch the first URL that works into ``dest`` (atomically); ``check`` vets the complete copy.
 
-    Mirrors are tried in order. A network error or a checksum mismatch moves on to the next
-    mirror; when every mirror fails, the checksum mismatch (if any) is raised as
-    :class:`ChecksumMismatch`, otherwise a :class:`DownloadError` listing each URL and its error.
-    ``dest`` exists afterwards only if a complete, verified copy was written.
+    Mirrors are tried in order. A network error or a copy that ``check`` refuses (by raising
+    :class:`CorruptData`) moves on to the next mirror; when every mirror fails, the refusal (if
+    any) is raised, naming the mirror, otherwise a :class:`DownloadError` listing each URL and its
+    error. ``dest`` exists afterwards only if a complete copy that passed ``check`` was written.
     """
     import http.client
 
     errors: list[str] = []
-    mismatch: ChecksumMismatch | None = None
+    refused: CorruptData | None = None
     for url in urls:
         try:
-            with atomic_file(dest, parents=True) as handle:
-                got = _stream(url, handle, algorithm, dest.name, timeout)
-                if expected is not None and got != expected.lower():
-                    raise ChecksumMismatch(url, algorithm, expected, got)
+            with atomic_file(dest, parents=True, check=check) as handle:
+                _stream(url, handle, dest.name, timeout)
             return dest
-        except ChecksumMismatch as exc:
-            mismatch = exc
-            errors.append(str(exc))
+        except CorruptData as exc:
+            refused = CorruptData(f"{exc} (downloaded from {url}; not kept)")
+            errors.append(str(refused))
         # URLError, HTTPError, socket and SSL errors, timeouts, bad URLs, a connection cut mid-body
         except (OSError, ValueError, http.client.HTTPException) as exc:
             errors.append(f"{url}: {type(exc).__name__}: {exc}")
-    if mismatch is not None:
-        raise mismatch
+    if refused is not None:
+        raise refused
     raise DownloadError("could not download " + dest.name + ":\n  " + "\n  ".join(errors))

@@ -8,24 +8,82 @@ written into the run folder (``config.toml`` and ``config.json``) so that a run 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CELLS", "DEFAULT_CELLS", "OPTIMIZERS", "Config", "ConfigError", "load_toml", "to_toml"]
+from .._engines import ENGINES
+from .._options import Options
+from .._specs import SPECS
+
+__all__ = [
+    "CELLS",
+    "CELL_OPTIONS",
+    "DEFAULT_CELLS",
+    "OPTIMIZERS",
+    "Config",
+    "ConfigError",
+    "did_you_mean",
+    "load_toml",
+    "parse_cell",
+    "run_id",
+    "to_toml",
+]
 
 #: Cells the harness can build: the gatedrnn variants, then torch's LSTM and tanh RNN as baselines.
-CELLS = ("gru0", "gru1", "gru2", "gru3", "mgu", "mingru", "lstm", "rnn")
-DEFAULT_CELLS = ("gru0", "gru1", "gru2", "gru3", "mgu", "mingru", "lstm")
+CELLS = (*SPECS, "lstm", "rnn")
+DEFAULT_CELLS = (*SPECS, "lstm")
+#: A gatedrnn cell's name may carry options (gatedrnn._options): ``gru0+ln`` (layer norm),
+#: ``gru0+rd0.25`` (recurrent dropout 0.25), ``+id`` input dropout, ``+zo`` zoneout, ``+wd``
+#: DropConnect; e.g. ``mgu+ln+zo0.1``. They win over the config's keys of the same options.
+CELL_OPTIONS = {
+    "ln": "layer_norm",
+    "rd": "recurrent_dropout",
+    "id": "input_dropout",
+    "zo": "zoneout",
+    "wd": "weight_drop",
+}
+
+
+def parse_cell(name: str) -> tuple[str, dict[str, bool | float]]:
+    """``(base cell, options)`` of a cell name such as ``"gru0+ln+rd0.25"``; ConfigError if malformed."""
+    base, *parts = name.split("+")
+    options: dict[str, bool | float] = {}
+    for part in parts:
+        key, value = part[:2], part[2:]
+        if key not in CELL_OPTIONS or (key == "ln") != (value == ""):
+            raise ConfigError(
+                f"cells: {name!r}: expected options +ln, +rdP, +idP, +zoP or +wdP (P a probability), got +{part}"
+            )
+        if key == "ln":
+            options["layer_norm"] = True
+            continue
+        try:
+            options[CELL_OPTIONS[key]] = float(value)
+        except ValueError:
+            raise ConfigError(f"cells: {name!r}: expected a probability after +{key}, got {value!r}") from None
+    return base, options
+
+
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 DTYPES = ("float32", "float64")
 
 
 class ConfigError(ValueError):
     """A configuration value (from a TOML file or the command line) that cannot be used."""
+
+
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to a mistyped ``word``, else ""."""
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclass
@@ -43,6 +101,12 @@ class Config:
     dropout: float = 0.0  # between stacked layers
     reset_after: bool = True  # the reset form of the gatedrnn cells
     engine: str = "auto"  # gatedrnn engine ("auto", "reference", "fused", "triton")
+    # the gatedrnn cells' options (gatedrnn._options); a cell name's +ln, +rdP ... win over these
+    layer_norm: bool = False
+    recurrent_dropout: float = 0.0
+    input_dropout: float = 0.0
+    zoneout: float = 0.0
+    weight_drop: float = 0.0
     # how to train
     epochs: int = 15
     lr: list[float] = field(default_factory=lambda: [5e-3])  # several values: a sweep
@@ -87,8 +151,11 @@ class Config:
         if not isinstance(self.cells, list) or not self.cells:
             raise ConfigError(f"cells: expected a non-empty list of cell names from {list(CELLS)}, got {self.cells!r}")
         for c in self.cells:
-            if c not in CELLS:
-                raise ConfigError(f"cells: expected names from {list(CELLS)}, got {c!r}")
+            base, options = parse_cell(c)
+            if base not in CELLS:
+                raise ConfigError(f"cells: expected names from {list(CELLS)}, got {c!r}{did_you_mean(base, CELLS)}")
+            if options and base not in SPECS:
+                raise ConfigError(f"cells: {c!r}: options (+ln, +rd, ...) are for the gatedrnn cells, not {base!r}")
         if len(set(self.cells)) != len(self.cells):
             raise ConfigError(f"cells: expected each cell once, got {self.cells!r}")
         if isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool):
@@ -114,7 +181,8 @@ class Config:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
         if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer: expected one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+            hint = did_you_mean(self.optimizer, OPTIMIZERS)
+            raise ConfigError(f"optimizer: expected one of {list(OPTIMIZERS)}, got {self.optimizer!r}{hint}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype: expected one of {list(DTYPES)}, got {self.dtype!r}")
         for name in ("weight_decay", "clip", "momentum"):
@@ -123,14 +191,38 @@ class Config:
                 raise ConfigError(f"{name}: expected a number >= 0, got {v!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
+        try:
+            Options(self.layer_norm, self.recurrent_dropout, self.input_dropout, self.zoneout, self.weight_drop)
+            for c in self.cells:
+                self.cell_options(c)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         for name in ("reset_after", "permute", "progress", "download"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         for name in ("task", "engine", "device"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name}: expected a string, got {getattr(self, name)!r}")
+        if self.engine != "auto" and self.engine not in ENGINES:
+            choices = ["auto", *ENGINES]
+            raise ConfigError(
+                f"engine: expected one of {choices}, got {self.engine!r}{did_you_mean(self.engine, choices)}"
+            )
+        if self.data_dir is not None and (not isinstance(self.data_dir, str) or not self.data_dir):
+            raise ConfigError(f"data_dir: expected a folder path, got {self.data_dir!r}")
+        if self.out is not None and (not isinstance(self.out, str) or not self.out):
+            raise ConfigError(f"out: expected a folder path, got {self.out!r}")
         if self.test_bits < self.train_bits:
             raise ConfigError(f"test_bits: expected >= train_bits ({self.train_bits}), got {self.test_bits}")
+
+    def cell_options(self, cell: str) -> dict[str, bool | float]:
+        """The gatedrnn options of ``cell`` (none for torch's cells): the config's, then its name's."""
+        base, own = parse_cell(cell)
+        if base not in SPECS:
+            return {}
+        options = {f: getattr(self, f) for f in CELL_OPTIONS.values()}
+        options.update(own)
+        return Options(**options).non_default()
 
     # --- conversions -------------------------------------------------------------------------
 
@@ -143,7 +235,8 @@ class Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"config: unknown key(s) {unknown}; expected keys from {sorted(known)}")
+            named = ", ".join(f"{k!r}{did_you_mean(k, known)}" for k in unknown)
+            raise ConfigError(f"config: unknown key(s) {named}; expected keys from {sorted(known)}")
         merged = base.to_dict() if base is not None else {}
         merged.update(values)
         try:
@@ -153,7 +246,16 @@ class Config:
 
     def run_id(self, cell: str, lr: float, seed: int) -> str:
         """The name of one (cell, learning rate, seed) run inside a run folder."""
-        return f"{cell}_lr{lr:g}_s{seed}"
+        return run_id(cell, lr, seed)
+
+    def runs(self) -> list[str]:
+        """Every run of the grid, in the order they are trained."""
+        return [run_id(c, lr, s) for c in self.cells for lr in self.lr for s in self.seeds]
+
+
+def run_id(cell: str, lr: float, seed: int) -> str:
+    """The name of one (cell, learning rate, seed) run inside a run folder."""
+    return f"{cell}_lr{lr:g}_s{seed}"
 
 
 def _is_int(v: Any) -> bool:

@@ -16,7 +16,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["all_reduce_grads", "all_reduce_sum", "is_main", "rank", "setup", "shard", "teardown", "world_size"]
+__all__ = [
+    "all_reduce_grads",
+    "all_reduce_sum",
+    "backend",
+    "is_main",
+    "rank",
+    "setup",
+    "shard",
+    "teardown",
+    "world_size",
+]
 
 
 def launched_by_torchrun() -> bool:
@@ -45,6 +55,11 @@ def teardown() -> None:
 
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def backend() -> str:
+    """The process group's backend (gloo, nccl), or "" when not distributed."""
+    return str(dist.get_backend()) if active() else ""
 
 
 def rank() -> int:

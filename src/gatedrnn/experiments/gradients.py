@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._io import atomic_write_bytes, atomic_write_text
+from .._files import atomic_write, atomic_write_text
+from ._runfolder import claim, writing
 from .config import Config, ConfigError, to_toml
 from .models import SequenceModel, default_dtype, model_for
 from .report import write_metrics
-from .tasks import Task, build_task, get_task
-from .train import check_device, loss_and_metric, train_run
+from .tasks import Task, TaskData, build_task, get_task
+from .train import check_device, check_engine, loss_and_metric, train_run
 
 __all__ = ["hidden_grad_norms", "run_gradients"]
 
@@ -74,15 +76,24 @@ def _plot(curves: dict[str, dict[str, list[float]]], path: Path, title: str) -> 
     fig.suptitle(title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue(), parents=True)
 
 
-def run_gradients(cfg: Config, batch: int = 256) -> tuple[Path, str]:
+def run_gradients(
+    cfg: Config,
+    batch: int = 256,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> tuple[Path, str]:
     """Train each cell of ``cfg`` (first lr, first seed) and write the gradient-flow folder.
 
     Writes ``gradients.png`` (log scale, one line per cell, before/after training),
-    ``gradients.csv`` / ``gradients.json`` (the norms), ``metrics.jsonl`` (the training runs) and
-    the config. Returns the folder and a markdown table of ``||dL/dh_1|| / ||dL/dh_T||``.
+    ``gradients.csv`` / ``gradients.json`` (the norms), ``metrics.jsonl`` (the training runs),
+    a checkpoint per cell and the config. Returns the folder and a markdown table of
+    ``||dL/dh_1|| / ||dL/dh_T||``. The run folder is claimed as by ``run_compare``: an existing one
+    is refused unless ``resume`` or ``overwrite``.
     """
     task = get_task(cfg.task)
     if task.seq2seq:
@@ -91,21 +102,44 @@ def run_gradients(cfg: Config, batch: int = 256) -> tuple[Path, str]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, task, batch)
+        return _run(cfg, task, batch, resume, overwrite, say)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(cfg: Config, task: Task, batch: int) -> tuple[Path, str]:
+def _run(
+    cfg: Config, task: Task, batch: int, resume: bool, overwrite: bool, say: Callable[[str], None] | None
+) -> tuple[Path, str]:
     import time
 
+    device = check_device(cfg.device)
+    for cell in cfg.cells:  # before the folder is claimed: a config error leaves nothing behind
+        check_engine(cfg, cell, default_dtype(cfg.dtype), device)
     out = Path(cfg.out) if cfg.out else Path("runs") / f"gradients-{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = claim(out, resume=resume, overwrite=overwrite)
     cfg.out = str(out)
     data = build_task(cfg)
     if data.tokens:
         raise ConfigError(f"task: gradient flow is measured on float inputs, not on text ({task.name!r})")
+    with writing(folder) as work:
+        if say is not None and folder.replacing:
+            say(f"replacing the run in {out}: it stays as it is until this one has finished")
+        text = _measure(cfg, task, data, batch, resume, say, work)
+    return out, text
+
+
+def _measure(
+    cfg: Config,
+    task: Task,
+    data: TaskData,
+    batch: int,
+    resume: bool,
+    say: Callable[[str], None] | None,
+    out: Path,
+) -> str:
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.toml", to_toml(cfg))
+    atomic_write_text(out / "config.toml", to_toml(cfg), parents=True)
+    atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n", parents=True)
     dtype, device = default_dtype(cfg.dtype), check_device(cfg.device)
     n = min(batch, len(data.test))
     x = data.test.x[:n].to(device=device, dtype=dtype)
@@ -120,19 +154,24 @@ def _run(cfg: Config, task: Task, batch: int) -> tuple[Path, str]:
         torch.manual_seed(seed)  # the same initialisation train_run starts from
         init_model = model_for(cell, cfg, data, task.seq2seq).to(device=device, dtype=dtype)
         init = hidden_grad_norms(init_model, x, y, task.kind)
-        result, trained_model = train_run(cfg, task, data, cell, lr, seed, on_epoch=records.append)
+        ckpt = out / "checkpoints" / f"{cfg.run_id(cell, lr, seed)}.pt"
+        result, trained_model = train_run(
+            cfg, task, data, cell, lr, seed, checkpoint=ckpt, resume=resume, on_epoch=records.append, say=say
+        )
         trained = hidden_grad_norms(trained_model, x, y, task.kind)
         curves[cell] = {"init": init.tolist(), "trained": trained.tolist()}
         final = result.history[-1] if result.history else {}
         rows.append((cell, float(init[0] / init[-1]), float(trained[0] / trained[-1]), final.get("test_metric")))
     write_metrics(records, out)
     steps = x.shape[1]
-    atomic_write_text(out / "gradients.json", json.dumps({"task": cfg.task, "steps": steps, "norms": curves}) + "\n")
+    atomic_write_text(
+        out / "gradients.json", json.dumps({"task": cfg.task, "steps": steps, "norms": curves}) + "\n", parents=True
+    )
     lines = ["cell,stage,t,norm"]
     for cell, by_stage in curves.items():
         for stage, norms in by_stage.items():
             lines += [f"{cell},{stage},{t},{v!r}" for t, v in enumerate(norms, 1)]
-    atomic_write_text(out / "gradients.csv", "\n".join(lines) + "\n")
+    atomic_write_text(out / "gradients.csv", "\n".join(lines) + "\n", parents=True)
     title = f"gradient flow on {cfg.task} ({steps} steps), hidden {cfg.hidden}, {cfg.epochs} epochs"
     _plot(curves, out / "gradients.png", title)
     metric = task.metric
@@ -144,5 +183,5 @@ def _run(cfg: Config, task: Task, batch: int) -> tuple[Path, str]:
         shown = "" if value is None else (f"{100 * value:.1f}%" if metric == "accuracy" else f"{value:.4g}")
         table.append(f"| {cell} | {r_init:.3g} | {r_trained:.3g} | {shown} |")
     text = "\n".join(table) + "\n"
-    atomic_write_text(out / "gradients.md", f"# {title}\n\n{text}")
-    return out, text
+    atomic_write_text(out / "gradients.md", f"# {title}\n\n{text}", parents=True)
+    return text

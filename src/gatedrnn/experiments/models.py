@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .. import GRU, SPECS
-from .config import CELLS, Config
+from .config import CELLS, Config, parse_cell
 from .tasks import TaskData
 
 __all__ = ["SequenceModel", "build_core", "count_params"]
@@ -27,12 +27,15 @@ def build_core(
     dropout: float = 0.0,
     reset_after: bool = True,
     engine: str = "auto",
+    options: dict[str, bool | float] | None = None,
 ) -> nn.Module:
-    """A batch-first recurrent layer for ``cell`` (see :data:`gatedrnn.experiments.config.CELLS`).
+    """A batch-first recurrent layer for ``cell`` (see :data:`gatedrnn.experiments.config.CELLS`;
+    its name's options, ``+ln`` ..., are in ``options`` already: :meth:`Config.cell_options`).
 
     ``dropout`` acts between stacked layers, so it is ignored for one layer (as torch would warn).
     """
     dropout = dropout if layers > 1 else 0.0
+    cell = parse_cell(cell)[0]
     if cell in SPECS:
         return GRU(
             input_size,
@@ -43,6 +46,7 @@ def build_core(
             variant=cell,
             reset_after=reset_after,
             engine=engine,
+            **(options or {}),
         )
     if cell == "lstm":
         return nn.LSTM(input_size, hidden, layers, batch_first=True, dropout=dropout)
@@ -78,13 +82,14 @@ class SequenceModel(nn.Module):
         dropout: float = 0.0,
         reset_after: bool = True,
         engine: str = "auto",
+        options: dict[str, bool | float] | None = None,
     ) -> None:
         super().__init__()
         self.cell = cell
         self.seq2seq = seq2seq
         self.embedding = nn.Embedding(input_size, embed_dim, padding_idx=0) if tokens else None
         core_in = embed_dim if tokens else input_size
-        self.core = build_core(cell, core_in, hidden, layers, dropout, reset_after, engine)
+        self.core = build_core(cell, core_in, hidden, layers, dropout, reset_after, engine, options)
         self.head = nn.Linear(hidden, output_size)
 
     def states(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -119,6 +124,7 @@ def model_for(cell: str, cfg: Config, data: TaskData, seq2seq: bool) -> Sequence
         dropout=cfg.dropout,
         reset_after=cfg.reset_after,
         engine=cfg.engine,
+        options=cfg.cell_options(cell),
     )
 
 

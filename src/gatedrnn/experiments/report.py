@@ -17,42 +17,92 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write_bytes, atomic_write_text
+from .._files import atomic_write, atomic_write_text
+from ._runfolder import RunFolderError
+from .config import run_id
 
-__all__ = ["format_table", "plot_curves", "read_metrics", "redraw", "summarize", "write_metrics"]
+__all__ = [
+    "format_table",
+    "plot_curves",
+    "read_config",
+    "read_metrics",
+    "redraw",
+    "summarize",
+    "unfinished",
+    "write_metrics",
+]
 
 METRIC_LABELS = {"accuracy": "test accuracy (%)", "mse": "test mse"}
+TIMING_NOTE = (
+    "s / epoch: the training batches of an epoch (evaluation not included), mean over epochs, timed after "
+    "an untimed warm-up step, so that an engine's first-use compilation is not counted."
+)
 _CSV_FIELDS = [
     "run", "cell", "lr", "seed", "epoch", "train_loss", "test_loss", "metric", "test_metric",
-    "seconds", "eval_seconds", "params",
+    "seconds", "eval_seconds", "warmup_seconds", "params",
 ]  # fmt: skip
 
 
 def write_metrics(records: list[dict[str, Any]], folder: str | Path) -> None:
     """``metrics.jsonl`` and ``metrics.csv`` from every epoch record so far (atomic rewrites)."""
     folder = Path(folder)
-    atomic_write_text(folder / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    atomic_write_text(
+        folder / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records), parents=True
+    )
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(records)
-    atomic_write_text(folder / "metrics.csv", buf.getvalue())
+    atomic_write_text(folder / "metrics.csv", buf.getvalue(), parents=True)
 
 
 def read_metrics(folder: str | Path) -> list[dict[str, Any]]:
+    """Every record of a run folder's ``metrics.jsonl``; :class:`RunFolderError` if there are none."""
     path = Path(folder) / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"run folder: expected {str(path)!r} (a folder written by gatedrnn compare/train)")
+        if (Path(folder) / "config.json").is_file():
+            raise RunFolderError(f"{folder}: no epoch has finished yet (no metrics.jsonl); {continue_hint(folder)}")
+        raise RunFolderError(f"run folder: expected {str(path)!r} (a folder written by gatedrnn compare/train)")
     records = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {i} is not JSON: {e}") from e
+                raise RunFolderError(f"{path}: line {i} is not JSON: {e}") from e
     if not records:
-        raise ValueError(f"{path}: no records")
+        raise RunFolderError(f"{path}: no records")
     return records
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """A run folder's resolved config (``config.json``), or {} when it has none."""
+    path = Path(folder) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def unfinished(records: list[dict[str, Any]], config: dict[str, Any]) -> list[str]:
+    """The runs of the config's grid that ``records`` do not hold to the last epoch, each as
+    ``"<run> (not started)"`` or ``"<run> (k of N epochs)"``; [] for a complete run (or no config)."""
+    if not config:
+        return []
+    done: dict[str, int] = defaultdict(int)
+    for r in records:
+        done[r["run"]] = max(done[r["run"]], r["epoch"])
+    epochs = config["epochs"]
+    lines = []
+    for cell in config["cells"]:
+        for lr in config["lr"]:
+            for seed in config["seeds"]:
+                run = run_id(cell, lr, seed)
+                if done[run] < epochs:
+                    lines.append(f"{run} ({f'{done[run]} of {epochs} epochs' if done[run] else 'not started'})")
+    return lines
+
+
+def continue_hint(folder: str | Path) -> str:
+    """How to continue the run in ``folder`` (its config.toml repeats it)."""
+    return f"to continue: gatedrnn compare --config {Path(folder) / 'config.toml'} --resume --out {folder}"
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -124,19 +174,19 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             str(n),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + TIMING_NOTE + "\n"
 
 
 def write_summary(rows: list[dict[str, Any]], folder: str | Path, title: str) -> str:
     table = format_table(rows)
     folder = Path(folder)
-    atomic_write_text(folder / "summary.md", f"# {title}\n\n{table}")
+    atomic_write_text(folder / "summary.md", f"# {title}\n\n{table}", parents=True)
     buf = io.StringIO()
     if rows:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    atomic_write_text(folder / "summary.csv", buf.getvalue())
+    atomic_write_text(folder / "summary.csv", buf.getvalue(), parents=True)
     return table
 
 
@@ -181,7 +231,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = ""
         fig.suptitle(title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue(), parents=True)
 
 
 def title_of(config: dict[str, Any]) -> str:
@@ -205,8 +255,7 @@ def redraw(folder: str | Path) -> str:
     """Rebuild ``summary.md``/``.csv`` and ``curves.png`` of a run folder from its ``metrics.jsonl``."""
     folder = Path(folder)
     records = read_metrics(folder)
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    config = read_config(folder)
     title = title_of(config) if config else folder.name
     table = write_summary(summarize(records), folder, title)
     plot_curves(records, folder / "curves.png", title)

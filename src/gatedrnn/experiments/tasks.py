@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, did_you_mean
 
 __all__ = ["TASKS", "Split", "Task", "TaskData", "build_task", "get_task"]
 
@@ -394,7 +394,7 @@ _ALL = [
     Task("co2", "weekly Mauna Loa CO2 (statsmodels), next value", "regression", False, "mse", _series("co2")),
     Task(
         "noise",
-        "uniform noise (batch, 20, 500) -> 500 targets: the seed notebook's timing workload",
+        "uniform noise (batch, 20, 500) -> 500 targets: the timing workload of the public notebook of Dey & Salem's variants",
         "regression",
         False,
         "mse",
@@ -406,7 +406,7 @@ TASKS: dict[str, Task] = {task.name: task for task in _ALL}
 
 def get_task(name: str) -> Task:
     if name not in TASKS:
-        raise ConfigError(f"task: expected one of {sorted(TASKS)}, got {name!r}")
+        raise ConfigError(f"task: expected one of {sorted(TASKS)}, got {name!r}{did_you_mean(name, TASKS)}")
     return TASKS[name]
 
 

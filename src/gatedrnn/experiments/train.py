@@ -8,6 +8,9 @@ config, written atomically; ``resume=True`` picks it up and continues to the sam
 that was never interrupted. Checkpoints hold tensors, numbers, strings, lists and dicts only and
 are read back with ``torch.load(weights_only=True)``.
 
+Seconds per epoch time the training batches alone, after an untimed warm-up step at each batch
+size the epoch uses (an engine compiles on first use; its record keeps that as ``warmup_seconds``).
+
 Under ``torchrun`` (see :mod:`gatedrnn.experiments.distributed`) each process takes its share of
 every global batch and the gradients are summed before the step: the same update as one process.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import io
 import math
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,9 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .. import SPECS
+from .._engines import get_engine
+from .._files import atomic_write
 from . import distributed as dd
-from ._io import atomic_write_bytes
-from .config import Config, ConfigError
+from ._console import on_a_terminal
+from .config import Config, ConfigError, parse_cell
 from .models import SequenceModel, count_params, default_dtype, model_for
 from .tasks import Split, Task, TaskData
 
@@ -64,6 +71,20 @@ def check_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {name!r}")
     return device
+
+
+def check_engine(cfg: Config, cell: str, dtype: torch.dtype, device: torch.device) -> None:
+    """A :class:`ConfigError` when ``cfg.engine``, named explicitly, cannot run ``cell`` here
+    (before any training: the layer itself would raise at its first forward)."""
+    cell = parse_cell(cell)[0]
+    if cfg.engine == "auto" or cell not in SPECS:
+        return
+    try:
+        why = get_engine(cfg.engine).unavailable(SPECS[cell], torch.empty(0, dtype=dtype, device=device))
+    except ImportError as e:
+        raise ConfigError(f"engine: {cfg.engine!r} is not installed here ({e})") from e
+    if why is not None:
+        raise ConfigError(f"engine: {cfg.engine!r} cannot run cell {cell!r} here: {why}")
 
 
 def make_optimizer(cfg: Config, params, lr: float) -> torch.optim.Optimizer:
@@ -136,9 +157,33 @@ def evaluate(model: SequenceModel, task: Task, data: TaskData, split: Split, cfg
     return float(sums[0]) / (n * elems), float(sums[1]) / _metric_count(task.kind, split)
 
 
+def _warm_up(
+    model: SequenceModel, task: Task, data: TaskData, cfg: Config, dtype: torch.dtype, device: torch.device
+) -> float:
+    """One untimed forward+backward (and forward without grad) at each batch size an epoch uses;
+    returns its seconds. An engine compiles on first use (numba: seconds per variant), which is not
+    the speed of the cell. No random stream, optimiser state or gradient is left changed."""
+    n = len(data.train)
+    sizes = sorted({min(cfg.batch_size, n), n % cfg.batch_size} - {0})
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for size in sizes:
+            idx = dd.shard(torch.arange(size))
+            if len(idx):
+                x, y, lengths = _batch(data.train, idx, dtype, device, task.kind, data.tokens)
+                loss_and_metric(task.kind, model(x, lengths), y)[0].backward()
+                with torch.no_grad():
+                    model(x, lengths)
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint written by :func:`train_run`, read with ``weights_only=True`` (no pickled objects)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # a damaged or foreign file
+        raise ConfigError(f"resume: {str(path)!r} is not a readable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"resume: {str(path)!r} is not a gatedrnn checkpoint (format {CHECKPOINT_FORMAT})")
     return ckpt
@@ -148,7 +193,8 @@ def _check_resumable(ckpt: dict[str, Any], cfg: Config, cell: str, lr: float, se
     run = ckpt["run"]
     if (run["cell"], run["lr"], run["seed"]) != (cell, lr, seed):
         raise ConfigError(f"resume: {str(path)!r} belongs to run {run}, not cell={cell!r} lr={lr:g} seed={seed}")
-    old, new = ckpt["config"], cfg.to_dict()
+    # a key the checkpoint lacks came later, with a default that keeps the old behaviour
+    old, new = {**Config().to_dict(), **ckpt["config"]}, cfg.to_dict()
     changed = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
@@ -166,6 +212,7 @@ def train_run(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> tuple[RunResult, SequenceModel]:
     """Train one model for ``cfg.epochs`` epochs, evaluating after each; returns its result and model.
 
@@ -174,9 +221,11 @@ def train_run(
         resume: continue from ``checkpoint`` if it exists (its config must match, except for the
             number of epochs and output options).
         on_epoch: called with each epoch's record (also for epochs restored from a checkpoint).
+        say: where a resumed run says so ("resuming from epoch N"; None: silent).
     """
     device = check_device(cfg.device)
     dtype = default_dtype(cfg.dtype)
+    check_engine(cfg, cell, dtype, device)
     run_id = cfg.run_id(cell, lr, seed)
 
     # --- the seed: initialisation, then the order of the examples -------------------------------
@@ -199,6 +248,9 @@ def train_run(
             torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"])
+        if say is not None and dd.is_main():
+            done = " (finished already)" if start_epoch >= cfg.epochs else ""
+            say(f"{run_id}: resuming from epoch {start_epoch} of {cfg.epochs}{done}")
         for record in history:
             if on_epoch is not None:
                 on_epoch(record)
@@ -209,6 +261,7 @@ def train_run(
     n = len(train)
     elems = train.y[0].numel() if task.kind != "classification" else 1
     model.train()
+    warmup = _warm_up(model, task, data, cfg, dtype, device) if start_epoch < cfg.epochs else 0.0
     for epoch in range(start_epoch, cfg.epochs):
         # --- one epoch: shuffled global batches, each process takes its share --------------------
         perm = torch.randperm(n, generator=order)
@@ -218,7 +271,7 @@ def train_run(
             batches,
             desc=f"{run_id} {epoch + 1}/{cfg.epochs}",
             leave=False,
-            disable=not (cfg.progress and dd.is_main()),
+            disable=not (cfg.progress and dd.is_main() and on_a_terminal()),
             unit="batch",
         )
         for start in bar:
@@ -257,6 +310,7 @@ def train_run(
             "test_metric": test_metric,
             "seconds": seconds,
             "eval_seconds": time.perf_counter() - t1,
+            "warmup_seconds": warmup if epoch == start_epoch else 0.0,
             "params": result.params,
             "world_size": dd.world_size(),
         }
@@ -296,4 +350,4 @@ def save_checkpoint(
         state["cuda_rng"] = torch.cuda.get_rng_state()
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue(), parents=True)

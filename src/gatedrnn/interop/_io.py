@@ -7,7 +7,7 @@ layer configuration, so the file alone rebuilds the model:
 key                     value (all strings)
 ======================  ==================================================================
 ``format``              ``gatedrnn``
-``format_version``      ``1``
+``format_version``      ``2`` (``1``: written before the options existed; read with them off)
 ``kind``                ``GRU`` or ``GRUCell``
 ``variant``             ``gru0`` ... ``mingru``
 ``input_size``          integer >= 1
@@ -15,15 +15,21 @@ key                     value (all strings)
 ``num_layers``          integer >= 1 (``GRU`` only)
 ``bias``                ``true`` / ``false``
 ``batch_first``         ``true`` / ``false`` (``GRU`` only)
-``dropout``             a number in [0, 1) (``GRU`` only)
+``dropout``             a number in [0, 1] (``GRU`` only)
 ``bidirectional``       ``true`` / ``false`` (``GRU`` only)
 ``reset_after``         ``true`` / ``false``
+``layer_norm``          ``true`` / ``false`` (version 2)
+``recurrent_dropout``   a number in [0, 1) (version 2, ``GRU`` only)
+``input_dropout``       a number in [0, 1) (version 2, ``GRU`` only)
+``zoneout``             a number in [0, 1) (version 2)
+``weight_drop``         a number in [0, 1) (version 2, ``GRU`` only)
 ``dtype``               ``float32``, ``float64``, ``float16`` or ``bfloat16``
 ``sha256``              digest of every tensor (name, dtype, shape, bytes, in name order)
 ======================  ==================================================================
 
-:func:`load` refuses, with :class:`ModelFileError` naming the file, anything that is not exactly
-such a file: a truncated or corrupt header or data section, malformed or missing metadata, tensor
+The options (:mod:`gatedrnn._options`) are keys of version 2; a version-1 file has none of them
+and loads with every option off. :func:`save` writes version 2. :func:`load` refuses, with
+:class:`ModelFileError` naming the file, anything that is not exactly such a file: a truncated or corrupt header or data section, malformed or missing metadata, tensor
 names or shapes that differ from what the configuration implies, a digest mismatch (tampered
 data). Writes are atomic (:mod:`gatedrnn._files`): a temporary file in the same folder, ``fsync``, then
 ``os.replace``.
@@ -44,12 +50,19 @@ from torch import Tensor, nn
 from .._engines import check_engine_name
 from .._files import atomic_write
 from .._layers import GRU, GRUCell
+from .._options import PROBABILITIES
 from .._specs import SPECS
 
 __all__ = ["FORMAT_VERSION", "ModelFileError", "load", "save"]
 
 FORMAT = "gatedrnn"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+_READABLE = ("1", "2")  # version 1: no option keys (written before the options existed)
+# the options each kind takes, as metadata keys of version 2 (GRUCell: the per-step ones)
+_OPTIONS = {
+    "GRU": ("layer_norm", "recurrent_dropout", "input_dropout", "zoneout", "weight_drop"),
+    "GRUCell": ("layer_norm", "zoneout"),
+}
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -93,6 +106,9 @@ def _config(model: GRU | GRUCell) -> dict[str, str]:
             dropout=repr(float(model.dropout)),
             bidirectional=b(model.bidirectional),
         )
+    for key in _OPTIONS[type(model).__name__]:
+        value = getattr(model.options, key)
+        meta[key] = b(value) if key == "layer_norm" else repr(float(value))
     return meta
 
 
@@ -149,20 +165,33 @@ def _parse_int(path: str, meta: dict[str, str], key: str) -> int:
     return int(value)
 
 
+def _parse_probability(path: str, meta: dict[str, str], key: str) -> float:
+    value = meta[key]
+    try:
+        p = float(value)
+    except ValueError:
+        p = math.nan
+    if not 0.0 <= p < 1.0:  # also refuses nan
+        raise ModelFileError(f"{path}: metadata {key!r}: expected a number in [0, 1), got {value!r}")
+    return p
+
+
 def _build(path: str, meta: dict[str, str], engine: str) -> GRU | GRUCell:
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: metadata 'format': expected {FORMAT!r}, got {meta.get('format')!r}")
-    if meta.get("format_version") != FORMAT_VERSION:
+    version = meta.get("format_version")
+    if version not in _READABLE:
         raise ModelFileError(
-            f"{path}: metadata 'format_version': expected {FORMAT_VERSION!r} (this gatedrnn reads version "
-            f"{FORMAT_VERSION}), got {meta.get('format_version')!r}"
+            f"{path}: metadata 'format_version': expected one of {list(_READABLE)} (the versions this gatedrnn "
+            f"reads), got {version!r}"
         )
     kind = meta.get("kind")
     common = ["variant", "input_size", "hidden_size", "bias", "reset_after", "dtype", "sha256"]
     layer_keys = ["num_layers", "batch_first", "dropout", "bidirectional"]
     if kind not in ("GRU", "GRUCell"):
         raise ModelFileError(f"{path}: metadata 'kind': expected 'GRU' or 'GRUCell', got {kind!r}")
-    wanted = {"format", "format_version", "kind", *common, *(layer_keys if kind == "GRU" else [])}
+    options = _OPTIONS[kind] if version != "1" else ()
+    wanted = {"format", "format_version", "kind", *common, *(layer_keys if kind == "GRU" else []), *options}
     missing = sorted(wanted - set(meta))
     if missing:
         raise ModelFileError(f"{path}: metadata is missing {missing}")
@@ -179,6 +208,8 @@ def _build(path: str, meta: dict[str, str], engine: str) -> GRU | GRUCell:
         "reset_after": _parse_bool(path, meta, "reset_after"),
         "dtype": _DTYPES[meta["dtype"]],
     }
+    for key in options:
+        kw[key] = _parse_probability(path, meta, key) if key in PROBABILITIES else _parse_bool(path, meta, key)
     sizes = (_parse_int(path, meta, "input_size"), _parse_int(path, meta, "hidden_size"))
     try:
         if kind == "GRUCell":

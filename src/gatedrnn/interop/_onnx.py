@@ -3,16 +3,24 @@
 * ``gru0`` → the ONNX ``GRU`` operator (gate order ``z, r, h``; ``linear_before_reset=1`` for
   ``reset_after=True``, ``0`` for ``reset_after=False``), one operator per layer (both directions
   in one operator), layers chained with ``[T, D, B, H] → [T, B, D*H]`` in between.
-* every other variant (and ``gru0`` with ``use_gru_op=False``) → one ``Scan`` per layer and
-  direction whose body is one time step (the equations of :func:`gatedrnn._reference.step`). The
-  input projection of all steps is one ``MatMul`` outside the loop; the reverse direction scans
-  its inputs and writes its outputs backwards (``scan_input_directions`` /
-  ``scan_output_directions``), so outputs stay in time order as in ``torch.nn.GRU``.
+* every other variant (and ``gru0`` with ``use_gru_op=False``, or with an option the operator
+  lacks: ``layer_norm``, ``zoneout``, resets) → one ``Scan`` per layer and direction whose body
+  is one time step (the equations of :func:`gatedrnn._reference.step` and
+  :func:`gatedrnn._reference.carry`). The input projection of all steps is one ``MatMul`` (and
+  its layer norm) outside the loop; the reverse direction scans its inputs and writes its outputs
+  backwards (``scan_input_directions`` / ``scan_output_directions``), so outputs stay in time
+  order as in ``torch.nn.GRU``.
+
+The graph computes the layer in eval mode (:mod:`gatedrnn._options`): ``layer_norm`` as
+``LayerNormalization`` (opset >= 17; written out as ``ReduceMean``, ``Sub``, ``Div``, ``Sqrt``
+below), ``zoneout`` as its expectation ``p h(t-1) + (1 - p) h'(t)``, and the random options
+(``dropout``, ``input_dropout``, ``recurrent_dropout``, ``weight_drop``) as the identity.
 
 Sequence length and batch are dynamic (``dim_param`` ``seq_len`` and ``batch``). With
 ``lengths=True`` the graph takes per-sequence lengths (padded batches, exact for every variant);
-otherwise every sequence runs the full length. Dropout is an inference no-op. Weights are the
-layer's current values, stored as float32 initializers.
+otherwise every sequence runs the full length. With ``resets=True`` it takes the forward's
+``resets`` (episode boundaries). Weights are the layer's current values, stored as float32
+initializers.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ import torch
 from torch import Tensor
 
 from .._layers import GRU, GRUCell
-from .._specs import Spec
+from .._options import LN_EPS
+from .._specs import Spec, split
 
 __all__ = ["export_onnx"]
 
@@ -33,9 +42,10 @@ __all__ = ["export_onnx"]
 class _Graph:
     """Nodes, initializers and unique names for one (sub)graph under construction."""
 
-    def __init__(self, helper: Any, numpy_helper: Any, prefix: str = "") -> None:
+    def __init__(self, helper: Any, numpy_helper: Any, opset: int, prefix: str = "") -> None:
         self.helper = helper
         self.numpy_helper = numpy_helper
+        self.opset = opset
         self.prefix = prefix
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
@@ -67,12 +77,17 @@ def _blocks(a: np.ndarray, h: int) -> list[np.ndarray]:
 
 
 class _StepWeights:
-    """One layer-direction's weights, split per gate, as initializer names in the outer graph.
+    """One layer-direction's weights as initializer names in the outer graph.
 
     ``proj`` ([I, K]) and ``proj_bias`` ([K] or None) give the input side of every step at once,
-    ``x @ proj + proj_bias``; ``slices`` are the ``(start, end)`` columns of each gate that reads
-    ``x`` and then of the candidate. ``u_gate`` ([H, H] per gate), ``u_n`` ([H, H]), ``b_gate``
-    (bias of gates that do not read ``x``) and ``b_hn`` are the recurrent-side constants.
+    ``LN(x @ proj; ln_ih) + proj_bias``; ``parts`` is the number of H-wide blocks it splits into
+    (each gate that reads ``x``, then the candidate). The recurrent side: ``u_h`` ([H, k*H] or
+    None), the one product of ``h(t-1)`` a step needs before the gates (every block of ``U`` in
+    the reset-after form, the gates' blocks in the reset-before form), normalised with ``ln_h``
+    and split into ``h_parts`` blocks, the last of which is the candidate's when ``cand_in_u_h``;
+    ``u_rh`` ([H, H] or None) and ``ln_rh``: the reset-before candidate's ``U_n (r ⊙ h)``.
+    ``b_gate`` (bias of gates that do not read ``x``) and ``b_hn`` are added after the norms.
+    Each ``ln_*`` is ``(gain, shift)`` or None (:mod:`gatedrnn._options`).
     """
 
     def __init__(
@@ -86,60 +101,103 @@ class _StepWeights:
         bias_hh: Tensor | None,
         h: int,
         tag: str,
+        ln_ih: tuple[Tensor, Tensor] | None = None,
+        ln_hh: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         w_ih, w_hh, b_ih, b_hh = _np(weight_ih), _np(weight_hh), _np(bias_ih), _np(bias_hh)
         assert w_ih is not None
-        ng = spec.num_gates
+        blocks = split(spec, w_ih, w_hh, b_ih, b_hh, h)
+        gbias = blocks.gate_bias()  # gru0's b_hr, b_hz fold into the gates' bias
+
+        def norm(
+            name: str, ln: tuple[Tensor, Tensor] | None, start: int = 0, stop: int | None = None
+        ) -> tuple[str, str] | None:
+            """The layer norm's gain and shift ``[start:stop]`` as initializers, or None."""
+            if ln is None:
+                return None
+            gain, shift = (v.detach().to("cpu", torch.float32).numpy()[start:stop] for v in ln)
+            return g.const(f"{tag}_ln_gain_{name}", gain), g.const(f"{tag}_ln_shift_{name}", shift)
+
         self.proj = g.const(f"{tag}_W_ih_T", w_ih.T)
-        bias = None
-        if b_ih is not None:
-            bias = b_ih.copy() if spec.gates_read_x or not spec.gates_have_bias else b_ih[ng * h :].copy()
-            if spec.torch_hh_bias and b_hh is not None and reset_after:
-                bias[: ng * h] += b_hh[: ng * h]  # gru0: b_hr, b_hz fold into the input side
+        self.ln_ih = norm("ih", ln_ih)
+        bias = blocks.b_n
+        if spec.gates_read_x and (gbias is not None or bias is not None):
+            zero = np.zeros(h, np.float32)
+            bias = np.concatenate(
+                [gbias if gbias is not None else np.tile(zero, spec.num_gates), bias if bias is not None else zero]
+            )
         self.proj_bias = None if bias is None else g.const(f"{tag}_b_proj", bias)
-        n_x = ng + 1 if spec.gates_read_x else 1
-        self.slices = [(i * h, (i + 1) * h) for i in range(n_x)]
+        self.parts = spec.num_gates + 1 if spec.gates_read_x else 1
         self.gate_from_x = spec.gates_read_x
-        self.u_gate = (
-            [g.const(f"{tag}_U_{spec.gates[j]}_T", u.T) for j, u in enumerate(_blocks(w_hh[: ng * h], h))]
-            if spec.gates_read_h and w_hh is not None
-            else None
-        )
+        self.gate_from_h = blocks.u_g is not None
+        gh = spec.num_gates * h
+        # reset-after: one product and one normalised group for every block of U (as the reference)
+        self.cand_in_u_h = bool(reset_after and spec.has_reset)
+        u_h = w_hh if self.cand_in_u_h else blocks.u_g
+        self.u_h = g.const(f"{tag}_U_T", u_h.T) if u_h is not None else None
+        self.ln_h = norm("hh", ln_hh, 0, None if self.cand_in_u_h else gh) if u_h is not None else None
+        self.h_parts = (spec.num_gates if self.gate_from_h else 0) + (1 if self.cand_in_u_h else 0)
+        reset_before = blocks.u_n is not None and not self.cand_in_u_h
+        self.u_rh = g.const(f"{tag}_U_n_T", blocks.u_n.T) if reset_before else None
+        self.ln_rh = norm("hh_n", ln_hh, -h) if reset_before else None
         self.b_gate = (
-            [g.const(f"{tag}_b_{spec.gates[j]}", b) for j, b in enumerate(_blocks(b_ih[: ng * h], h))]
-            if (not spec.gates_read_x and spec.gates_have_bias and b_ih is not None)
+            [g.const(f"{tag}_b_{spec.gates[j]}", b) for j, b in enumerate(_blocks(gbias, h))]
+            if (not spec.gates_read_x and gbias is not None)
             else None
         )
-        self.u_n = g.const(f"{tag}_U_n_T", w_hh[-h:].T) if spec.candidate_reads_h and w_hh is not None else None
-        self.b_hn = g.const(f"{tag}_b_hn", b_hh[-h:]) if (reset_after and b_hh is not None) else None
+        self.b_hn = g.const(f"{tag}_b_hn", blocks.b_hn) if blocks.b_hn is not None else None
 
 
-def _project(g: _Graph, sw: _StepWeights, x: str) -> list[str]:
-    """Input side of every step at once: one MatMul (+ bias), then one slice per gate / candidate."""
-    xp = g.op("MatMul", [x, sw.proj])
+def _layer_norm(g: _Graph, a: str, ln: tuple[str, str] | None) -> str:
+    """``LN(a; gain, shift)`` over the last axis (:mod:`gatedrnn._options`), or ``a`` unchanged
+    when ``ln`` is None: the ``LayerNormalization`` operator from opset 17, written out before."""
+    if ln is None:
+        return a
+    gain, shift = ln
+    if g.opset >= 17:
+        return g.op("LayerNormalization", [a, gain, shift], axis=-1, epsilon=LN_EPS)
+    mean = g.op("ReduceMean", [a], axes=[-1], keepdims=1)
+    d = g.op("Sub", [a, mean])
+    var = g.op("ReduceMean", [g.op("Mul", [d, d])], axes=[-1], keepdims=1)  # biased, as torch
+    std = g.op("Sqrt", [g.op("Add", [var, g.const("eps", np.array(LN_EPS, np.float32))])])
+    return g.op("Add", [g.op("Mul", [g.op("Div", [d, std]), gain]), shift])
+
+
+def _split(g: _Graph, a: str, parts: int, h: int) -> list[str]:
+    """``a`` cut into ``parts`` blocks of ``h`` along the last axis."""
+    if parts == 1:
+        return [a]
+    return g.op("Split", [a, g.const("split", np.full(parts, h, np.int64))], n_out=parts, axis=-1)
+
+
+def _project(g: _Graph, sw: _StepWeights, x: str, h: int) -> list[str]:
+    """Input side of every step at once: one MatMul (its layer norm, + bias), then one part per
+    gate that reads x and one for the candidate."""
+    xp = _layer_norm(g, g.op("MatMul", [x, sw.proj]), sw.ln_ih)
     if sw.proj_bias is not None:
         xp = g.op("Add", [xp, sw.proj_bias])
-    if len(sw.slices) == 1:
-        return [xp]
-    axes = g.const("axis_last", np.array([-1], np.int64))
-    parts = []
-    for start, end in sw.slices:
-        s = g.const("start", np.array([start], np.int64))
-        e = g.const("end", np.array([end], np.int64))
-        parts.append(g.op("Slice", [xp, s, e, axes]))
-    return parts
+    return _split(g, xp, sw.parts, h)
 
 
-def _step(g: _Graph, spec: Spec, reset_after: bool, sw: _StepWeights, h: str, xs: list[str], one: str) -> str:
-    """Nodes of one time step; ``xs`` are the step's input-side parts (gates reading x, then candidate)."""
+def _step(g: _Graph, spec: Spec, sw: _StepWeights, h: str, xs: list[str], one: str, hid: int) -> str:
+    """Nodes of one time step (:func:`gatedrnn._reference.step`); ``xs`` are the step's
+    input-side parts (gates reading x, then candidate), ``h`` is h(t-1) ``[B, H]``."""
     n_gates = spec.num_gates
     gate_x = xs[:-1] if sw.gate_from_x else [None] * n_gates
     nx = xs[-1]
+    gate_h: list[str | None] = [None] * n_gates
+    hn = None
+    if sw.u_h is not None:
+        ah = _split(g, _layer_norm(g, g.op("MatMul", [h, sw.u_h]), sw.ln_h), sw.h_parts, hid)
+        if sw.cand_in_u_h:
+            hn = ah.pop()
+            if sw.b_hn is not None:
+                hn = g.op("Add", [hn, sw.b_hn])
+        if sw.gate_from_h:
+            gate_h = list(ah)
     gates = []
     for j in range(n_gates):
-        terms = [t for t in (gate_x[j],) if t is not None]
-        if sw.u_gate is not None:
-            terms.append(g.op("MatMul", [h, sw.u_gate[j]]))
+        terms = [t for t in (gate_x[j], gate_h[j]) if t is not None]
         if sw.b_gate is not None:
             terms.append(sw.b_gate[j])
         pre = terms[0]
@@ -153,48 +211,62 @@ def _step(g: _Graph, spec: Spec, reset_after: bool, sw: _StepWeights, h: str, xs
     else:
         r, z = None, gates[0]
     npre = nx
-    if spec.candidate_reads_h:
-        assert sw.u_n is not None and r is not None
-        if reset_after:
-            hn = g.op("MatMul", [h, sw.u_n])
-            if sw.b_hn is not None:
-                hn = g.op("Add", [hn, sw.b_hn])
-            npre = g.op("Add", [nx, g.op("Mul", [r, hn])])
-        else:
-            npre = g.op("Add", [nx, g.op("MatMul", [g.op("Mul", [r, h]), sw.u_n])])
+    if hn is not None:
+        assert r is not None
+        npre = g.op("Add", [nx, g.op("Mul", [r, hn])])
+    elif sw.u_rh is not None:
+        assert r is not None
+        npre = g.op("Add", [nx, _layer_norm(g, g.op("MatMul", [g.op("Mul", [r, h]), sw.u_rh]), sw.ln_rh)])
     n = g.op("Tanh", [npre]) if spec.candidate_tanh else npre
     keep = g.op("Mul", [g.op("Sub", [one, z]), n])
     return g.op("Add", [keep, g.op("Mul", [z, h])])
+
+
+def _carry(g: _Graph, h_prev: str, h_new: str, zoneout: float) -> str:
+    """:func:`gatedrnn._reference.carry` in eval: zoneout's expectation ``p h(t-1) + (1 - p) h'(t)``."""
+    if not zoneout:
+        return h_new
+    keep = g.op("Mul", [h_prev, g.const("zoneout", np.array(zoneout, np.float32))])
+    return g.op("Add", [keep, g.op("Mul", [h_new, g.const("zoneout_1m", np.array(1.0 - zoneout, np.float32))])])
 
 
 def _scan_direction(
     g: _Graph,
     onnx: Any,
     spec: Spec,
-    reset_after: bool,
     sw: _StepWeights,
     x: str,
     h0: str,
     reverse: bool,
     hid: int,
     mask: str | None,
+    resets: str | None,
+    zoneout: float,
 ) -> tuple[str, str]:
     """One layer-direction as a Scan over the projected inputs; returns ``(y [T, B, H], h_n [B, H])``.
 
     ``mask`` (``[T, B, 1]`` bool, ``t < lengths[b]``) or None: where it is false the state is kept
     and the output is zero. Padding sits at the end of each sequence, so the reverse scan keeps
     ``h0`` through the padding and starts at ``lengths[b] - 1``: the reverse within each length.
+    ``resets`` (``[T, B, 1]`` bool, this direction's, in forward time) or None: where true the
+    state is zero before the step. ``zoneout``: its probability (0: off).
     """
     helper = onnx.helper
-    parts = _project(g, sw, x)
-    body = _Graph(helper, onnx.numpy_helper, prefix=g.name("body") + "/")
+    parts = _project(g, sw, x, hid)
+    body = _Graph(helper, onnx.numpy_helper, g.opset, prefix=g.name("body") + "/")
     f32 = onnx.TensorProto.FLOAT
     h_in = body.name("h_prev")
     x_in = [body.name("x_t") for _ in parts]
     one = body.const("one", np.array(1.0, np.float32))
-    h_new = _step(body, spec, reset_after, sw, h_in, x_in, one)
     body_inputs = [helper.make_tensor_value_info(n, f32, [None, None]) for n in [h_in, *x_in]]
     scan_inputs = [h0, *parts]
+    h_prev = h_in
+    if resets is not None:
+        r_in = body.name("reset_t")
+        body_inputs.append(helper.make_tensor_value_info(r_in, onnx.TensorProto.BOOL, [None, 1]))
+        scan_inputs.append(resets)
+        h_prev = body.op("Where", [r_in, body.const("zero", np.array(0.0, np.float32)), h_in])
+    h_new = _carry(body, h_prev, _step(body, spec, sw, h_prev, x_in, one, hid), zoneout)
     if mask is None:
         y_t = body.op("Identity", [h_new])
     else:
@@ -222,6 +294,28 @@ def _scan_direction(
         scan_output_directions=[direction],
     )
     return y, h_n
+
+
+def _reverse_resets(g: _Graph, onnx: Any, resets: str, mask: str | None) -> str:
+    """The reverse direction's resets (:func:`gatedrnn._functional.reverse_resets`), ``[T, B, 1]``
+    bool in forward time: a segment that starts at ``t`` ends at ``t - 1``, where the reverse
+    direction starts it afresh, so ``rev[t] = resets[t + 1]`` within each length, else false."""
+    if mask is not None:
+        resets = g.op("And", [resets, mask])
+    rest = g.op(
+        "Slice",
+        [
+            resets,
+            g.const("one_i", np.array([1], np.int64)),
+            g.const("end", np.array([np.iinfo(np.int64).max], np.int64)),
+            g.const("axis0", np.array([0], np.int64)),
+        ],
+    )
+    one = g.const("one_i", np.array([1], np.int64))
+    batch_1 = g.op("Slice", [g.op("Shape", [resets]), one, g.const("three_i", np.array([3], np.int64))])  # [B, 1]
+    row = g.op("Concat", [one, batch_1], axis=0)
+    false = g.op("ConstantOfShape", [row], value=g.helper.make_tensor("false", onnx.TensorProto.BOOL, [1], [False]))
+    return g.op("Concat", [rest, false], axis=0)
 
 
 def _alive_mask(g: _Graph, x: str, lengths: str) -> str:
@@ -278,6 +372,34 @@ def _check_model(model: Any) -> None:
         raise TypeError(f"model: expected a gatedrnn.GRU or gatedrnn.GRUCell, got {type(model).__name__}")
 
 
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+
+
+def _uses_gru_op(model: GRU, use_gru_op: bool | None, resets: bool) -> bool:
+    """Whether ``model`` is exported as the ONNX GRU operator: gru0 without the options the
+    operator lacks (``use_gru_op=None``), or as asked (True refuses what the operator cannot do)."""
+    if use_gru_op is not None and not isinstance(use_gru_op, bool):
+        raise ValueError(f"use_gru_op: expected None, True or False, got {use_gru_op!r}")
+    lacks = [
+        name for name, on in (("layer_norm", model.layer_norm), ("zoneout", model.zoneout), ("resets", resets)) if on
+    ]
+    if use_gru_op is None:
+        return model.spec.is_classic and not lacks
+    if use_gru_op and not model.spec.is_classic:
+        raise ValueError(
+            f"use_gru_op: the ONNX GRU operator computes the classic GRU (gru0) only, got variant {model.variant!r}; "
+            "expected use_gru_op=None or False (the Scan body)"
+        )
+    if use_gru_op and lacks:
+        raise ValueError(
+            f"use_gru_op: the ONNX GRU operator has no {' and no '.join(lacks)}; expected use_gru_op=None or "
+            "False (the Scan body) for this model"
+        )
+    return use_gru_op
+
+
 def export_onnx(
     model: GRU | GRUCell,
     path: str | os.PathLike[str] | None,
@@ -285,15 +407,21 @@ def export_onnx(
     opset: int = 17,
     initial_state: bool = True,
     lengths: bool = False,
-    use_gru_op: bool = True,
+    resets: bool = False,
+    use_gru_op: bool | None = None,
 ) -> Any:
     """Export ``model`` to an ONNX file whose graph does not grow with the sequence length.
 
+    The graph computes ``model`` in eval mode (``model.eval()``), whatever its mode now: the
+    dropouts (``dropout``, ``input_dropout``, ``recurrent_dropout``, ``weight_drop``) are the
+    identity, ``zoneout`` is its expectation, ``layer_norm`` is exported.
+
     Args:
-        model: a :class:`gatedrnn.GRU` (any variant, reset form, layers, directions, batch_first)
-            or :class:`gatedrnn.GRUCell`.
+        model: a :class:`gatedrnn.GRU` (any variant, reset form, layers, directions, batch_first,
+            options) or :class:`gatedrnn.GRUCell`.
         path: where to write the ``.onnx`` file, or None to only return the model.
-        opset: ONNX opset, at least 13 (default 17).
+        opset: ONNX opset, at least 13 (default 17; layer norm is the ``LayerNormalization``
+            operator from 17 on, written out below).
         initial_state: give the graph an ``h0`` input (``[L*D, batch, H]``); otherwise the state
             starts at zero. A cell always takes ``hx`` ``[batch, H]``.
         lengths: give the graph a ``lengths`` input (``[batch]`` int64, each in ``1..seq_len``),
@@ -301,36 +429,61 @@ def export_onnx(
             sequence's length are zero, ``h_n`` is the state at its last step, and the reverse
             direction runs backwards within each length (``sequence_lens`` of the GRU operator;
             a mask in the Scan body). Without it every sequence runs the full ``seq_len``.
-        use_gru_op: export ``gru0`` with the ONNX ``GRU`` operator (default); False runs it through
-            the same ``Scan`` body as the other variants.
+        resets: give the graph a ``resets`` input (bool ``[seq_len, batch]``, ``[batch, seq_len]``
+            with ``batch_first``) with :class:`gatedrnn.GRU`'s ``resets=`` meaning: where true,
+            the state is zero before that step (the reverse direction restarts at the end of each
+            segment). Without it the graph has no resets (an ONNX graph input cannot be left out).
+            Not for a cell (it has no ``resets``).
+        use_gru_op: None (default): ``gru0`` becomes the ONNX ``GRU`` operator where it computes
+            the model (no ``layer_norm``, ``zoneout`` or ``resets``), every other case the ``Scan``
+            body. True: the operator, refused where it cannot; False: the ``Scan`` body.
 
     Returns:
         The ``onnx.ModelProto``. Graph inputs: ``input`` (``[seq_len, batch, I]``, or
-        ``[batch, seq_len, I]`` with ``batch_first``), ``h0`` and ``lengths`` if asked; outputs ``output``
-        (``[seq_len, batch, D*H]``, batch-first likewise) and ``h_n`` (``[L*D, batch, H]``). For a
-        cell: inputs ``input`` ``[batch, I]``, ``hx`` ``[batch, H]``; output ``h`` ``[batch, H]``.
+        ``[batch, seq_len, I]`` with ``batch_first``), then ``h0``, ``lengths`` and ``resets`` if
+        asked; outputs ``output`` (``[seq_len, batch, D*H]``, batch-first likewise) and ``h_n``
+        (``[L*D, batch, H]``). For a cell: inputs ``input`` ``[batch, I]``, ``hx`` ``[batch, H]``;
+        output ``h`` ``[batch, H]``.
 
     Raises:
-        TypeError: ``model`` is not a gatedrnn layer. ValueError: ``opset`` below 13.
+        TypeError: ``model`` is not a gatedrnn layer. ValueError: ``opset`` below 13, ``resets``
+        for a cell, ``use_gru_op=True`` where the GRU operator cannot compute the model.
         ImportError: ``onnx`` is not installed (``pip install gatedrnn[interop]``).
     """
     _check_model(model)
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 13:
         raise ValueError(f"opset: expected an integer >= 13, got {opset!r}")
+    for name, value in (("initial_state", initial_state), ("lengths", lengths), ("resets", resets)):
+        _check_flag(name, value)
+    if resets and isinstance(model, GRUCell):
+        raise ValueError("resets: a GRUCell runs one step and has no resets; expected resets=False")
     try:
         import onnx
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("export_onnx needs the 'onnx' package: pip install 'gatedrnn[interop]'") from e
     helper = onnx.helper
     f32 = onnx.TensorProto.FLOAT
-    g = _Graph(helper, onnx.numpy_helper)
+    g = _Graph(helper, onnx.numpy_helper, opset)
     spec, h = model.spec, model.hidden_size
+    zoneout = model.options.zoneout
     if isinstance(model, GRUCell):
         one = g.const("one", np.array(1.0, np.float32))
+        ln_ih = (model.ln_weight_ih, model.ln_bias_ih) if model.layer_norm else None
+        ln_hh = (model.ln_weight_hh, model.ln_bias_hh) if model.layer_norm and model.weight_hh is not None else None
         sw = _StepWeights(
-            g, spec, model.reset_after, model.weight_ih, model.weight_hh, model.bias_ih, model.bias_hh, h, "cell"
+            g,
+            spec,
+            model.reset_after,
+            model.weight_ih,
+            model.weight_hh,
+            model.bias_ih,
+            model.bias_hh,
+            h,
+            "cell",
+            ln_ih,
+            ln_hh,
         )
-        h_new = _step(g, spec, model.reset_after, sw, "hx", _project(g, sw, "input"), one)
+        h_new = _carry(g, "hx", _step(g, spec, sw, "hx", _project(g, sw, "input", h), one, h), zoneout)
         g.nodes.append(helper.make_node("Identity", [h_new], ["h"], name="output_h"))
         inputs = [
             helper.make_tensor_value_info("input", f32, ["batch", model.input_size]),
@@ -339,12 +492,12 @@ def export_onnx(
         outputs = [helper.make_tensor_value_info("h", f32, ["batch", h])]
         name = f"gatedrnn_{spec.name}_cell"
     else:
+        gru_op = _uses_gru_op(model, use_gru_op, resets)
         d_count, layers = model.num_directions, model.num_layers
         x = "input"
         if model.batch_first:
             x = g.op("Transpose", [x], perm=[1, 0, 2])
         finals: list[str] = []
-        gru_op = spec.name == "gru0" and use_gru_op
         # (only when a node will read it: runtimes warn about unused initializers)
         axis0 = "" if gru_op and not initial_state else g.const("axis0", np.array([0], np.int64))
         seq_lens = mask = None
@@ -353,6 +506,12 @@ def export_onnx(
                 seq_lens = g.op("Cast", ["lengths"], to=onnx.TensorProto.INT32)
             else:
                 mask = _alive_mask(g, x, "lengths")
+        dir_resets: list[str | None] = [None, None]
+        if resets:
+            r = g.op("Transpose", ["resets"], perm=[1, 0]) if model.batch_first else "resets"
+            dir_resets[0] = g.op("Unsqueeze", [r, g.const("axis2", np.array([2], np.int64))])  # [T, B, 1]
+            if d_count == 2:
+                dir_resets[1] = _reverse_resets(g, onnx, dir_resets[0], mask)
         for k, weights in enumerate(model.layer_weights()):
             if gru_op:
                 h0 = None
@@ -378,12 +537,14 @@ def export_onnx(
             outs = []
             for d, lw in enumerate(weights):
                 tag = f"l{k}{'_reverse' if d else ''}"
-                sw = _StepWeights(g, spec, model.reset_after, lw.w_ih, lw.w_hh, lw.b_ih, lw.b_hh, h, tag)
+                sw = _StepWeights(
+                    g, spec, model.reset_after, lw.w_ih, lw.w_hh, lw.b_ih, lw.b_hh, h, tag, lw.ln_ih, lw.ln_hh
+                )
                 if initial_state:
                     h0 = g.op("Gather", ["h0", g.const("index", np.array(k * d_count + d, np.int64))], axis=0)
                 else:
                     h0 = zeros
-                y, h_n = _scan_direction(g, onnx, spec, model.reset_after, sw, x, h0, d == 1, h, mask)
+                y, h_n = _scan_direction(g, onnx, spec, sw, x, h0, d == 1, h, mask, dir_resets[d], zoneout)
                 outs.append(y)
                 finals.append(g.op("Unsqueeze", [h_n, axis0]))
             x = outs[0] if d_count == 1 else g.op("Concat", outs, axis=-1)
@@ -398,6 +559,8 @@ def export_onnx(
             inputs.append(helper.make_tensor_value_info("h0", f32, [layers * d_count, "batch", h]))
         if lengths:
             inputs.append(helper.make_tensor_value_info("lengths", onnx.TensorProto.INT64, ["batch"]))
+        if resets:
+            inputs.append(helper.make_tensor_value_info("resets", onnx.TensorProto.BOOL, seq))
         outputs = [
             helper.make_tensor_value_info("output", f32, [*seq, d_count * h]),
             helper.make_tensor_value_info("h_n", f32, [layers * d_count, "batch", h]),

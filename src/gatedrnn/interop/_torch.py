@@ -13,7 +13,9 @@ computes the same function:
   is the negated ``f`` block (equal in exact arithmetic; float32 rounding of ``σ(-p)`` versus
   ``1 - σ(p)`` differs by about one ulp).
 * refused: any variant with ``reset_after=False`` (``torch.nn.GRU`` has no such form), ``mingru``
-  (linear candidate, no recurrent weights).
+  (linear candidate, no recurrent weights), and every option of :mod:`gatedrnn._options`
+  (``layer_norm``, ``recurrent_dropout``, ``input_dropout``, ``zoneout``, ``weight_drop``):
+  ``torch.nn.GRU`` has none of them.
 """
 
 from __future__ import annotations
@@ -24,23 +26,33 @@ import torch
 from torch import Tensor, nn
 
 from .._layers import GRU, GRUCell
+from .._specs import SPECS, split
 
 __all__ = ["from_torch", "to_torch"]
 
 
 def _check_torchable(model: GRU | GRUCell) -> None:
+    options = model.options.non_default()
+    if options:
+        listed = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        raise ValueError(
+            f"model: torch.nn.GRU has no {' and no '.join(options)}, so it cannot compute this layer ({listed}); "
+            "expected a layer with every option off. gatedrnn.save and gatedrnn.export_onnx keep them"
+        )
     spec = model.spec
-    if spec.name == "mingru":
-        raise ValueError(
-            "model: variant 'mingru' cannot be expressed exactly by torch.nn.GRU (its candidate is linear, "
-            "without tanh, and it has no recurrent weights); expected a variant in gru0, gru1, gru2, gru3, mgu"
-        )
-    if not model.reset_after:
-        raise ValueError(
-            f"model: torch.nn.GRU only has the reset_after=True form (reset applied after the recurrent "
-            f"matmul); expected reset_after=True, got reset_after=False for variant {spec.name!r}. "
-            "Export to ONNX (gatedrnn.export_onnx) or Keras (reset_after=False exists there) instead"
-        )
+    why = spec.torch_expressible(model.reset_after)
+    if why is None:
+        return
+    hint = (
+        " Export to ONNX (gatedrnn.export_onnx) or Keras (reset_after=False exists there) instead"
+        if spec.torch_expressible(True) is None
+        else ""
+    )
+    able = [name for name, s in SPECS.items() if s.torch_expressible(True) is None]
+    raise ValueError(
+        f"model: variant {spec.name!r} with reset_after={model.reset_after} cannot be expressed exactly by "
+        f"torch.nn.GRU: {why}; expected reset_after=True and a variant in {', '.join(able)}.{hint}"
+    )
 
 
 def _torch_blocks(
@@ -49,36 +61,22 @@ def _torch_blocks(
     """One layer-direction's parameters in ``torch.nn.GRU``'s layout (r, z, n blocks)."""
     spec = model.spec
     h = model.hidden_size
+    gh = spec.num_gates * h
     zeros = w_ih.new_zeros
-    gates: dict[str, list[Tensor]] = {}
-    # Gates' blocks per source, as (r, z): absent sources become zeros.
-    in_size = w_ih.shape[1]
-    if spec.gates_read_x:
-        wg = w_ih[: spec.num_gates * h]
-    else:
-        wg = zeros((spec.num_gates * h, in_size))
-    if spec.gates_read_h:
-        assert w_hh is not None
-        ug = w_hh[: spec.num_gates * h]
-    else:
-        ug = zeros((spec.num_gates * h, h))
-    if b_ih is not None and spec.gates_have_bias:
-        bg = b_ih[: spec.num_gates * h]
-    else:
-        bg = zeros(spec.num_gates * h)
+    blocks = split(spec, w_ih, w_hh, b_ih, b_hh, h)
+    assert blocks.w_n is not None and blocks.u_n is not None
+    # the gates' blocks per source, as (r, z): absent sources become zeros
+    wg = blocks.w_g if blocks.w_g is not None else zeros((gh, w_ih.shape[1]))
+    ug = blocks.u_g if blocks.u_g is not None else zeros((gh, h))
+    bg = blocks.b_g if blocks.b_g is not None else zeros(gh)
     if spec.coupled:  # MGU: r = σ(p), z = 1 - σ(p) = σ(-p)
         wg, ug, bg = torch.cat([wg, -wg]), torch.cat([ug, -ug]), torch.cat([bg, -bg])
-    gates["weight_ih"] = [wg, w_ih[-h:]]
-    assert w_hh is not None
-    gates["weight_hh"] = [ug, w_hh[-h:]]
-    out = {k: torch.cat(v) for k, v in gates.items()}
+    out = {"weight_ih": torch.cat([wg, blocks.w_n]), "weight_hh": torch.cat([ug, blocks.u_n])}
     if b_ih is not None:
-        out["bias_ih"] = torch.cat([bg, b_ih[-h:]])
-        assert b_hh is not None
-        if spec.torch_hh_bias:
-            out["bias_hh"] = b_hh.clone()
-        else:
-            out["bias_hh"] = torch.cat([zeros(2 * h), b_hh[-h:]])
+        assert blocks.b_n is not None and blocks.b_hn is not None
+        b_hg = blocks.b_hg if blocks.b_hg is not None else zeros(2 * h)
+        out["bias_ih"] = torch.cat([bg, blocks.b_n])
+        out["bias_hh"] = torch.cat([b_hg, blocks.b_hn])
     return out
 
 
@@ -92,8 +90,8 @@ def to_torch(model: GRU | GRUCell) -> nn.GRU | nn.GRUCell:
             training mode.
 
     Raises:
-        ValueError: ``mingru`` or ``reset_after=False`` (no exact ``torch.nn.GRU`` equivalent), or
-            not a gatedrnn layer.
+        ValueError: ``mingru``, ``reset_after=False`` or an option that is on (no exact
+            ``torch.nn.GRU`` equivalent).
     """
     if not isinstance(model, (GRU, GRUCell)):
         raise TypeError(f"model: expected a gatedrnn.GRU or gatedrnn.GRUCell, got {type(model).__name__}")
