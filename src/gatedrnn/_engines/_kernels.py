@@ -18,7 +18,9 @@ Per time step the forward does one BLAS ``gemm`` on the recurrent weights (two d
 for the reset-before form) and one fused elementwise pass; the backward the same in reverse.
 BLAS is called from inside the compiled loop through a function address passed as an argument
 (torch's own MKL ``sgemm_``/``dgemm_`` when libtorch exports them, else SciPy's ``cython_blas``),
-so the compiled code holds no process-specific address and can be cached.
+so the compiled code holds no process-specific address and can be cached. Optionally the
+recurrent weights are packed once per call into MKL's internal format (``?gemm_pack``) and each
+step calls ``?gemm_compute`` on them (:func:`_mm`; the caller decides, see ``_fused.PACK``).
 
 Row-major arrays are handed to column-major BLAS as their transposes: ``C[B, N] = A[B, K] @ W[N, K]^T``
 is ``gemm('T', 'N', N, B, K, W, K, A, lda_A, C, ldc)`` and ``C[B, H] += D[B, N] @ W[N, H]`` is
@@ -40,7 +42,7 @@ from numba.extending import intrinsic
 from .._options import LN_EPS
 from .._specs import Wiring
 
-__all__ = ["SMALL_MAX_BATCH", "blas", "floor_nn", "floor_nt", "kernels", "mkl_local_threads"]
+__all__ = ["SMALL_MAX_BATCH", "blas", "kernels", "mkl_local_threads", "pack_size", "packed_blas"]
 
 _JIT = {"cache": True, "error_model": "numpy", "nogil": True, "fastmath": {"contract"}}
 
@@ -74,17 +76,56 @@ def blas() -> tuple[int, int, str]:
         raise RuntimeError(f"no BLAS found: libtorch_cpu exports no sgemm_ and scipy's cython_blas failed ({e})") from e
 
 
+def _libtorch() -> ctypes.CDLL:
+    import torch
+
+    return ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+
+
+@functools.lru_cache(maxsize=1)
+def packed_blas() -> dict[str, tuple[int, int, Callable[..., int]]]:
+    """MKL's packed products where the kernels call torch's MKL and libtorch exports them:
+    ``{"s" or "d": (?gemm_pack_ address, ?gemm_compute_ address, cblas_?gemm_pack_get_size)}``
+    (torch's MKL exports the float32 routines only; empty elsewhere)."""
+    if not blas()[2].startswith("torch MKL"):
+        return {}
+    out: dict[str, tuple[int, int, Callable[..., int]]] = {}
+    try:
+        lib = _libtorch()
+    except OSError:  # pragma: no cover - blas() found it
+        return out
+    for p in ("s", "d"):
+        try:
+            pack = ctypes.cast(getattr(lib, f"{p}gemm_pack_"), ctypes.c_void_p).value
+            compute = ctypes.cast(getattr(lib, f"{p}gemm_compute_"), ctypes.c_void_p).value
+            size = getattr(lib, f"cblas_{p}gemm_pack_get_size")
+        except AttributeError:
+            continue
+        size.argtypes = [ctypes.c_int] * 4
+        size.restype = ctypes.c_size_t
+        if pack and compute:
+            out[p] = (int(pack), int(compute), size)
+    return out
+
+
+_CBLAS_A_MATRIX = 161  # CBLAS_IDENTIFIER CblasAMatrix
+
+
+@functools.cache
+def pack_size(prefix: str, m: int, n: int, k: int) -> int:
+    """Bytes MKL's packed ``m x k`` A matrix takes for products with ``n`` columns (``prefix`` "s"
+    or "d", a key of :func:`packed_blas`)."""
+    return int(packed_blas()[prefix][2](_CBLAS_A_MATRIX, m, n, k))
+
+
 @functools.lru_cache(maxsize=1)
 def mkl_local_threads() -> Callable[[int], int] | None:
     """MKL's ``MKL_Set_Num_Threads_Local`` (thread-local, returns the previous value; 0 = global)
     when the kernels call torch's MKL and libtorch exports it, else None."""
     if not blas()[2].startswith("torch MKL"):
         return None
-    import torch
-
     try:
-        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
-        fn = lib.MKL_Set_Num_Threads_Local
+        fn = _libtorch().MKL_Set_Num_Threads_Local
     except (OSError, AttributeError):
         return None
     fn.argtypes = [ctypes.c_int]
@@ -93,20 +134,22 @@ def mkl_local_threads() -> Callable[[int], int] | None:
 
 
 @intrinsic
-def _fcall13(typingctx, fptr, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12):
-    """Call the Fortran routine at address ``fptr`` with the data pointers of 13 arrays."""
-    arrays = (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12)
-    if not isinstance(fptr, types.Integer) or not all(isinstance(a, types.Array) for a in arrays):
+def _fcall(typingctx, fptr, arrays):
+    """Call the Fortran routine at address ``fptr`` with the data pointers of a tuple of arrays
+    (every argument of a Fortran BLAS routine is passed by reference)."""
+    if not isinstance(fptr, types.Integer) or not isinstance(arrays, types.BaseTuple):
         return None
-    sig = types.void(fptr, *arrays)
+    if not all(isinstance(a, types.Array) for a in arrays):
+        return None
+    sig = types.void(fptr, arrays)
 
     def codegen(context, builder, signature, args):
         i8p = ir.IntType(8).as_pointer()
         ptrs = []
-        for ty, val in zip(signature.args[1:], args[1:], strict=True):
-            ary = context.make_array(ty)(context, builder, val)
+        for i, ty in enumerate(signature.args[1]):
+            ary = context.make_array(ty)(context, builder, builder.extract_value(args[1], i))
             ptrs.append(builder.bitcast(ary.data, i8p))
-        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 13)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p] * len(ptrs))
         fn = builder.inttoptr(args[0], fnty.as_pointer())
         builder.call(fn, ptrs)
         return context.get_dummy_value()
@@ -115,13 +158,22 @@ def _fcall13(typingctx, fptr, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, 
 
 
 @njit(inline="always", **_JIT)
-def _gemm(fptr, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, iw, sw, cw):
-    """Column-major ``C = alpha * op(A) @ op(B) + beta * C`` (Fortran ``?gemm``).
+def _blas_scratch(dt):
+    """The by-reference scalars of the BLAS calls: ``iw`` int32[6], ``sw`` [2] of the data type
+    ``dt``, ``cw`` uint8[4] = b"NTPA" (transpose flags, packed, the packed matrix's name)."""
+    iw = np.empty(6, np.int32)
+    sw = np.empty(2, dt)
+    cw = np.empty(4, np.uint8)
+    cw[0] = 78  # N
+    cw[1] = 84  # T
+    cw[2] = 80  # P
+    cw[3] = 65  # A
+    return iw, sw, cw
 
-    ``ta``/``tb``: 0 for 'N', 1 for 'T'. ``a``, ``b``, ``c``: arrays whose first element is the
-    matrix's first element. ``iw`` int32[6], ``sw`` [2] of the data type, ``cw`` uint8[2] = b"NT":
-    scratch for the by-reference scalars.
-    """
+
+@njit(inline="always", **_JIT)
+def _scalars(iw, sw, m, n, k, lda, ldb, ldc, alpha, beta):
+    """Fill the by-reference scalars of a product (:func:`_blas_scratch`)."""
     iw[0] = m
     iw[1] = n
     iw[2] = k
@@ -130,21 +182,66 @@ def _gemm(fptr, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, iw, sw, cw
     iw[5] = ldc
     sw[0] = alpha
     sw[1] = beta
-    _fcall13(
+
+
+@njit(inline="always", **_JIT)
+def _gemm(fptr, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, iw, sw, cw):
+    """Column-major ``C = alpha * op(A) @ op(B) + beta * C`` (Fortran ``?gemm``).
+
+    ``ta``/``tb``: 0 for 'N', 1 for 'T'. ``a``, ``b``, ``c``: arrays whose first element is the
+    matrix's first element. ``iw``, ``sw``, ``cw``: scratch for the by-reference scalars
+    (:func:`_blas_scratch`).
+    """
+    _scalars(iw, sw, m, n, k, lda, ldb, ldc, alpha, beta)
+    _fcall(
         fptr,
-        cw[ta : ta + 1],
-        cw[tb : tb + 1],
-        iw[0:1],
-        iw[1:2],
-        iw[2:3],
-        sw[0:1],
-        a,
-        iw[3:4],
-        b,
-        iw[4:5],
-        sw[1:2],
-        c,
-        iw[5:6],
+        (
+            cw[ta : ta + 1],
+            cw[tb : tb + 1],
+            iw[0:1],
+            iw[1:2],
+            iw[2:3],
+            sw[0:1],
+            a,
+            iw[3:4],
+            b,
+            iw[4:5],
+            sw[1:2],
+            c,
+            iw[5:6],
+        ),
+    )
+
+
+# The per-step products on packed recurrent weights (MKL's ?gemm_pack / ?gemm_compute): ``fns`` is
+# int64[3] = (``?gemm``, ``?gemm_pack``, ``?gemm_compute``) with the last two 0 where the weights
+# are not packed; ``pa`` is the packed buffer of one matrix (``pack_size`` bytes, 64-byte aligned,
+# never moved after packing: MKL's packed format depends on its address).
+@njit(inline="always", **_JIT)
+def _pack_a(fns, pa, ta, m, n, k, a, lda, iw, sw, cw):
+    """Pack ``op(A)`` (``m x k``, column-major, ``ta``: 0 'N', 1 'T') into ``pa`` for products with
+    ``n`` columns (:func:`_mm`). Nothing where ``fns`` holds no packing routine."""
+    if fns[1] == 0:
+        return
+    iw[0] = m
+    iw[1] = n
+    iw[2] = k
+    iw[3] = lda
+    sw[0] = 1.0
+    _fcall(fns[1], (cw[3:4], cw[ta : ta + 1], iw[0:1], iw[1:2], iw[2:3], sw[0:1], a, iw[3:4], pa))
+
+
+@njit(inline="always", **_JIT)
+def _mm(fns, pa, ta, m, n, k, a, lda, b, ldb, beta, c, ldc, iw, sw, cw):
+    """Column-major ``C = op(A) @ B + beta * C``: on ``pa`` (``op(A)`` packed by :func:`_pack_a`)
+    where ``fns`` holds the packed routines, else :func:`_gemm` on ``a``."""
+    if fns[2] == 0:
+        _gemm(fns[0], ta, 0, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc, iw, sw, cw)
+        return
+    _scalars(iw, sw, m, n, k, lda, ldb, ldc, 1.0, beta)
+    _fcall(
+        fns[2],
+        (cw[2:3], cw[0:1], iw[0:1], iw[1:2], iw[2:3], pa, iw[3:4], b, iw[4:5], sw[1:2], c, iw[5:6]),
     )
 
 
@@ -386,11 +483,12 @@ def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable
 
     @njit(**_JIT)
     def forward(
-        fptr,
+        fns,
         xp,
         gb,
         whh,
         whh_t,
+        pk,
         bhn,
         lengths,
         hs,
@@ -424,11 +522,15 @@ def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable
         """Forward in time over ``T`` steps.
 
         Args:
-            fptr: address of the BLAS ``?gemm`` of this data type.
+            fns: int64[3], addresses of this data type's BLAS ``?gemm``, ``?gemm_pack`` and
+                ``?gemm_compute`` (the last two 0: the weights are not packed; see :func:`_mm`).
             xp: ``[T, B, ihb*H]`` input projection with folded biases: ``[gate blocks (if gx) | n]``.
             gb: ``[G*H]`` the gates' constant pre-activation when they do not read x (bias or 0).
             whh: ``[hhb*H, H]`` recurrent weights ``[U_gates (if gh) ; U_n]`` (``[1, 1]`` if none).
             whh_t: ``[H, hhb*H]`` ``whh`` transposed (contiguous) when ``small``, else ``[1, 1]`` unused.
+            pk: ``[2, P]`` scratch for ``whh`` packed (row 0: the first per-step product's weights,
+                row 1: reset-before's ``U_n``; each row 64-byte aligned) where ``fns`` packs, else
+                ``[1, 1]`` unused. Packed at the start of the call, for this row range's products.
             bhn: ``[H]`` ``b_hn`` (reset-after; zeros without bias).
             lengths: ``[B]`` int64; steps ``t >= lengths[b]`` keep the state and output 0.
             hs: ``[T+1, B, H]`` states; ``hs[0]`` = h0 on entry. Saved for the backward.
@@ -480,11 +582,16 @@ def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable
         wn = hhw - hid  # column of U_n h in work
         dt = hs.dtype
         one = dt.type(1.0)
-        iw = np.empty(6, np.int32)
-        sw = np.empty(2, dt)
-        cw = np.empty(2, np.uint8)
-        cw[0] = 78
-        cw[1] = 84
+        iw, sw, cw = _blas_scratch(dt)
+        cols = hhw if reset_after else ng  # the columns of the first per-step product
+        # the recurrent weights packed once for all steps (where fns holds the packed routines)
+        wnn = whh[hhw - hid :]  # U_n
+        pa0, pa1 = pk[0], pk[pk.shape[0] - 1]
+        if use_gemm and not small:
+            if reset_after or gh:
+                _pack_a(fns, pa0, 1, cols, batch, hid, whh, hid, iw, sw, cw)
+            if two_gemm:
+                _pack_a(fns, pa1, 1, hid, batch, hid, wnn, hid, iw, sw, cw)
         gc = np.empty(ng, dt)  # the constant gates (gconst)
         if gconst:
             for j in range(ng):
@@ -518,31 +625,12 @@ def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable
                         hm[0, b, j] = hs[t, b, j] * hmask[b, j]
             if use_gemm:
                 # reset-after: work[B, hhb*H] = h(t-1) @ whh^T; reset-before: work[:, :G*H] = h(t-1) @ U_gates^T
-                cols = hhw if reset_after else ng
                 if reset_after or gh:
                     if small:
                         for b in range(b0, b1):
                             _row_nt(ha, ta, b, whh_t, 0, cols, work, b, 0)
                     else:
-                        _gemm(
-                            fptr,
-                            1,
-                            0,
-                            cols,
-                            batch,
-                            hid,
-                            one,
-                            whh,
-                            hid,
-                            ha[ta, b0:],
-                            hid,
-                            0.0,
-                            work[b0:],
-                            hhw,
-                            iw,
-                            sw,
-                            cw,
-                        )
+                        _mm(fns, pa0, 1, cols, batch, hid, whh, hid, ha[ta, b0:], hid, 0.0, work[b0:], hhw, iw, sw, cw)
             for b in range(b0, b1):
                 if t >= lengths[b]:
                     for j in range(uh):
@@ -620,25 +708,7 @@ def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable
                     for b in range(b0, b1):
                         _row_nt(hn, 0, b, whh_t, wn, hid, work, b, wn)
                 else:
-                    _gemm(
-                        fptr,
-                        1,
-                        0,
-                        hid,
-                        batch,
-                        hid,
-                        one,
-                        whh[hhw - hid :],
-                        hid,
-                        hn[0, b0:],
-                        hid,
-                        0.0,
-                        work[b0, wn:],
-                        hhw,
-                        iw,
-                        sw,
-                        cw,
-                    )
+                    _mm(fns, pa1, 1, hid, batch, hid, wnn, hid, hn[0, b0:], hid, 0.0, work[b0, wn:], hhw, iw, sw, cw)
                 for b in range(b0, b1):
                     if t >= lengths[b]:
                         continue
@@ -663,10 +733,11 @@ def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable
 
     @njit(**_JIT)
     def backward(
-        fptr,
+        fns,
         gy,
         ghn,
         whh,
+        pk,
         lengths,
         hs,
         gs,
@@ -716,10 +787,12 @@ def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable
         """Backward through time over ``T`` steps (reverse loop).
 
         Args:
-            fptr: address of the BLAS ``?gemm`` of this data type.
+            fns: the BLAS routines, as in the forward.
             gy: ``[T, B, H]`` upstream gradient of ``y``.
             ghn: ``[B, H]`` upstream gradient of ``h_n``.
             whh: ``[hhb*H, H]`` recurrent weights, as in the forward.
+            pk: ``[2, P]`` scratch for ``whh`` packed (row 0: the ``dh(t-1)`` product's weights, row
+                1: reset-before's ``U_n``), as in the forward (``[1, 1]`` unused without packing).
             lengths: ``[B]`` int64.
             hs, gs, ns, hn: the forward's saved buffers (``hn`` only read for reset-after; ``gs``
                 ``[1, 1, G*H]`` for constant gates).
@@ -775,17 +848,21 @@ def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable
         wn = hhw - hid
         dt = gy.dtype
         one = dt.type(1.0)
-        iw = np.empty(6, np.int32)
-        sw = np.empty(2, dt)
-        cw = np.empty(2, np.uint8)
-        cw[0] = 78
-        cw[1] = 84
+        iw, sw, cw = _blas_scratch(dt)
         uh, uxn, uwn = np.uint64(hid), np.uint64(xn), np.uint64(wn)
         ux, uhw = np.uint64(dgx.shape[2]), np.uint64(hhw)
         n8 = dgx.shape[2] - dgx.shape[2] % 8
         # the columns of dgh[t] that feed dh(t-1) through the per-step product on W_hh
         # (reset-before: the gates'; c's went through U_n into dq first)
         back = (ng if gh else 0) if two_gemm else (hhw if use_gemm else 0)
+        # the recurrent weights packed once for all steps (where fns holds the packed routines)
+        wnn = whh[hhw - hid :]  # U_n
+        pa0, pa1 = pk[0], pk[pk.shape[0] - 1]
+        if not small:
+            if back:
+                _pack_a(fns, pa0, 0, hid, batch, back, whh, hid, iw, sw, cw)
+            if two_gemm:
+                _pack_a(fns, pa1, 0, hid, batch, hid, wnn, hid, iw, sw, cw)
         # zoneout: the step's loops read their whole gradient from dh (see below)
         gya = gzero if zo else gy
         # recurrent dropout: the reset-before products read h̃ (in hm[0]), and dL/dh̃ collects in dhm
@@ -846,25 +923,7 @@ def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable
                         _row_nn(dgh, t, b, wn, hid, whh, dh, b, False)
                 if not small:
                     # dq[B, H] = c[B, H] @ U_n  (into dh: it is consumed)
-                    _gemm(
-                        fptr,
-                        0,
-                        0,
-                        hid,
-                        batch,
-                        hid,
-                        one,
-                        whh[hhw - hid :],
-                        hid,
-                        dgh[t, b0, wn:],
-                        hhw,
-                        0.0,
-                        dh[b0:],
-                        hid,
-                        iw,
-                        sw,
-                        cw,
-                    )
+                    _mm(fns, pa1, 0, hid, batch, hid, wnn, hid, dgh[t, b0, wn:], hhw, 0.0, dh[b0:], hid, iw, sw, cw)
             for b in range(b0, b1):
                 if t >= lengths[b]:
                     if not two_gemm:  # (reset-before: done in the first pass)
@@ -976,11 +1035,9 @@ def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable
             if back and not small:
                 # dh(t-1) += dgh[t][B, :back] @ whh[:back]  (recurrent dropout: as above)
                 if masked:
-                    _gemm(
-                        fptr, 0, 0, hid, batch, back, one, whh, hid, dgh[t, b0:], hhw, beta, dhm[b0:], hid, iw, sw, cw
-                    )
+                    _mm(fns, pa0, 0, hid, batch, back, whh, hid, dgh[t, b0:], hhw, beta, dhm[b0:], hid, iw, sw, cw)
                 else:
-                    _gemm(fptr, 0, 0, hid, batch, back, one, whh, hid, dgh[t, b0:], hhw, one, dhp[b0:], hid, iw, sw, cw)
+                    _mm(fns, pa0, 0, hid, batch, back, whh, hid, dgh[t, b0:], hhw, one, dhp[b0:], hid, iw, sw, cw)
             if masked or zo:
                 for b in range(b0, b1):
                     if t < lengths[b]:
@@ -1001,46 +1058,3 @@ def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable
                 dh0[b, j] = dh[b, j]
 
     return forward, backward
-
-
-# ------------------------------------------------------------------------- GEMM-only floor (bench)
-@njit(**_JIT)
-def floor_nt(fptr, a, w, w_t, c, steps, small):
-    """``steps`` times ``c[B, N] = a[B, K] @ w[N, K]^T``: the forward's per-step products alone
-    (``small``: as the kernels run them for a few rows, :func:`_row_nt` on ``w_t = w^T``)."""
-    batch, k = a.shape
-    n = w.shape[0]
-    iw = np.empty(6, np.int32)
-    sw = np.empty(2, c.dtype)
-    cw = np.empty(2, np.uint8)
-    cw[0] = 78
-    cw[1] = 84
-    one = c.dtype.type(1.0)
-    a3 = a.reshape((1, batch, k))
-    for _ in range(steps):
-        if small:
-            for b in range(batch):
-                _row_nt(a3, 0, b, w_t, 0, n, c, b, 0)
-        else:
-            _gemm(fptr, 1, 0, n, batch, k, one, w, k, a, k, 0.0, c, n, iw, sw, cw)
-
-
-@njit(**_JIT)
-def floor_nn(fptr, d, w, c, steps, small):
-    """``steps`` times ``c[B, H] += d[B, N] @ w[N, H]``: the backward's per-step products alone
-    (``small``: as :func:`_row_nn`)."""
-    batch, n = d.shape
-    hid = w.shape[1]
-    iw = np.empty(6, np.int32)
-    sw = np.empty(2, c.dtype)
-    cw = np.empty(2, np.uint8)
-    cw[0] = 78
-    cw[1] = 84
-    one = c.dtype.type(1.0)
-    d3 = d.reshape((1, batch, n))
-    for _ in range(steps):
-        if small:
-            for b in range(batch):
-                _row_nn(d3, 0, b, 0, n, w, c, b, True)
-        else:
-            _gemm(fptr, 0, 0, hid, batch, n, one, w, hid, d, n, one, c, hid, iw, sw, cw)
