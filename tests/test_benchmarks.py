@@ -360,3 +360,37 @@ def test_bfloat16_against_float32_table_from_timings():
     assert bench._tables._half_speed(rows[:1], "cpu") == ""  # no bfloat16 run: no table
     assert "emulated" in bench._tables._half_note({"isa": ["AVX2", "AVX-512"]})
     assert "in hardware: AMX" in bench._tables._half_note({"isa": ["AVX2", "AMX"]})
+
+
+def test_options_layer_norm_cell_computes_the_layer_norm_gru():
+    """benchmarks/options.py's per-step Python LayerNormGRUCell (what it times the fused engine
+    against) computes gatedrnn's layer_norm=True equations: outputs, h_n and input gradients of
+    the reference engine, with gains, shifts and biases away from 1 and 0."""
+    import torch
+
+    options = _load("options")
+    torch.manual_seed(0)
+    gru = gatedrnn.GRU(5, 7, layer_norm=True, engine="reference", dtype=torch.float64)
+    with torch.no_grad():
+        for p in gru.parameters():
+            p.uniform_(-0.8, 0.8)
+    cell = options.LayerNormGRU(5, 7).double().load_from(gru)
+    x = torch.randn(6, 3, 5, dtype=torch.float64)
+    gy = torch.randn(6, 3, 7, dtype=torch.float64)
+    outs = []
+    for mod in (gru, cell):
+        xx = x.clone().requires_grad_(True)
+        y, hn = mod(xx)
+        (y * gy).sum().backward()
+        outs.append((y.detach(), hn.reshape(3, 7).detach(), xx.grad))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_options_benchmark_prints_its_table(capsys):
+    options = _load("options")
+    assert options.main(["--sizes", "E", "--threads", "1", "--repeats", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    row = next(ln for ln in out.splitlines() if ln.startswith("| E "))
+    assert all(float(c) > 0 for c in row.split("|")[3:-1])
+    assert "load average" in out

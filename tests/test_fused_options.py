@@ -232,3 +232,38 @@ def test_fused_runs_every_option() -> None:
     extras = Extras((x[0, 0], x[0, 0]), (x[0, 0], x[0, 0]), torch.ones(1, 3), 0.5, torch.zeros(2, 1, dtype=torch.bool))
     for spec in SPECS.values():
         assert get_engine("fused").unavailable(spec, x, extras) is None
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["after", "before"])
+def test_all_options_bfloat16_within_the_references_own_error(reset_after: bool) -> None:
+    """bfloat16 (bfloat16 products, float32 elementwise work and state) with every option, masks
+    passed explicitly: the error of the outputs and of every gradient (gains and shifts too)
+    against the reference in float64 is at most twice the reference's own in bfloat16."""
+    spec, fused, ref = SPECS["gru0"], get_engine("fused"), get_engine("reference")
+    steps, batch, inp, hid = 20, 5, 6, 16
+    g = torch.Generator().manual_seed(5)
+    w = GRU(inp, hid, reset_after=reset_after, layer_norm=True, dtype=torch.float64).layer_weights()[0][0]
+    params = [t.detach().clone() for t in (w.w_ih, w.w_hh, w.b_ih, w.b_hh, *w.ln_ih, *w.ln_hh) if t is not None]
+    params[-4:] = [t + torch.rand(t.shape, generator=g, dtype=torch.float64) - 0.5 for t in params[-4:]]
+    x = torch.randn(steps, batch, inp, generator=g, dtype=torch.float64)
+    h0 = torch.randn(batch, hid, generator=g, dtype=torch.float64)
+    gy = torch.randn(steps, batch, hid, generator=g, dtype=torch.float64)
+    h_mask = (torch.rand(batch, hid, generator=g) < 0.5).double() * 2.0
+    zeta = (torch.rand(steps, batch, hid, generator=g) < 0.3).double()
+    resets = torch.rand(steps, batch, generator=g) < 0.2
+    lengths = torch.tensor([20, 13, 20, 7, 1])
+
+    def run(engine, dtype):  # type: ignore[no-untyped-def]
+        ins = [t.to(dtype).requires_grad_(True) for t in (x, h0, *params)]
+        w_ih, w_hh, b_ih, *rest = ins[2:]
+        b_hh = rest.pop(0) if reset_after else None
+        extras = Extras(tuple(rest[:2]), tuple(rest[2:]), h_mask.to(dtype), zeta.to(dtype), resets)
+        y, hn = engine.layer(spec, reset_after, ins[0], ins[1], w_ih, w_hh, b_ih, b_hh, lengths, extras)
+        grads = torch.autograd.grad((y.double() * gy).sum() + hn.double().sum(), ins)
+        return [y.double(), hn.double(), *(t.double() for t in grads)]
+
+    want = run(ref, torch.float64)
+    got, base = run(fused, torch.bfloat16), run(ref, torch.bfloat16)
+    for k, (a, b, w64) in enumerate(zip(got, base, want, strict=True)):
+        err, err_base = ((a - w64).norm() / w64.norm()).item(), ((b - w64).norm() / w64.norm()).item()
+        assert err <= 2 * err_base, f"output/gradient {k}: fused bfloat16 error {err:.3g} > 2 x {err_base:.3g}"
