@@ -821,7 +821,7 @@ class FusedEngine:
         omp = openmp()
         split = (
             f"batch rows split across torch's threads (>= {SPLIT_MIN_ROWS} rows each, loops of >= "
-            f"{SPLIT_MIN_FLOPS / 1e6:g} MFLOP; OpenMP {omp[3]})"
+            f"{SPLIT_MIN_FLOPS / 1e6:g} MFLOP; OpenMP {os.path.basename(omp[3])})"
             if omp is not None and _k().mkl_local_threads() is not None
             else "off (needs torch's MKL and GNU OpenMP): the loop runs on one thread"
         )
