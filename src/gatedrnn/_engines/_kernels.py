@@ -31,17 +31,19 @@ import ctypes
 import functools
 import os
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from .._specs import Wiring
 
 __all__ = ["SMALL_MAX_BATCH", "blas", "floor_nn", "floor_nt", "kernels", "mkl_local_threads"]
 
 _JIT = {"cache": True, "error_model": "numpy", "nogil": True, "fastmath": {"contract"}}
+_LOOP_JIT = {k: v for k, v in _JIT.items() if k != "cache"}  # compiled into the kernels that call them
 
 
 # --------------------------------------------------------------------------------------------- BLAS
@@ -294,13 +296,13 @@ def _tanh(fast, x):
 
 # -------------------------------------------------------------------------------------- kernels
 @functools.cache
-def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..., None]]:
-    """``(forward, backward)`` compiled loops for one wiring (see the module docstring); ``fast``:
-    float32 (rational activations).
-
-    Compiles lazily on first call (numba dispatchers), cached on disk next to this module.
+def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..., None]]:
+    """The forward and backward loops of one wiring, as Python functions whose closure holds its
+    switches; numba compiles them (through :func:`_forward_loop` and :func:`_backward_loop`) into
+    the kernels of :func:`kernels` and any other kernel of this module. Their first argument is
+    the code of the switches (:func:`_code`), unused here.
     """
-    # Only plain constants in the closure (numba keys its on-disk cache by their pickled bytes).
+    # Only plain constants in the closure: numba prunes the branches they decide before typing.
     gx, gh, two, coupled = bool(wiring.gates_read_x), bool(wiring.gates_read_h), wiring.gates == 2, bool(wiring.coupled)
     cand_h, tanh, reset_after = bool(wiring.cand_reads_h), bool(wiring.cand_tanh), bool(wiring.reset_after)
     fast = bool(fast)
@@ -310,8 +312,7 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
     # once per call and saved once (``gs`` is ``[1, 1, G*H]``)
     gconst = not (gx or gh)
 
-    @njit(**_JIT)
-    def forward(fptr, xp, gb, whh, whh_t, bhn, lengths, hs, y, gs, ns, hn, work, copy_y, small, b0, b1):
+    def forward(code, fptr, xp, gb, whh, whh_t, bhn, lengths, hs, y, gs, ns, hn, work, copy_y, small, b0, b1):
         """Forward in time over ``T`` steps.
 
         Args:
@@ -493,8 +494,8 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
                         for j in range(uh):
                             y[t, b, j] = hs[t + 1, b, j]
 
-    @njit(**_JIT)
     def backward(
+        code,
         fptr,
         gy,
         ghn,
@@ -731,6 +732,133 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
         for b in range(b0, b1):
             for j in range(uh):
                 dh0[b, j] = dh[b, j]
+
+    return forward, backward
+
+
+def _code(wiring: Wiring, fast: bool) -> int:
+    """The switches of one wiring and data type as one integer: a compile-time constant of the
+    kernels, which pass it to the loops (:func:`_switches` reads it back)."""
+    on = (wiring.gates == 2, *wiring[1:], fast)
+    return sum(1 << i for i, bit in enumerate(on) if bit)
+
+
+def _switches(code: Any) -> tuple[Wiring, bool] | None:
+    """``(wiring, fast)`` of a literal ``code`` (numba's type of it), or None while numba types it
+    as a plain integer (it then types the call again with the literal value)."""
+    if not isinstance(code, types.IntegerLiteral):
+        return None
+    bits = [bool(code.literal_value >> i & 1) for i in range(len(Wiring._fields) + 1)]
+    return Wiring(2 if bits[0] else 1, *bits[1:-1]), bits[-1]
+
+
+def _forward_loop(code, *args):  # type: ignore[no-untyped-def]
+    """:func:`_loops`' forward loop of the wiring ``code`` names (a constant), for compiled code."""
+    raise NotImplementedError("_forward_loop runs in compiled code only")
+
+
+def _backward_loop(code, *args):  # type: ignore[no-untyped-def]
+    """:func:`_loops`' backward loop of the wiring ``code`` names (a constant), for compiled code."""
+    raise NotImplementedError("_backward_loop runs in compiled code only")
+
+
+# The loops are compiled as overloads: what numba compiles for a call is the loop of the wiring the
+# call's constant names, a closure over its switches (so numba prunes the branches they decide, as
+# in a kernel written for that wiring alone), and kernels anywhere in this module can call them.
+# The kernels' own closures hold only that integer: numba keys its on-disk cache by the pickled
+# closure, and a compiled function pickles differently in every process. (An inline function taking
+# the switches as arguments measured 8-15% slower forward: its branches were folded only by LLVM.)
+@overload(_forward_loop, strict=False, jit_options=_LOOP_JIT)
+def _ol_forward_loop(code, *args):  # type: ignore[no-untyped-def]
+    switches = _switches(code)
+    return None if switches is None else _loops(*switches)[0]
+
+
+@overload(_backward_loop, strict=False, jit_options=_LOOP_JIT)
+def _ol_backward_loop(code, *args):  # type: ignore[no-untyped-def]
+    switches = _switches(code)
+    return None if switches is None else _loops(*switches)[1]
+
+
+@functools.cache
+def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..., None]]:
+    """``(forward, backward)`` compiled loops for one wiring (see the module docstring); ``fast``:
+    float32 (rational activations). Their arguments: those of :func:`_loops`' functions after
+    ``code``.
+
+    Compiles lazily on first call (numba dispatchers), cached on disk next to this module.
+    """
+    code = _code(wiring, bool(fast))
+
+    @njit(**_JIT)
+    def forward(fptr, xp, gb, whh, whh_t, bhn, lengths, hs, y, gs, ns, hn, work, copy_y, small, b0, b1):
+        _forward_loop(code, fptr, xp, gb, whh, whh_t, bhn, lengths, hs, y, gs, ns, hn, work, copy_y, small, b0, b1)
+
+    @njit(**_JIT)
+    def backward(
+        fptr,
+        gy,
+        ghn,
+        whh,
+        lengths,
+        hs,
+        gs,
+        ns,
+        hn,
+        dgx,
+        dgh,
+        dgb,
+        qs,
+        dh0,
+        dh,
+        dhp,
+        dzs,
+        dbx,
+        dbh,
+        sums,
+        xin,
+        wih_t,
+        dxo,
+        dwih,
+        fold_dx,
+        fold_dw,
+        small,
+        b0,
+        b1,
+    ):
+        # (30 arguments at most: CPython passes a longer call as *args, which numba cannot compile)
+        _backward_loop(
+            code,
+            fptr,
+            gy,
+            ghn,
+            whh,
+            lengths,
+            hs,
+            gs,
+            ns,
+            hn,
+            dgx,
+            dgh,
+            dgb,
+            qs,
+            dh0,
+            dh,
+            dhp,
+            dzs,
+            dbx,
+            dbh,
+            sums,
+            xin,
+            wih_t,
+            dxo,
+            dwih,
+            fold_dx,
+            fold_dw,
+            small,
+            b0,
+            b1,
+        )
 
     return forward, backward
 
