@@ -18,6 +18,10 @@ projection and of the recurrent products for every step, and sums them into the 
 as it goes; the weight gradients are then single matrix products over all steps, in torch. No
 Python runs per time step.
 
+Calls of a few steps (up to ``_step.SHORT_MAX_STEPS``) whose rows would not be split across threads
+run instead as one compiled call each way, projection and weight gradients included
+(:mod:`gatedrnn._engines._step`): there the Python around the loop is most of the call.
+
 minGRU has no recurrent weights: the same loops with no per-step product, forward and backward.
 Its log-space parallel scan is the separate engine ``"scan"`` (:mod:`gatedrnn._engines._scan`).
 """
@@ -410,6 +414,8 @@ class FusedEngine:
         if lengths is not None:
             # the backward reads it: its own copy, as the caller may refill theirs before backward()
             lengths = lengths.to(dtype=torch.int64, memory_format=torch.contiguous_format, copy=save)
+        if self.short(spec, x.shape[0], x.shape[1], h0.shape[-1]):
+            return _step().layer(spec, reset_after, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
         args = (
             x.contiguous(),
             h0.contiguous(),
@@ -423,6 +429,23 @@ class FusedEngine:
             save,
         )
         return _Layer.apply(*args) if save else _forward(None, *args)
+
+    def short(self, spec: Spec, steps: int, batch: int, hid: int) -> bool:
+        """Whether a layer call of this size runs the one-call step kernels (:mod:`._step`): at most
+        ``SHORT_MAX_STEPS`` steps, and rows that the long form would not split across threads
+        (where it would, its threads pay off; docs/step.md, "Dispatch")."""
+        if steps > _step().SHORT_MAX_STEPS:
+            return False
+        hhw = spec.hh_blocks() * hid
+        small = _small(spec.candidate_reads_h, batch, hid, hhw)
+        return len(row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))) == 1
+
+
+def _step() -> Any:
+    """:mod:`gatedrnn._engines._step` (imported on first use, as the kernels)."""
+    from . import _step
+
+    return _step
 
 
 ENGINE = FusedEngine()

@@ -35,12 +35,21 @@ from typing import Any
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import carray, njit, types
 from numba.extending import intrinsic, overload
 
 from .._specs import Wiring
 
-__all__ = ["SMALL_MAX_BATCH", "blas", "floor_nn", "floor_nt", "kernels", "mkl_local_threads"]
+__all__ = [
+    "SMALL_MAX_BATCH",
+    "blas",
+    "floor_nn",
+    "floor_nt",
+    "kernels",
+    "mkl_local_threads",
+    "saved_size",
+    "step_kernels",
+]
 
 _JIT = {"cache": True, "error_model": "numpy", "nogil": True, "fastmath": {"contract"}}
 _LOOP_JIT = {k: v for k, v in _JIT.items() if k != "cache"}  # compiled into the kernels that call them
@@ -299,8 +308,8 @@ def _tanh(fast, x):
 def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..., None]]:
     """The forward and backward loops of one wiring, as Python functions whose closure holds its
     switches; numba compiles them (through :func:`_forward_loop` and :func:`_backward_loop`) into
-    the kernels of :func:`kernels` and any other kernel of this module. Their first argument is
-    the code of the switches (:func:`_code`), unused here.
+    the kernels of :func:`kernels` and :func:`step_kernels`. Their first argument is the code of
+    the switches (:func:`_code`), unused here.
     """
     # Only plain constants in the closure: numba prunes the branches they decide before typing.
     gx, gh, two, coupled = bool(wiring.gates_read_x), bool(wiring.gates_read_h), wiring.gates == 2, bool(wiring.coupled)
@@ -859,6 +868,336 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
             b0,
             b1,
         )
+
+    return forward, backward
+
+
+# --------------------------------------------------------------------------- one-call step kernels
+@intrinsic
+def _address(typingctx, at, dtype):
+    """The integer address ``at`` as a pointer to ``dtype`` (a NumPy scalar class), for ``carray``."""
+    if not isinstance(at, types.Integer) or not isinstance(dtype, types.NumberClass):
+        return None
+    ptr = types.CPointer(dtype.instance_type)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(ptr))
+
+    return ptr(at, dtype), codegen
+
+
+@njit(inline="always", **_JIT)
+def _at(at, shape, dtype):
+    """The C-contiguous array of ``shape`` and ``dtype`` at the address ``at``: memory the caller
+    keeps alive (a tensor's ``data_ptr()``). No reference count: it is a view of nothing numba owns."""
+    return carray(_address(at, dtype), shape)
+
+
+# Each saved buffer starts on a 64-byte boundary (float32), as those the pool carves.
+_ALIGN = 16
+
+
+@njit(inline="always", **_JIT)
+def _padded(n):
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+@njit(**_JIT)
+def saved_size(steps, batch, hid, ng, gconst, reset_after):
+    """Elements of what a step kernel's forward saves for its backward, one flat buffer: the states
+    ``[T+1, B, H]``, the gates ``[T, B, ng]`` (``[1, 1, ng]`` when constant), the candidates
+    ``[T, B, H]`` and the pre-reset terms ``[T, B, H]`` (``[1, B, H]`` of scratch reset-before), as
+    the loops of :func:`_loops` read them."""
+    gsize = ng if gconst else steps * batch * ng
+    return (
+        _padded((steps + 1) * batch * hid)
+        + _padded(gsize)
+        + _padded(steps * batch * hid)
+        + _padded((steps if reset_after else 1) * batch * hid)
+    )
+
+
+@njit(inline="always", **_JIT)
+def _saved(at, steps, batch, hid, ng, gconst, reset_after, dtype, item):
+    """``(hs, gs, ns, hn)``: the buffers of :func:`saved_size` in the flat buffer at ``at``
+    (``item``: the bytes of one element)."""
+    hs = _at(at, (steps + 1, batch, hid), dtype)
+    at += _padded((steps + 1) * batch * hid) * item
+    gs = _at(at, (1, 1, ng) if gconst else (steps, batch, ng), dtype)
+    at += _padded(ng if gconst else steps * batch * ng) * item
+    ns = _at(at, (steps, batch, hid), dtype)
+    at += _padded(steps * batch * hid) * item
+    hn = _at(at, (steps if reset_after else 1, batch, hid), dtype)
+    return hs, gs, ns, hn
+
+
+@functools.cache
+def step_kernels(
+    wiring: Wiring, fast: bool, gbias: bool, hh_gates: bool
+) -> tuple[Callable[..., None], Callable[..., None]]:
+    """``(forward, backward)``: a layer's whole call, one direction, each one compiled function.
+
+    The loops are :func:`_loops`' (``wiring`` and ``fast`` as in :func:`kernels`). Around them,
+    what a layer call otherwise does in Python and torch: the forward projects the input (one BLAS
+    product, the biases folded in) and copies the states in and out; the backward ends with the
+    weight gradients (BLAS products) and the bias gradients. Short calls (a step, a few steps) are
+    then one compiled call each way, with no per-call glue beyond the tensors' addresses. Two
+    switches say how the biases are laid out (:mod:`gatedrnn._specs`): ``gbias``, the gates have a
+    bias; ``hh_gates``, ``bias_hh`` holds the gates' recurrent biases before ``b_hn`` (gru0,
+    reset-after).
+
+    Every tensor argument is an address (``data_ptr()``, 0 for none) of a C-contiguous tensor of the
+    data type (float32 when ``fast``, else float64) and the shape given below.
+    """
+    # Only plain constants in the closure (numba keys its on-disk cache by their pickled bytes).
+    code = _code(wiring, bool(fast))
+    gx, gh, two = bool(wiring.gates_read_x), bool(wiring.gates_read_h), wiring.gates == 2
+    cand_h, reset_after, fast = bool(wiring.cand_reads_h), bool(wiring.reset_after), bool(fast)
+    gbias, hh_gates = bool(gbias), bool(hh_gates)
+    two_gemm = cand_h and not reset_after
+    gconst = not (gx or gh)
+    nb = 2 if two else 1  # gate blocks
+    ihb = (nb if gx else 0) + 1  # blocks of W_ih (and of the projection)
+    hhb = (nb if gh else 0) + (1 if cand_h else 0)  # blocks of W_hh
+    bib = (nb if gbias else 0) + 1  # blocks of bias_ih
+    bhb = ((nb if hh_gates else 0) + 1) if (reset_after and cand_h) else 0  # blocks of bias_hh
+    item = 4 if fast else 8  # bytes of an element
+
+    @njit(**_JIT)
+    def forward(
+        fptr, steps, batch, inp, hid, x_at, h0_at, wih_at, whh_at, bih_at, bhh_at, lens_at, y_at, hn_at, saved_at
+    ):
+        """Forward in time over ``T`` steps.
+
+        Args:
+            fptr: address of the BLAS ``?gemm`` of this data type.
+            steps, batch, inp, hid: ``T``, ``B``, the input size ``m`` and ``H``.
+            x_at: ``[T, B, m]`` the input.
+            h0_at: ``[B, H]`` the initial state (0: zeros).
+            wih_at, whh_at: ``[ihb*H, m]``, ``[hhb*H, H]`` the weights (``whh_at`` unread without
+                recurrent weights).
+            bih_at, bhh_at: ``bias_ih``, ``bias_hh`` (0: no bias; ``bhh_at`` read only where
+                ``bias_hh`` exists).
+            lens_at: ``[B]`` int64 lengths (0: every sequence has ``T`` steps).
+            y_at: ``[T, B, H]`` (out) the outputs (0: not written).
+            hn_at: ``[B, H]`` (out) the last state (0: not written).
+            saved_at: the flat buffer of :func:`saved_size` elements (out) the backward reads
+                (0: nothing saved; the loop then runs on one step's scratch rows).
+        """
+        dt = np.float32 if fast else np.float64
+        one = dt(1.0)
+        ng, ihw, hhw, rows = nb * hid, ihb * hid, hhb * hid, steps * batch
+        iw = np.empty(6, np.int32)
+        sw = np.empty(2, dt)
+        cw = np.empty(2, np.uint8)
+        cw[0] = 78
+        cw[1] = 84
+        # the projection of every step, [gates (if gx) | n], with the biases it can hold folded in
+        xp = np.empty((steps, batch, ihw), dt)
+        xp2 = xp.reshape((rows, ihw))
+        gb = np.zeros(ng, dt)  # the gates' constant pre-activation (gates that do not read x)
+        bhn = np.zeros(hid, dt)
+        beta = 0.0
+        if bih_at != 0:
+            pb = np.zeros(ihw, dt)
+            bih = _at(bih_at, (bib * hid,), dt)
+            for j in range(hid):
+                pb[ihw - hid + j] = bih[bib * hid - hid + j]
+            if gbias:
+                for j in range(ng):
+                    if gx:
+                        pb[j] = bih[j]
+                    else:
+                        gb[j] = bih[j]
+            if bhb:
+                bhh = _at(bhh_at, (bhb * hid,), dt)
+                for j in range(hid):
+                    bhn[j] = bhh[bhb * hid - hid + j]
+                if hh_gates:
+                    for j in range(ng):
+                        if gx:
+                            pb[j] += bhh[j]
+                        else:
+                            gb[j] += bhh[j]
+            for r in range(rows):
+                for j in range(ihw):
+                    xp2[r, j] = pb[j]
+            beta = 1.0
+        wih = _at(wih_at, (ihw, inp), dt)
+        _gemm(fptr, 1, 0, ihw, rows, inp, one, wih, inp, _at(x_at, (rows, inp), dt), inp, beta, xp2, ihw, iw, sw, cw)
+        if saved_at != 0:
+            hs, gs, ns, hn = _saved(saved_at, steps, batch, hid, ng, gconst, reset_after, dt, item)
+        else:
+            hs = np.empty((steps + 1, batch, hid), dt)
+            gs = np.empty((1, 1 if gconst else batch, ng), dt)
+            ns = np.empty((1, batch, hid), dt)
+            hn = np.empty((1, batch, hid), dt)
+        if h0_at != 0:
+            h0 = _at(h0_at, (batch, hid), dt)
+            for b in range(batch):
+                for j in range(hid):
+                    hs[0, b, j] = h0[b, j]
+        else:
+            for b in range(batch):
+                for j in range(hid):
+                    hs[0, b, j] = 0.0
+        if cand_h:
+            whh = _at(whh_at, (hhw, hid), dt)
+        else:
+            whh = np.empty((1, 1), dt)
+        lens = _at(lens_at, (batch,), np.int64) if lens_at != 0 else np.full(batch, steps, np.int64)
+        copy_y = y_at != 0
+        y = _at(y_at, (steps, batch, hid), dt) if copy_y else np.empty((1, 1, 1), dt)
+        work = np.empty((batch, hhw), dt)
+        unused = np.empty((1, 1), dt)
+        _forward_loop(code, fptr, xp, gb, whh, unused, bhn, lens, hs, y, gs, ns, hn, work, copy_y, False, 0, batch)
+        if hn_at != 0:
+            out = _at(hn_at, (batch, hid), dt)
+            for b in range(batch):
+                for j in range(hid):
+                    out[b, j] = hs[steps, b, j]
+
+    @njit(**_JIT)
+    def backward(
+        fptr,
+        steps,
+        batch,
+        inp,
+        hid,
+        x_at,
+        wih_at,
+        whh_at,
+        lens_at,
+        saved_at,
+        gy_at,
+        ghn_at,
+        dx_at,
+        dh0_at,
+        dwih_at,
+        dwhh_at,
+        dbih_at,
+        dbhh_at,
+        small,
+    ):
+        """Backward through time over ``T`` steps.
+
+        Args:
+            fptr, steps, batch, inp, hid, x_at, wih_at, whh_at, lens_at: as in the forward.
+            saved_at: what the forward saved.
+            gy_at: ``[T, B, H]`` the upstream gradient of the outputs (0: zeros).
+            ghn_at: ``[B, H]`` the upstream gradient of the last state (0: zeros).
+            dx_at, dh0_at, dwih_at, dwhh_at, dbih_at, dbhh_at: (out) the gradients of the input,
+                the initial state, the weights and the biases, shaped as they are (0: not needed).
+            small: the per-step products run as :func:`_row_nn` instead of BLAS (a few rows).
+        """
+        dt = np.float32 if fast else np.float64
+        one = dt(1.0)
+        ng, ihw, hhw, rows = nb * hid, ihb * hid, hhb * hid, steps * batch
+        iw = np.empty(6, np.int32)
+        sw = np.empty(2, dt)
+        cw = np.empty(2, np.uint8)
+        cw[0] = 78
+        cw[1] = 84
+        hs, gs, ns, hn = _saved(saved_at, steps, batch, hid, ng, gconst, reset_after, dt, item)
+        if cand_h:
+            whh = _at(whh_at, (hhw, hid), dt)
+        else:
+            whh = np.empty((1, 1), dt)
+        lens = _at(lens_at, (batch,), np.int64) if lens_at != 0 else np.full(batch, steps, np.int64)
+        gy = _at(gy_at, (steps, batch, hid), dt) if gy_at != 0 else np.zeros((steps, batch, hid), dt)
+        ghn = _at(ghn_at, (batch, hid), dt) if ghn_at != 0 else np.zeros((batch, hid), dt)
+        dgx = np.empty((steps, batch, ihw), dt)
+        dgh = np.empty((steps, batch, hhw), dt)
+        dgb = np.zeros(ng, dt)
+        qs = np.empty((steps, batch, hid) if two_gemm else (1, 1, 1), dt)
+        dh0 = _at(dh0_at, (batch, hid), dt) if dh0_at != 0 else np.empty((batch, hid), dt)
+        dh = np.empty((batch, hid), dt)
+        dhp = np.empty((batch, hid), dt)
+        dzs = np.empty((batch, hid), dt)
+        dbx = np.zeros(ihw)  # float64 sums of T*B terms
+        dbh = np.zeros(hhw)
+        sums = dbih_at != 0 or dbhh_at != 0
+        u3 = np.empty((1, 1, 1), dt)
+        u2 = np.empty((1, 1), dt)
+        _backward_loop(
+            code,
+            fptr,
+            gy,
+            ghn,
+            whh,
+            lens,
+            hs,
+            gs,
+            ns,
+            hn,
+            dgx,
+            dgh,
+            dgb,
+            qs,
+            dh0,
+            dh,
+            dhp,
+            dzs,
+            dbx,
+            dbh,
+            sums,
+            u3,
+            u2,
+            u3,
+            np.empty((1, 1)),
+            False,
+            False,
+            small,
+            0,
+            batch,
+        )
+        # the weight gradients, single products over every step and row
+        dgx2 = dgx.reshape((rows, ihw))
+        if dx_at != 0:
+            wih = _at(wih_at, (ihw, inp), dt)
+            _gemm(
+                fptr, 0, 0, inp, rows, ihw, one, wih, inp, dgx2, ihw, 0.0, _at(dx_at, (rows, inp), dt), inp, iw, sw, cw
+            )
+        if dwih_at != 0:
+            x = _at(x_at, (rows, inp), dt)
+            _gemm(
+                fptr, 0, 1, inp, ihw, rows, one, x, inp, dgx2, ihw, 0.0, _at(dwih_at, (ihw, inp), dt), inp, iw, sw, cw
+            )
+        if cand_h and dwhh_at != 0:
+            dgh2 = dgh.reshape((rows, hhw))
+            dwhh = _at(dwhh_at, (hhw, hid), dt)
+            if two_gemm:
+                # reset-before: the gates' rows against h(t-1), U_n's against q = r*h(t-1)
+                if gh:
+                    _gemm(fptr, 0, 1, hid, ng, rows, one, hs, hid, dgh2, hhw, 0.0, dwhh, hid, iw, sw, cw)
+                wn = hhw - hid
+                _gemm(fptr, 0, 1, hid, hid, rows, one, qs, hid, dgh2[0, wn:], hhw, 0.0, dwhh[wn:], hid, iw, sw, cw)
+            else:
+                _gemm(fptr, 0, 1, hid, hhw, rows, one, hs, hid, dgh2, hhw, 0.0, dwhh, hid, iw, sw, cw)
+        if sums:
+            # the gates' bias gradient is the sum of their pre-activation gradients, wherever those went
+            dgate = np.empty(ng)
+            for j in range(ng):
+                if gx:
+                    dgate[j] = dbx[j]
+                elif gh:
+                    dgate[j] = dbh[j]
+                else:
+                    dgate[j] = dgb[j]
+            if dbih_at != 0:
+                dbih = _at(dbih_at, (bib * hid,), dt)
+                if gbias:
+                    for j in range(ng):
+                        dbih[j] = dgate[j]
+                for j in range(hid):
+                    dbih[bib * hid - hid + j] = dbx[ihw - hid + j]
+            if bhb and dbhh_at != 0:
+                dbhh = _at(dbhh_at, (bhb * hid,), dt)
+                if hh_gates:
+                    for j in range(ng):
+                        dbhh[j] = dgate[j]
+                for j in range(hid):
+                    dbhh[bhb * hid - hid + j] = dbh[hhw - hid + j]
 
     return forward, backward
 
