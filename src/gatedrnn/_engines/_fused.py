@@ -440,6 +440,27 @@ class FusedEngine:
         small = _small(spec.candidate_reads_h, batch, hid, hhw)
         return len(row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))) == 1
 
+    # the options a cell's step runs (GRUCell's engine="auto" picks this engine only with these)
+    cell_options: tuple[str, ...] = ()
+
+    def cell(
+        self,
+        spec: Spec,
+        reset_after: bool,
+        x: Tensor,
+        h: Tensor | None,
+        w_ih: Tensor,
+        w_hh: Tensor | None,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+    ) -> Tensor:
+        """One step of a cell, by the step kernels: ``x`` ``[B, m]`` or ``[m]``, ``h`` of the
+        output's shape or None (zeros); inputs checked by the caller (:class:`gatedrnn.GRUCell`)."""
+        why = self.unavailable(spec, x)
+        if why is not None:
+            raise RuntimeError(f"engine='fused' cannot run here: {why}")
+        return _step().cell(spec, reset_after, x, h, w_ih, w_hh, b_ih, b_hh)
+
 
 def _step() -> Any:
     """:mod:`gatedrnn._engines._step` (imported on first use, as the kernels)."""

@@ -11,13 +11,18 @@ per call, whose backward is the hand-written one: a Python loop of cell calls tr
 graph of dozens of small nodes per step.
 
 A :class:`Plan` holds what depends only on the sizes, the data type and the variant (kernels,
-shapes, the form of the backward's products), never on parameter values.
+shapes, the form of the backward's products), never on parameter values. The layers cache, per
+module, what runs a call (:func:`cell_runner`, :func:`layer_runner`) under a key of exactly what
+it depends on: the tensors' shapes, data types, devices, layouts and ``requires_grad``, grad mode,
+and the parameters' addresses (a runner without gradients holds those addresses, never a value
+read from the parameters: ``param.data.copy_()`` is seen at the next call).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -27,11 +32,13 @@ from .. import _reference
 from .._specs import Spec
 from ._second_order import first_order
 
-__all__ = ["SHORT_MAX_STEPS", "Plan", "layer", "plan"]
+__all__ = ["SHORT_MAX_STEPS", "Plan", "cell", "cell_runner", "layer", "layer_runner", "plan"]
 
 # Layer calls of up to this many steps run the one-call kernels (when the long form would not split
 # their rows across threads: FusedEngine.short); longer ones the long form (docs/step.md, "Dispatch").
 SHORT_MAX_STEPS = int(os.environ.get("GATEDRNN_SHORT_MAX_STEPS", 15))
+
+Runner = Callable[[Tensor, Tensor | None, Sequence[Tensor | None]], Any]
 
 
 def _at(t: Tensor | None) -> int:
@@ -278,3 +285,105 @@ def layer(
     hid = h0.shape[-1]
     p = plan(spec, reset_after, x.dtype, steps, batch, inp, hid, (steps, batch, hid), (batch, hid))
     return _call(p, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)  # type: ignore[no-any-return]
+
+
+def cell(
+    spec: Spec,
+    reset_after: bool,
+    x: Tensor,
+    h: Tensor | None,
+    w_ih: Tensor,
+    w_hh: Tensor | None,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+) -> Tensor:
+    """One step of a cell (``x`` ``[B, m]`` or ``[m]``, ``h`` of the output's shape or None for
+    zeros; CPU float32/float64, checked by the caller): ``h'``, shaped as ``h``."""
+    batch = 1 if x.dim() == 1 else x.shape[0]
+    hid = w_ih.shape[0] // spec.ih_blocks()
+    out_shape = (hid,) if x.dim() == 1 else (batch, hid)
+    p = plan(spec, reset_after, x.dtype, 1, batch, x.shape[-1], hid, None, out_shape)
+    return _call(p, x, h, w_ih, w_hh, b_ih, b_hh, None)  # type: ignore[no-any-return]
+
+
+def cell_runner(
+    spec: Spec, reset_after: bool, x: Tensor, h: Tensor | None, params: Sequence[Tensor | None], grad: bool
+) -> Runner:
+    """What a :class:`gatedrnn.GRUCell` call like this one runs while its cache key holds (see the
+    module docstring): ``run(x, h, params)`` -> ``h'``, for inputs of the same shapes, data type,
+    layout and ``requires_grad``, the same grad mode, and ``params`` (``w_ih, w_hh, b_ih, b_hh``)
+    at the same addresses. ``grad``: something needs a gradient."""
+    batch = 1 if x.dim() == 1 else x.shape[0]
+    hid = params[0].shape[0] // spec.ih_blocks()  # type: ignore[union-attr]
+    out_shape = (hid,) if x.dim() == 1 else (batch, hid)
+    p = plan(spec, reset_after, x.dtype, 1, batch, x.shape[-1], hid, None, out_shape)
+    copy_x, copy_h = not x.is_contiguous(), h is not None and not h.is_contiguous()
+    if grad or copy_x or copy_h:
+
+        def run(x: Tensor, h: Tensor | None, params: Sequence[Tensor | None]) -> Tensor:
+            return _call(p, x, h, *params, None)  # type: ignore[no-any-return]
+
+        return run
+    # the common case without gradients: one allocation and the kernel's call
+    fwd, gemm, inp, dtype = p.forward, p.gemm, p.inp, p.dtype
+    wih, whh, bih, bhh = (_at(t) for t in params)
+
+    def step(x: Tensor, h: Tensor | None, params: Sequence[Tensor | None]) -> Tensor:
+        out = torch.empty(out_shape, dtype=dtype)
+        hp = 0 if h is None else h.data_ptr()
+        fwd(gemm, 1, batch, inp, hid, x.data_ptr(), hp, wih, whh, bih, bhh, 0, 0, out.data_ptr(), 0)
+        return out
+
+    return step
+
+
+def layer_runner(
+    spec: Spec,
+    reset_after: bool,
+    x: Tensor,
+    hx: Tensor | None,
+    params: Sequence[Tensor | None],
+    batch_first: bool,
+    grad: bool,
+) -> Runner:
+    """What a one-layer, one-direction :class:`gatedrnn.GRU` call like this one (a tensor input of
+    ``[T, B, m]``, ``[B, T, m]`` with ``batch_first``, or ``[T, m]``; no lengths, resets or
+    options) runs while its cache key holds, as :func:`cell_runner`: ``run(x, hx, params)`` ->
+    ``(output, h_n)`` shaped as the layer returns them."""
+    unbatched = x.dim() == 2
+    if unbatched:
+        steps, batch = x.shape[0], 1
+    else:
+        steps, batch = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+    inp = x.shape[-1]
+    hid = params[0].shape[0] // spec.ih_blocks()  # type: ignore[union-attr]
+    hn_shape = (1, hid) if unbatched else (1, batch, hid)
+    # [B, T, m] is [T, B, m]'s memory order when T or B is 1; else the input is transposed
+    transpose = batch_first and not unbatched and steps > 1 and batch > 1
+    if unbatched:
+        y_shape: tuple[int, ...] = (steps, hid)
+    elif batch_first and not transpose:
+        y_shape = (batch, steps, hid)
+    else:
+        y_shape = (steps, batch, hid)
+    p = plan(spec, reset_after, x.dtype, steps, batch, inp, hid, y_shape, hn_shape)
+    if grad or transpose or not x.is_contiguous() or (hx is not None and not hx.is_contiguous()):
+
+        def run(x: Tensor, hx: Tensor | None, params: Sequence[Tensor | None]) -> tuple[Tensor, Tensor]:
+            if transpose:
+                y, hn = _call(p, x.transpose(0, 1), hx, *params, None)
+                return y.transpose(0, 1), hn
+            return _call(p, x, hx, *params, None)  # type: ignore[no-any-return]
+
+        return run
+    fwd, gemm, dtype = p.forward, p.gemm, p.dtype
+    wih, whh, bih, bhh = (_at(t) for t in params)
+
+    def forward(x: Tensor, hx: Tensor | None, params: Sequence[Tensor | None]) -> tuple[Tensor, Tensor]:
+        y = torch.empty(y_shape, dtype=dtype)
+        hn = torch.empty(hn_shape, dtype=dtype)
+        hp = 0 if hx is None else hx.data_ptr()
+        fwd(gemm, steps, batch, inp, hid, x.data_ptr(), hp, wih, whh, bih, bhh, 0, y.data_ptr(), hn.data_ptr(), 0)
+        return y, hn
+
+    return forward
