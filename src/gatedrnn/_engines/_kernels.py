@@ -965,7 +965,7 @@ def step_kernels(
 
     @njit(**_JIT)
     def forward(
-        fptr, steps, batch, inp, hid, x_at, h0_at, wih_at, whh_at, bih_at, bhh_at, lens_at, y_at, hn_at, saved_at
+        fptr, steps, batch, inp, hid, x_at, h0_at, wih_at, whh_at, bih_at, bhh_at, lens_at, y_at, hn_at, saved_at, b0
     ):
         """Forward in time over ``T`` steps.
 
@@ -983,6 +983,10 @@ def step_kernels(
             hn_at: ``[B, H]`` (out) the last state (0: not written).
             saved_at: the flat buffer of :func:`saved_size` elements (out) the backward reads
                 (0: nothing saved; the loop then runs on one step's scratch rows).
+            b0: 0, the loops' first row. An argument, not a constant: compiled for a known first
+                row the loops' elementwise pass stayed scalar (LLVM's runtime overlap checks,
+                hoisted out of the row loop, failed): 1.5-1.7x the time of the whole step at
+                B=16, H=128.
         """
         dt = np.float32 if fast else np.float64
         one = dt(1.0)
@@ -1050,7 +1054,7 @@ def step_kernels(
         y = _at(y_at, (steps, batch, hid), dt) if copy_y else np.empty((1, 1, 1), dt)
         work = np.empty((batch, hhw), dt)
         unused = np.empty((1, 1), dt)
-        _forward_loop(code, fptr, xp, gb, whh, unused, bhn, lens, hs, y, gs, ns, hn, work, copy_y, False, 0, batch)
+        _forward_loop(code, fptr, xp, gb, whh, unused, bhn, lens, hs, y, gs, ns, hn, work, copy_y, False, b0, batch)
         if hn_at != 0:
             out = _at(hn_at, (batch, hid), dt)
             for b in range(batch):
@@ -1078,6 +1082,7 @@ def step_kernels(
         dbih_at,
         dbhh_at,
         small,
+        b0,
     ):
         """Backward through time over ``T`` steps.
 
@@ -1089,6 +1094,7 @@ def step_kernels(
             dx_at, dh0_at, dwih_at, dwhh_at, dbih_at, dbhh_at: (out) the gradients of the input,
                 the initial state, the weights and the biases, shaped as they are (0: not needed).
             small: the per-step products run as :func:`_row_nn` instead of BLAS (a few rows).
+            b0: 0, as in the forward.
         """
         dt = np.float32 if fast else np.float64
         one = dt(1.0)
@@ -1148,7 +1154,7 @@ def step_kernels(
             False,
             False,
             small,
-            0,
+            b0,
             batch,
         )
         # the weight gradients, single products over every step and row

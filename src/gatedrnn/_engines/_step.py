@@ -132,6 +132,7 @@ class Plan:
             _at(y),
             hn.data_ptr(),
             _at(saved),
+            0,
         )
 
 
@@ -217,6 +218,7 @@ def _backward(
         _at(db_ih),
         _at(db_hh),
         p.small,
+        0,
     )
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
 
@@ -331,7 +333,7 @@ def cell_runner(
     def step(x: Tensor, h: Tensor | None, params: Sequence[Tensor | None]) -> Tensor:
         out = torch.empty(out_shape, dtype=dtype)
         hp = 0 if h is None else h.data_ptr()
-        fwd(gemm, 1, batch, inp, hid, x.data_ptr(), hp, wih, whh, bih, bhh, 0, 0, out.data_ptr(), 0)
+        fwd(gemm, 1, batch, inp, hid, x.data_ptr(), hp, wih, whh, bih, bhh, 0, 0, out.data_ptr(), 0, 0)
         return out
 
     return step
@@ -383,7 +385,7 @@ def layer_runner(
         y = torch.empty(y_shape, dtype=dtype)
         hn = torch.empty(hn_shape, dtype=dtype)
         hp = 0 if hx is None else hx.data_ptr()
-        fwd(gemm, steps, batch, inp, hid, x.data_ptr(), hp, wih, whh, bih, bhh, 0, y.data_ptr(), hn.data_ptr(), 0)
+        fwd(gemm, steps, batch, inp, hid, x.data_ptr(), hp, wih, whh, bih, bhh, 0, y.data_ptr(), hn.data_ptr(), 0, 0)
         return y, hn
 
     return forward
