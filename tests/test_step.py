@@ -339,3 +339,31 @@ def test_short_call_under_checkpointing() -> None:
         y = torch.utils.checkpoint.checkpoint(lambda t, m=mod: m(t)[0], xi, use_reentrant=False)
         grads.append(torch.autograd.grad(y.square().sum(), [xi, *mod.parameters()]))
     _assert_all_close(grads[1], grads[0])
+
+
+def test_step_benchmark_prints_its_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/step.py runs against the layers and prints one row per size, grad mode and loop,
+    with a positive time and ratio in every cell."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "step.py"
+    spec = importlib.util.spec_from_file_location("bench_step", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        assert (
+            bench.main(["--threads", "1", "--sizes", "1x8,2x16", "--repeats", "1", "--rollout", "3", "--unroll", "2"])
+            == 0
+        )
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert out.startswith("CPU: ")
+    rows = [ln.split("|")[1:-1] for ln in out.splitlines() if ln.startswith("| ") and not ln.startswith("| B ")]
+    rows = [r for r in rows if r[0].strip() != "loop"]
+    assert len(rows) == 2 * 2 + 2  # two sizes without and with gradients, two loops
+    for r in rows:
+        assert all(float(c) > 0 for c in (r[2:] if len(r) == 7 else r[1:]))
