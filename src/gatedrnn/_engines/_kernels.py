@@ -1166,6 +1166,15 @@ def step_kernels(
             )
         if dwih_at != 0:
             x = _at(x_at, (rows, inp), dt)
+            if lens_at != 0 and batch > 0 and lens.min() < steps:
+                # the product multiplies the padding by its zero gradient, and 0 * NaN is NaN: the
+                # input's rows past each length enter as zeros (the loops never read them)
+                x = x.copy()
+                for t in range(steps):
+                    for b in range(batch):
+                        if t >= lens[b]:
+                            for k in range(inp):
+                                x[t * batch + b, k] = 0.0
             _gemm(
                 fptr, 0, 1, inp, ihw, rows, one, x, inp, dgx2, ihw, 0.0, _at(dwih_at, (ihw, inp), dt), inp, iw, sw, cw
             )
