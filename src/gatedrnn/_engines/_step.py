@@ -136,20 +136,8 @@ class Plan:
         )
 
 
-@functools.lru_cache(maxsize=256)
-def plan(
-    spec: Spec,
-    reset_after: bool,
-    dtype: torch.dtype,
-    steps: int,
-    batch: int,
-    inp: int,
-    hid: int,
-    y_shape: tuple[int, ...] | None,
-    hn_shape: tuple[int, ...],
-) -> Plan:
-    """The :class:`Plan` of these sizes (cached: it holds nothing but sizes and kernels)."""
-    return Plan(spec, reset_after, dtype, steps, batch, inp, hid, y_shape, hn_shape)
+# The Plan of these sizes, made once: it holds nothing but sizes and kernels.
+plan = functools.lru_cache(maxsize=256)(Plan)
 
 
 class _Short(torch.autograd.Function):
