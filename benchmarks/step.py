@@ -13,7 +13,8 @@ gradients: ``h = cell(obs[t], h)``) and a cell unrolled over ``--unroll`` steps 
 step's state).
 
 Every candidate is timed in the same process, interleaved: each round times every candidate once
-(in alternating order), medians over ``--repeats`` rounds after a warm-up. Printed: the host
+(in alternating order) over about 0.4 ms of calls, medians over ``--repeats`` rounds after a
+warm-up. Printed: the host
 (CPU model and ISA flags, torch's CPU capability, the load average before and after), then
 markdown tables of time ÷ the torch cell or layer it replaces.
 """
@@ -84,10 +85,14 @@ def interleaved(fns: dict[str, Callable[[], object]], calls: int, repeats: int) 
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def _calls(batch: int, hidden: int) -> int:
-    """Calls per timed sample: about a millisecond's worth or more."""
-    flops = 12 * batch * hidden * hidden
-    return max(3, min(400, int(2e8 / max(flops, 1)) // 50))
+def _calls(fn: Callable[[], object]) -> int:
+    """Calls per timed sample: about 0.4 ms worth (short samples mostly fit between the scheduler's
+    preemptions on a shared machine, so that their median is the unpreempted time)."""
+    for _ in range(3):
+        fn()
+    t0 = time.perf_counter()
+    fn()
+    return max(1, min(500, int(4e-4 / max(time.perf_counter() - t0, 1e-7))))
 
 
 def per_call(batch: int, hidden: int, grad: bool, repeats: int) -> dict[str, float]:
@@ -111,11 +116,9 @@ def per_call(batch: int, hidden: int, grad: bool, repeats: int) -> dict[str, flo
         "nn.GRU": lambda: cells["nn.GRU"](x1, h1)[1],
         "GRU": lambda: cells["GRU"](x1, h1)[1],
     }
-    if grad:
-        fns = {k: (lambda f=f: f().sum().backward()) for k, f in steps.items()}
-        return interleaved(fns, _calls(batch, hidden), repeats)
-    with torch.no_grad():
-        return interleaved(steps, _calls(batch, hidden), repeats)
+    with torch.set_grad_enabled(grad):
+        fns = {k: (lambda f=f: f().sum().backward()) for k, f in steps.items()} if grad else steps
+        return interleaved(fns, _calls(fns["nn.GRUCell"]), repeats)
 
 
 def _loop(cell: nn.Module, xs: torch.Tensor, train: bool, lstm: bool = False) -> None:
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated")
     p.add_argument("--sizes", default="1x32,1x128,1x512,16x32,16x128,16x512,64x32,64x128,64x512", help="BxH,...")
-    p.add_argument("--repeats", type=int, default=11, help="timed rounds (medians)")
+    p.add_argument("--repeats", type=int, default=31, help="timed rounds (medians)")
     p.add_argument("--rollout", type=int, default=1000, help="steps of the policy rollout")
     p.add_argument("--unroll", type=int, default=100, help="steps of the trained unroll")
     a = p.parse_args(argv)
