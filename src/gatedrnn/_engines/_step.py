@@ -289,11 +289,14 @@ def cell(
 ) -> Tensor:
     """One step of a cell (``x`` ``[B, m]`` or ``[m]``, ``h`` of the output's shape or None for
     zeros; CPU float32/float64, checked by the caller): ``h'``, shaped as ``h``."""
+    return _call(_cell_plan(spec, reset_after, x, w_ih), x, h, w_ih, w_hh, b_ih, b_hh, None)  # type: ignore[no-any-return]
+
+
+def _cell_plan(spec: Spec, reset_after: bool, x: Tensor, w_ih: Tensor) -> Plan:
+    """The plan of a cell's step on ``x`` (``[B, m]``, or ``[m]`` unbatched)."""
     batch = 1 if x.dim() == 1 else x.shape[0]
     hid = w_ih.shape[0] // spec.ih_blocks()
-    out_shape = (hid,) if x.dim() == 1 else (batch, hid)
-    p = plan(spec, reset_after, x.dtype, 1, batch, x.shape[-1], hid, None, out_shape)
-    return _call(p, x, h, w_ih, w_hh, b_ih, b_hh, None)  # type: ignore[no-any-return]
+    return plan(spec, reset_after, x.dtype, 1, batch, x.shape[-1], hid, None, (hid,) if x.dim() == 1 else (batch, hid))
 
 
 def cell_runner(
@@ -303,10 +306,7 @@ def cell_runner(
     module docstring): ``run(x, h, params)`` -> ``h'``, for inputs of the same shapes, data type,
     layout and ``requires_grad``, the same grad mode, and ``params`` (``w_ih, w_hh, b_ih, b_hh``)
     at the same addresses. ``grad``: something needs a gradient."""
-    batch = 1 if x.dim() == 1 else x.shape[0]
-    hid = params[0].shape[0] // spec.ih_blocks()  # type: ignore[union-attr]
-    out_shape = (hid,) if x.dim() == 1 else (batch, hid)
-    p = plan(spec, reset_after, x.dtype, 1, batch, x.shape[-1], hid, None, out_shape)
+    p = _cell_plan(spec, reset_after, x, params[0])  # type: ignore[arg-type]
     copy_x, copy_h = not x.is_contiguous(), h is not None and not h.is_contiguous()
     if grad or copy_x or copy_h:
 
@@ -315,7 +315,7 @@ def cell_runner(
 
         return run
     # the common case without gradients: one allocation and the kernel's call
-    fwd, gemm, inp, dtype = p.forward, p.gemm, p.inp, p.dtype
+    fwd, gemm, batch, inp, hid, out_shape, dtype = p.forward, p.gemm, p.batch, p.inp, p.hid, p.hn_shape, p.dtype
     wih, whh, bih, bhh = (_at(t) for t in params)
 
     def step(x: Tensor, h: Tensor | None, params: Sequence[Tensor | None]) -> Tensor:
