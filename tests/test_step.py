@@ -245,6 +245,12 @@ def test_cell_dispatch_is_explicit() -> None:
 def test_cell_empty_batch_pickle_and_copy() -> None:
     ref, fused = _cells("gru1", True)
     assert fused(torch.randn(0, 5, dtype=torch.float64)).shape == (0, 4)
+    # an empty batch's backward: zero gradients for every parameter, as torch.nn.GRUCell's
+    x0 = torch.randn(0, 5, dtype=torch.float64, requires_grad=True)
+    grads = torch.autograd.grad(fused(x0, torch.randn(0, 4, dtype=torch.float64)).sum(), [x0, *fused.parameters()])
+    assert grads[0].shape == (0, 5) and all(
+        g.shape == p.shape and not g.any() for g, p in zip(grads[1:], fused.parameters(), strict=True)
+    )
     x = torch.randn(2, 5, dtype=torch.float64)
     with torch.no_grad():
         fused(x)
