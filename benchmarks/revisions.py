@@ -6,8 +6,9 @@
 On a shared machine absolute times move by tens of percent between runs, so a change to the engine
 is judged by running old and new code side by side: the revision's ``src/gatedrnn`` is exported
 with ``git archive`` into ``runs/revisions/<commit>/`` as a package of another name, both layers
-get the same weights, and each round times both, alternating which goes first (``gatedrnn._bench``'s
-interleaved timer), forward without gradients and forward+backward with random upstream gradients. Prints medians, new ÷ old, and the largest
+get the same weights, and each round times both, alternating which goes first
+(``gatedrnn.bench.compare_layers``), forward without gradients and forward+backward with random
+upstream gradients. Prints medians, new ÷ old (the median of each round's ratio), and the largest
 difference between the two input gradients (0 when the arithmetic is unchanged).
 """
 
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 
 import gatedrnn
-from gatedrnn._bench import CPU_SIZES, _time
+from gatedrnn.bench import CPU_SIZES, compare_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,32 +64,6 @@ def export(rev: str, dest: Path = ROOT / "runs" / "revisions") -> Any:
     return importlib.import_module(name)
 
 
-def _compare(lo: torch.nn.Module, ln: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor, repeats: int):  # type: ignore[no-untyped-def]
-    """Table cells (old, new, new ÷ old for each pass) and the largest input-gradient difference."""
-
-    def fwd(layer: torch.nn.Module) -> None:
-        with torch.no_grad():
-            layer(x)
-
-    def fwdbwd(layer: torch.nn.Module) -> None:
-        y, _ = layer(x)
-        y.backward(gy)
-
-    cells = []
-    for fn in (fwd, fwdbwd):
-        # 3 warm-up rounds (compile, first touches), then interleaved rounds: the benchmark's own timer
-        times = _time({"old": lambda fn=fn: fn(lo), "new": lambda fn=fn: fn(ln)}, repeats, 3, lambda: None)
-        mo, mn = times["old"]["median_ms"], times["new"]["median_ms"]
-        cells += [f"{mo:.3f}", f"{mn:.3f}", f"{mn / mo:.3f}"]
-    grads = []
-    for layer in (lo, ln):
-        x.grad = None
-        fwdbwd(layer)
-        assert x.grad is not None
-        grads.append(x.grad.clone())
-    return cells, (grads[0] - grads[1]).abs().max().item()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("rev", help="git revision to compare against (e.g. HEAD~1, a commit)")
@@ -114,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 ln = gatedrnn.GRU(inp, hid, variant=v, reset_after=ra)
                 ln.load_state_dict(lo.state_dict())
                 x = torch.randn(steps, batch, inp, requires_grad=True)
-                cells, diff = _compare(lo, ln, x, torch.randn(steps, batch, hid), a.repeats)
+                cells, diff = compare_layers(lo, ln, x, torch.randn(steps, batch, hid), a.repeats)
                 print(f"| {s} | {v} | {ra} | " + " | ".join(cells) + f" | {diff:.1e} |", flush=True)
     return 0
 

@@ -4,14 +4,14 @@
     python benchmarks/speed.py --sizes A --variants gru0 --threads 2 --repeats 5   # a quick run
     python benchmarks/speed.py --help
 
-Same as ``gatedrnn bench``; the harness lives in :mod:`gatedrnn._bench`.
+Same as ``gatedrnn bench``; the harness is the package :mod:`gatedrnn.bench`.
 """
 
 from __future__ import annotations
 
 import sys
 
-from gatedrnn._bench import main
+from gatedrnn.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", *sys.argv[1:]]))

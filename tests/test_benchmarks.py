@@ -1,4 +1,5 @@
-"""The benchmark scripts that are not the CLI's (`benchmarks/rows.py`) still run against the engine."""
+"""The benchmark harness (:mod:`gatedrnn.bench`): its tables from made-up timings, and the scripts in
+`benchmarks/` against the engine."""
 
 from __future__ import annotations
 
@@ -52,6 +53,36 @@ def test_rows_times_each_wiring_and_restores_the_runner(capsys):
         assert all(float(c) > 0 for c in ln.split("|")[3:6])
 
 
+def test_packing_compares_both_paths_of_one_layer(capsys):
+    from gatedrnn._engines import _fused, _kernels
+
+    packing = _load("packing")
+    if "s" not in _kernels.packed_blas():
+        assert packing.main(["--sizes", "D", "--threads", "1", "--repeats", "1"]) == 1
+        return
+    pack = _fused.PACK
+    assert packing.main(["--sizes", "D", "--threads", "1", "--repeats", "2", "--variants", "gru0"]) == 0
+    assert _fused.PACK is pack
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| D")]
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    assert cells[:4] == ["D", "1", "gru0", "True"]
+    assert all(float(c) > 0 for c in cells[4:10])
+    assert float(cells[10]) < 1e-4  # the same gradients either way (float32 rounding apart)
+
+
+def test_percall_times_each_part_and_restores_them(capsys):
+    from gatedrnn import _layers
+
+    percall = _load("percall")
+    before = [getattr(owner, name) for _, owner, name in percall.PARTS]
+    assert percall.main(["--calls", "5"]) == 0
+    assert [getattr(owner, name) for _, owner, name in percall.PARTS] == before
+    assert _layers.rnn is before[1]
+    rows = [ln.split("|")[1:-1] for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")][1:]
+    assert len(rows) == 12 and rows[-2][0].strip() == "total (forward+backward)"
+    assert all(float(us) >= 0 for _, us in rows[-2:])
+
+
 def test_revisions_exports_a_revision_that_imports_only_itself(tmp_path):
     """benchmarks/revisions.py compares against a git revision's package: every module of the
     exported copy must come from the copy (an absolute ``gatedrnn`` import left in it would
@@ -89,7 +120,7 @@ def test_matmul_flops_counts_what_the_reference_engine_multiplies(variant, reset
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from gatedrnn._bench import matmul_flops
+    from gatedrnn.bench import matmul_flops
 
     size = (3, 5, 4, 6)
     batch, steps, inp, hid = size
@@ -107,11 +138,11 @@ def test_matmul_flops_counts_what_the_reference_engine_multiplies(variant, reset
 
 def test_roofline_table_from_timings():
     """The roofline table's figures, worked out by hand from made-up timings."""
-    from gatedrnn import _bench
+    from gatedrnn import bench
 
-    side = _bench.SGEMM_SIDE
+    side = bench.SGEMM_SIDE
     gemm_ms = 2 * side**3 / 50e9 * 1e3  # a 50 GFLOP/s host
-    size = _bench.CPU_SIZES["D"]
+    size = bench.CPU_SIZES["D"]
     gflop = 3 * (2 * 200 * 16 * 64 * 192 + 2 * 200 * 16 * 64 * 192) / 1e9  # gru0 at D: 0.4719
     at_rate = gflop / 50 * 1e3  # 9.44 ms
     times = {
@@ -125,7 +156,7 @@ def test_roofline_table_from_timings():
         for th in (1, 2)
         for ps in ("fwd", "fwdbwd")
     ]
-    lines = _bench._roofline(rows).splitlines()
+    lines = bench._tables._roofline(rows).splitlines()
     assert len(lines) == 4  # header, rule, one line per thread count (forward+backward only)
     one = [c.strip() for c in lines[2].split("|")[1:-1]]
     two = [c.strip() for c in lines[3].split("|")[1:-1]]
@@ -136,17 +167,16 @@ def test_roofline_table_from_timings():
         f"{at_rate:.2f}",
         f"{at_rate / 0.8:.2f} (80%)",
         f"{2 * at_rate:.2f} (50%)",
-        "-",
-        "-",
     ]
-    # the target (2 threads only): TARGETS["D"] x nn.GRU's 100 ms = 12 ms, needing 9.44 / 12 of the rate
-    assert two[7:] == ["12.00", f"{100 * at_rate / 12:.0f}%"]
-    assert _bench._roofline([{**rows[1], "times": {k: v for k, v in times.items() if k != f"sgemm:{side}"}}]) == ""
+    assert two[1] == "2"
+    assert (
+        bench._tables._roofline([{**rows[1], "times": {k: v for k, v in times.items() if k != f"sgemm:{side}"}}]) == ""
+    )
 
 
 def _made_up_results() -> list[dict]:
     """One size, both thread counts, forward+backward: gru0 10 ms, gru3 5 ms, minGRU 2 ms."""
-    from gatedrnn import _bench
+    from gatedrnn import bench
 
     times = {
         "torch.nn.GRU": {"median_ms": 100.0, "min_ms": 90.0},
@@ -154,7 +184,7 @@ def _made_up_results() -> list[dict]:
         "fused:gru3": {"median_ms": 5.0, "min_ms": 4.0},
         "fused:mingru": {"median_ms": 2.0, "min_ms": 1.0},
     }
-    shape = list(_bench.CPU_SIZES["D"])
+    shape = list(bench.CPU_SIZES["D"])
     return [
         {"size": "D", "shape": shape, "dtype": "float32", "threads": th, "pass": "fwdbwd", "times": times}
         for th in (1, 2)
@@ -162,9 +192,9 @@ def _made_up_results() -> list[dict]:
 
 
 def test_proportions_table_from_timings():
-    from gatedrnn import _bench
+    from gatedrnn import bench
 
-    lines = _bench._proportions(_made_up_results(), "cpu").splitlines()
+    lines = bench._tables._proportions(_made_up_results(), "cpu").splitlines()
     assert [c.strip() for c in lines[0].split("|")[1:-1]] == ["size (B,T,m,n)", "threads", "dtype", "gru3", "mingru"]
     assert len(lines) == 4
     # D = (16, 200, 64, 64): gru0 multiplies 3 blocks of the input and 3 of the state, gru3 one of
@@ -175,50 +205,192 @@ def test_proportions_table_from_timings():
     cells = [c.strip() for c in lines[2].split("|")[1:-1]]
     assert cells[3:] == [f"0.50 ({gru3 / gru0:.2f})", f"0.20 ({mingru / gru0:.2f})"]
     assert (
-        _bench._proportions([{**r, "times": {"torch.nn.GRU": {"median_ms": 1.0}}} for r in _made_up_results()], "cpu")
+        bench._tables._proportions(
+            [{**r, "times": {"torch.nn.GRU": {"median_ms": 1.0}}} for r in _made_up_results()], "cpu"
+        )
         == ""
     )
 
 
-def test_report_reprints_a_saved_run_and_refuses_other_files(tmp_path, capsys):
+def test_report_reprints_a_saved_run_and_refuses_other_files(tmp_path):
     import json
 
-    from gatedrnn import _bench
+    from gatedrnn import bench
 
     data = {"device": "cpu", "results": _made_up_results(), "machine": {"cpu": "made-up CPU"}, "repeats": 3}
     path = tmp_path / "run.json"
     path.write_text(json.dumps(data))
-    assert _bench.main(["--report", str(path)]) == 0
-    out = capsys.readouterr().out
+    out = bench.report_file(str(path))
     assert "| D (16,200,64,64) | 2 | fwdbwd |" not in out  # no baselines table row without a pass column
     assert "| D (16,200,64,64) | float32 | 2 | fwdbwd | gru0 | 10.00 | 0.100 |" in out
-    assert "| D | 0.100 | ≤ 0.12 | yes |" in out  # the target line, from the 2-thread row
     assert "Machine: made-up CPU" in out
     (tmp_path / "bad.json").write_text("{}")
-    assert _bench.main(["--report", str(tmp_path / "bad.json")]) == 2
-    err = capsys.readouterr().err
-    assert "--report" in err and "bad.json" in err
-    assert _bench.main(["--report", str(tmp_path / "missing.json")]) == 2
-    assert "cannot read" in capsys.readouterr().err
+    with pytest.raises(bench.BenchError, match=r"--report.*bad\.json"):
+        bench.report_file(str(tmp_path / "bad.json"))
+    with pytest.raises(bench.BenchError, match="cannot read"):
+        bench.report_file(str(tmp_path / "missing.json"))
 
 
-def test_a_run_prints_what_its_json_reprints(tmp_path, capsys):
-    """The tables a run prints are a function of the JSON it saves (a tiny real run)."""
+def test_a_run_prints_what_its_json_reprints_and_keeps_an_existing_json(tmp_path, capsys):
+    """The tables a run prints are a function of the JSON it saves (a tiny real run); a second run
+    onto the same JSON is refused unless asked to overwrite it."""
     import json
 
-    from gatedrnn import _bench
+    from gatedrnn import bench
 
     path = tmp_path / "speed.json"
-    argv = ["--sizes", "E", "--variants", "gru0,mingru", "--threads", "1", "--passes", "fwdbwd", "--repeats", "1"]
-    argv += ["--warmup", "0", "--no-baselines", "--no-compile", "--no-memory", "--json", str(path)]
-    assert _bench.main(argv) == 0
+    opts = bench.Options(
+        sizes=["E"],
+        variants=["gru0", "mingru"],
+        threads=[1],
+        passes=["fwdbwd"],
+        repeats=1,
+        warmup=0,
+        baselines=False,
+        memory=False,
+        json=str(path),
+    )
+    bench.run(opts)
     printed = capsys.readouterr().out
     data = json.loads(path.read_text())
-    assert printed == _bench.report(data) + f"\nJSON: {path}\n"
+    assert printed == bench.report(data) + f"\nJSON: {path}\n"
     assert set(data["results"][0]["times"]) >= {
         "torch.nn.GRU",
         "fused:gru0",
         "floor:gru0",
-        f"sgemm:{_bench.SGEMM_SIDE}",
+        f"sgemm:{bench.SGEMM_SIDE}",
     }
-    assert data["matmul_gflop"]["E"]["gru0"] == _bench.matmul_flops("gru0", _bench.CPU_SIZES["E"], True) / 1e9
+    assert data["matmul_gflop"]["E"]["gru0"] == bench.matmul_flops("gru0", bench.CPU_SIZES["E"], True) / 1e9
+    assert data["compile"] is None  # compile timing is asked for, never run by default
+    before = path.read_bytes()
+    with pytest.raises(bench.BenchError, match="--overwrite"):
+        bench.run(opts)
+    assert path.read_bytes() == before
+
+
+def test_options_name_the_bad_option_and_default_to_the_registry():
+    import dataclasses
+
+    from gatedrnn import bench
+
+    opts = bench.Options().checked()
+    assert opts.variants == list(gatedrnn.SPECS) and opts.sizes == list(bench.CPU_SIZES)
+    assert opts.dtypes == ["float32"] and not opts.compile_time
+    for field, value, fragment in [
+        ("sizes", ["Z"], "--sizes"),
+        ("variants", ["gru9"], "--variants"),
+        ("threads", [0], "--threads"),
+        ("passes", ["bwd"], "--passes"),
+        ("repeats", 0, "--repeats"),
+        ("device", "tpu", "--device"),
+    ]:
+        with pytest.raises(bench.BenchError, match=fragment):
+            dataclasses.replace(bench.Options(), **{field: value}).checked()
+
+
+def test_yardstick_table_from_timings():
+    """Each candidate's share of the GEMM rate and its time ÷ torch.nn.GRU and ÷ torch.nn.LSTM,
+    worked out by hand from made-up timings (a 50 GFLOP/s host, size D, forward+backward)."""
+    from gatedrnn import bench
+
+    side = bench.SGEMM_SIDE
+    gemm_ms = 2 * side**3 / 50e9 * 1e3
+    gru0_gflop = 3 * (2 * 3200 * 64 * 192 + 2 * 3200 * 64 * 192) / 1e9  # (B*T = 3200 rows) 0.4719
+    lstm_gflop = 3 * 2 * 3200 * (64 + 64) * 256 / 1e9  # four blocks of x and of h: 0.6291
+    gru0_ms = gru0_gflop / 50 * 1e3 / 0.5  # half the rate: 18.87 ms
+    lstm_ms = lstm_gflop / 50 * 1e3 / 0.25  # a quarter: 50.33 ms
+    times = {
+        "torch.nn.GRU": {"median_ms": 100.0},
+        "torch.nn.LSTM": {"median_ms": lstm_ms},
+        "fused:gru0": {"median_ms": gru0_ms},
+        f"sgemm:{side}": {"median_ms": gemm_ms},
+        f"onednn:{side}": {"median_ms": gemm_ms / 2},  # twice the rate
+    }
+    row = {"size": "D", "shape": list(bench.CPU_SIZES["D"]), "dtype": "float32", "threads": 2, "pass": "fwdbwd"}
+    lines = bench._tables._yardsticks([{**row, "times": times}], "cpu").splitlines()
+    assert lines[1].startswith("Forward+backward, 2 thread(s), float32")
+    assert [c.strip() for c in lines[3].split("|")[1:-1]] == [
+        "size (B,T,m,n)",
+        "GEMM GFLOP/s",
+        "oneDNN GFLOP/s",
+        "nn.GRU ms",
+        "nn.GRU",
+        "nn.LSTM",
+        "gru0",
+    ]
+    cells = [c.strip() for c in lines[5].split("|")[1:-1]]
+    assert cells[1:4] == ["50.0", "100.0", "100.00"]
+    assert cells[4] == f"{100 * gru0_gflop / 50 / 0.1:.0f}% · 1.000 · {100 / lstm_ms:.3f}"  # 9% · 1.000 · 1.987
+    assert cells[5] == f"25% · {lstm_ms / 100:.3f} · 1.000"
+    assert cells[6] == f"50% · {gru0_ms / 100:.3f} · {gru0_ms / lstm_ms:.3f}"  # 50% · 0.189 · 0.375
+    # without the large product and torch.nn.LSTM (--no-baselines), those parts are "-"
+    bare = {k: v for k, v in times.items() if k in ("torch.nn.GRU", "fused:gru0")}
+    cells = [c.strip() for c in bench._tables._yardsticks([{**row, "times": bare}], "cpu").splitlines()[5].split("|")]
+    assert cells[2:-1] == ["-", "-", "100.00", "- · 1.000 · -", f"- · {gru0_ms / 100:.3f} · -"]
+
+
+def test_the_header_names_the_cpu_and_its_instruction_sets():
+    from gatedrnn.bench import _machine, _tables
+
+    flags = set("fpu sse avx avx2 fma avx512f avx512bw avx512_bf16".split())
+    assert _machine.cpu_isa(flags) == ["AVX2", "AVX-512", "AVX512-BF16"]
+    assert _machine.cpu_isa({"avx2", "amx_tile", "amx_bf16", "avx512f"}) == ["AVX2", "AVX-512", "AMX"]
+    assert _machine.cpu_isa({"sse4_2"}) == []
+    assert _machine.bf16_hardware(["AVX2", "AVX-512", "AMX"]) and not _machine.bf16_hardware(["AVX2"])
+    head = _tables._header({"cpu": "Made-up CPU", "isa": ["AVX2"], "logical_cpus": 2})
+    assert head == "CPU: Made-up CPU; ISA: AVX2; 2 logical CPUs"
+    assert "ISA: not recorded" in _tables._header({"cpu": "old run"})
+
+
+def test_bfloat16_against_float32_table_from_timings():
+    """Each candidate's bfloat16 time ÷ its own float32 time, same size, threads and pass; the title
+    says whether the CPU has bfloat16 instructions."""
+    from gatedrnn import bench
+
+    rows = [
+        {"size": "A", "shape": [64, 28, 28, 128], "threads": 1, "pass": "fwdbwd", "dtype": dt, "times": t}
+        for dt, t in [
+            ("float32", {"torch.nn.GRU": {"median_ms": 40.0}, "fused:gru0": {"median_ms": 20.0}}),
+            ("bfloat16", {"torch.nn.GRU": {"median_ms": 10.0}, "fused:gru0": {"median_ms": 15.0}}),
+        ]
+    ]
+    lines = bench._tables._half_speed(rows, "cpu").splitlines()
+    assert [c.strip() for c in lines[0].split("|")[1:-1]] == ["size (B,T,m,n)", "threads", "pass", "nn.GRU", "gru0"]
+    assert [c.strip() for c in lines[2].split("|")[1:-1]] == ["A (64,28,28,128)", "1", "fwdbwd", "0.25", "0.75"]
+    assert bench._tables._half_speed(rows[:1], "cpu") == ""  # no bfloat16 run: no table
+    assert "emulated" in bench._tables._half_note({"isa": ["AVX2", "AVX-512"]})
+    assert "in hardware: AMX" in bench._tables._half_note({"isa": ["AVX2", "AMX"]})
+
+
+def test_options_layer_norm_cell_computes_the_layer_norm_gru():
+    """benchmarks/options.py's per-step Python LayerNormGRUCell (what it times the fused engine
+    against) computes gatedrnn's layer_norm=True equations: outputs, h_n and input gradients of
+    the reference engine, with gains, shifts and biases away from 1 and 0."""
+    import torch
+
+    options = _load("options")
+    torch.manual_seed(0)
+    gru = gatedrnn.GRU(5, 7, layer_norm=True, engine="reference", dtype=torch.float64)
+    with torch.no_grad():
+        for p in gru.parameters():
+            p.uniform_(-0.8, 0.8)
+    cell = options.LayerNormGRU(5, 7).double().load_from(gru)
+    x = torch.randn(6, 3, 5, dtype=torch.float64)
+    gy = torch.randn(6, 3, 7, dtype=torch.float64)
+    outs = []
+    for mod in (gru, cell):
+        xx = x.clone().requires_grad_(True)
+        y, hn = mod(xx)
+        (y * gy).sum().backward()
+        outs.append((y.detach(), hn.reshape(3, 7).detach(), xx.grad))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_options_benchmark_prints_its_table(capsys):
+    options = _load("options")
+    assert options.main(["--sizes", "E", "--threads", "1", "--repeats", "1", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    row = next(ln for ln in out.splitlines() if ln.startswith("| E "))
+    assert all(float(c) > 0 for c in row.split("|")[3:-1])
+    assert "load average" in out

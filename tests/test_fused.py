@@ -104,7 +104,11 @@ WIRINGS = [(v, ra) for v in VARIANTS for ra in (True, False) if not (v == "mingr
 # 3 threads (uneven ranges 1, 1, 2 rows) running the loop at once, each with one-thread BLAS.
 # "fold": dx and dW_ih produced in the backward loop (FOLD_MAX_INPUT raised above the 5 inputs),
 # with the split. The other paths keep them as matrix products after the loop.
-PATHS = [(v, ra, p) for v, ra in WIRINGS for p in ("loops", "bwd-loops", "blas", "split", "fold")]
+# "blas": plain ?gemm calls per step, and MKL for the products over all steps (the other paths
+# run those through oneDNN where torch has it, its size limit lifted); "packed": the recurrent weights packed once per call
+# (MKL's ?gemm_pack / ?gemm_compute; skipped for a dtype the BLAS has no packed routines for);
+# "split" and "fold" run the default (plain unless GATEDRNN_PACK=1).
+PATHS = [(v, ra, p) for v, ra in WIRINGS for p in ("loops", "bwd-loops", "blas", "packed", "split", "fold")]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
@@ -118,6 +122,13 @@ def test_fused_matches_reference(
 
     monkeypatch.setattr(_kernels, "SMALL_MAX_BATCH", 10**6 if path in ("loops", "bwd-loops") else 0)
     monkeypatch.setattr(_fused, "SMALL_MIN_STEPS", 10**6 if path == "bwd-loops" else 0)
+    if path in ("blas", "packed"):
+        if path == "packed" and {torch.float32: "s", torch.float64: "d"}[dtype] not in _kernels.packed_blas():
+            pytest.skip(f"the BLAS ({_kernels.blas()[2]}) exports no packed products for {dtype}")
+        monkeypatch.setattr(_fused, "PACK", path == "packed")
+        monkeypatch.setattr(_fused, "ONEDNN", False)  # the products over all steps in MKL too
+    else:  # every product over all steps through oneDNN where torch has it, however small
+        monkeypatch.setattr(_fused, "ONEDNN_MIN_FLOPS", 0)
     threads = torch.get_num_threads()
     monkeypatch.setattr(_fused, "FOLD_MAX_INPUT", 10**6 if path == "fold" else 0)
     # "blas" and "split" take what they save from the pool (reused buffers hold stale numbers:
@@ -322,23 +333,25 @@ def test_fused_unavailable_raises_and_auto_reports() -> None:
     spec = SPECS["gru0"]
     engine = get_engine("fused")
     assert engine.unavailable(spec, torch.empty(2)) is None
-    why = engine.unavailable(spec, torch.empty(2, dtype=torch.bfloat16))
-    assert why is not None and "bfloat16" in why
+    assert engine.unavailable(spec, torch.empty(2, dtype=torch.bfloat16)) is None
+    why = engine.unavailable(spec, torch.empty(2, dtype=torch.float16))
+    assert why is not None and "float16" in why and "bfloat16" in why  # names the half type it runs
     why = engine.unavailable(spec, torch.empty(2, device="meta"))
     assert why is not None and "meta" in why
-    with pytest.raises(RuntimeError, match="engine='fused'"):
-        resolve("fused", spec, torch.empty(2, dtype=torch.bfloat16))
-    gru = GRU(3, 4, engine="fused", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match=r"engine='fused'.*bfloat16"):
+        resolve("fused", spec, torch.empty(2, dtype=torch.float16))
+    gru = GRU(3, 4, engine="fused", dtype=torch.float16)
     with pytest.raises(RuntimeError, match="fused"):
-        gru(torch.randn(2, 1, 3, dtype=torch.bfloat16))
+        gru(torch.randn(2, 1, 3, dtype=torch.float16))
     with pytest.raises(RuntimeError, match="fused"):
         engine.layer(
             spec, True, torch.randn(2, 1, 3, dtype=torch.float16), torch.zeros(1, 4), None, None, None, None, None
         )
-    # auto picks fused on CPU float32/float64 and says so
+    # auto picks fused on CPU float32/float64/bfloat16 and says so
     assert auto_choice(torch.empty(1)) == "fused"
     assert auto_choice(torch.empty(1, dtype=torch.float64)) == "fused"
-    assert auto_choice(torch.empty(1, dtype=torch.bfloat16)) == "reference"
+    assert auto_choice(torch.empty(1, dtype=torch.bfloat16)) == "fused"
+    assert auto_choice(torch.empty(1, dtype=torch.float16)) == "reference"
     gru = GRU(3, 4)
     gru(torch.randn(2, 1, 3))
     assert gru.last_engine == "fused"
@@ -346,6 +359,51 @@ def test_fused_unavailable_raises_and_auto_reports() -> None:
     assert info["auto"]["cpu float32"] == "fused"
     assert info["engines"]["fused"]["available"] is True
     assert info["engines"]["fused"]["blas"]
+
+
+def test_products_over_all_steps_choose_onednn_by_size_and_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """_mm_nt: oneDNN for float32 products from ONEDNN_MIN_FLOPS up, MKL below, for float64, and
+    for a transposed operand of _FRESH_MAX_BYTES or more; the same numbers either way."""
+    from gatedrnn._engines import _fused
+
+    if _fused._onednn_linear() is None:
+        pytest.skip("this torch has no oneDNN")
+    calls = []
+    op = _fused._onednn_linear()
+
+    def spy(*args):  # type: ignore[no-untyped-def]
+        calls.append(args[0].shape)
+        return op(*args)
+
+    monkeypatch.setattr(_fused, "_onednn_linear", lambda: spy)
+    monkeypatch.setattr(_fused, "ONEDNN_MIN_FLOPS", 2 * 40 * 30 * 20)
+    a, b = torch.randn(40, 30), torch.randn(20, 30)
+    torch.testing.assert_close(_fused._mm_nt(a, b), a @ b.t())
+    assert len(calls) == 1
+    _fused._mm_nt(a[:39], b)  # below the limit
+    _fused._mm_nt(a.double(), b.double())
+    assert len(calls) == 1
+    monkeypatch.setattr(_fused, "_FRESH_MAX_BYTES", a.nbytes)
+    at = a.t().contiguous().t()  # transposed, as large as the limit
+    torch.testing.assert_close(_fused._mm_nt(at, b), a @ b.t())
+    assert len(calls) == 1
+    _fused._mm_nt(a, b)  # contiguous: no copy, so no limit
+    assert len(calls) == 2
+
+
+def test_packed_products_asked_for_without_them_raise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packing forced on where the BLAS has no packed routines (SciPy's, or a dtype MKL packs not)
+    is an error naming them, never a silent fall back to plain products."""
+    from gatedrnn._engines import _fused, _kernels
+
+    monkeypatch.setattr(_kernels, "SMALL_MAX_BATCH", 0)
+    monkeypatch.setattr(_kernels, "packed_blas", lambda: {})
+    monkeypatch.setattr(_fused, "PACK", True)
+    layer = GRU(5, 6, engine="fused")
+    with pytest.raises(RuntimeError, match="sgemm_pack"):
+        layer(torch.randn(4, 3, 5))
+    monkeypatch.setattr(_fused, "PACK", False)  # plain calls need nothing packed
+    layer(torch.randn(4, 3, 5))
 
 
 def test_fused_rejects_mixed_dtypes() -> None:
@@ -410,7 +468,7 @@ def test_scipy_blas_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
         torch.float32: get_cython_function_address("scipy.linalg.cython_blas", "sgemm"),
         torch.float64: get_cython_function_address("scipy.linalg.cython_blas", "dgemm"),
     }
-    monkeypatch.setattr(_fused, "_gemm_address", lambda dtype: addr[dtype])
+    monkeypatch.setattr(_fused, "_blas_fns", lambda dtype, packed: np.array([addr[dtype], 0, 0], np.int64))
     for dtype in DTYPES:
         ref, fused = _pair("gru0", False, dtype, 1, True, False)
         x = torch.randn(7, 3, 5, dtype=dtype)

@@ -122,3 +122,46 @@ def test_scan_engine_refuses_other_variants() -> None:
 
     with pytest.raises(RuntimeError, match="engine='scan' cannot run here: the parallel scan runs only minGRU"):
         GRU(3, 4, variant="mgu", engine="scan")(torch.randn(5, 2, 3))
+
+
+@pytest.mark.parametrize("option", ["layer_norm", "zoneout", "zoneout-eval", "both"])
+def test_scan_engine_runs_layer_norm_and_zoneout(option: str) -> None:
+    """The scan with its options (the projection's layer norm; zoneout, which keeps minGRU linear)
+    against the reference engine: outputs, h_n and every gradient, with lengths, same masks."""
+    from gatedrnn import GRU
+
+    kw = {
+        "layer_norm": {"layer_norm": True},
+        "zoneout": {"zoneout": 0.3},
+        "zoneout-eval": {"zoneout": 0.3},
+        "both": {"layer_norm": True, "zoneout": 0.3},
+    }[option]
+    ref = GRU(4, 6, variant="mingru", engine="reference", dtype=torch.float64, **kw)
+    scan = GRU(4, 6, variant="mingru", engine="scan", dtype=torch.float64, **kw)
+    with torch.no_grad():
+        for p in ref.parameters():  # gains and shifts away from 1 and 0
+            p.uniform_(-0.8, 0.8)
+    scan.load_state_dict(ref.state_dict())
+    x = torch.randn(40, 3, 4, dtype=torch.float64)
+    h0 = torch.randn(1, 3, 6, dtype=torch.float64)
+    lengths = torch.tensor([40, 17, 1])
+    gy = torch.randn(40, 3, 6, dtype=torch.float64)
+    results = []
+    for layer in (ref, scan):
+        layer.train(option != "zoneout-eval")
+        xx, hh = x.clone().requires_grad_(True), h0.clone().requires_grad_(True)
+        torch.manual_seed(9)
+        y, hn = layer(xx, hh, lengths=lengths)
+        ((y * gy).sum() + hn.sum()).backward()
+        assert layer.last_engine == layer.engine
+        results.append([y.detach(), hn.detach(), xx.grad, hh.grad, *[p.grad for p in layer.parameters()]])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_scan_engine_refuses_resets() -> None:
+    from gatedrnn import GRU
+
+    layer = GRU(3, 4, variant="mingru", engine="scan")
+    with pytest.raises(RuntimeError, match="engine='scan' cannot run here: it does not run resets"):
+        layer(torch.randn(5, 2, 3), resets=torch.zeros(5, 2, dtype=torch.bool))

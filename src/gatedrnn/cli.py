@@ -406,17 +406,72 @@ def report(
                 typer.echo(continue_hint(folder))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
-def bench(ctx: typer.Context) -> None:
-    """Speed benchmarks of the engines (gatedrnn._bench): every argument, --help too, goes to it."""
+@app.command()
+def bench(
+    device: Annotated[str, typer.Option(help="cpu (the fused engine) or cuda (the triton engine).")] = "cpu",
+    sizes: Annotated[
+        list[str] | None, typer.Option(help="Size names, comma-separated (CPU A-E, CUDA A-G) (default: all).")
+    ] = None,
+    variants: Annotated[list[str] | None, typer.Option(help="Variants, comma-separated (default: all).")] = None,
+    threads: Annotated[str, typer.Option(help="torch thread counts, comma-separated (CPU).")] = "1,2",
+    passes: Annotated[str, typer.Option(help="fwd (inference, no grad) and/or fwdbwd.")] = "fwd,fwdbwd",
+    repeats: Annotated[int, typer.Option(help="Timed runs per candidate (the median is reported).")] = 10,
+    warmup: Annotated[int, typer.Option(help="Untimed runs per candidate first.")] = 2,
+    reset_after: Annotated[
+        bool, typer.Option("--reset-after/--reset-before", help="Reset form of the variants.")
+    ] = True,
+    dtypes: Annotated[
+        list[str] | None,
+        typer.Option(help="Data types, comma-separated (default: CPU float32; CUDA float32,bfloat16)."),
+    ] = None,
+    baselines: Annotated[
+        bool, typer.Option("--baselines/--no-baselines", help="Also time torch.nn.LSTM and a Python GRUCell loop.")
+    ] = True,
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure memory (fresh processes).")] = True,
+    compile_time: Annotated[
+        bool,
+        typer.Option("--compile-time", help="Also time the kernels' compilation, cold and cached (about a minute)."),
+    ] = False,
+    json_out: Annotated[
+        str | None,
+        typer.Option("--json", help="Where to write the JSON (default: a new runs/bench/speed-DEVICE-TIME.json)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --json file.")] = False,
+    report_json: Annotated[
+        str | None, typer.Option("--report", help="Print the tables of a saved run (its JSON) instead of running.")
+    ] = None,
+) -> None:
+    """Speed of the engines against torch.nn.GRU, torch.nn.LSTM and the host's matrix-product rate."""
     with _clean_errors():
+        from . import bench as harness
+
         try:
-            from . import _bench
-        except ImportError as e:
-            raise CliError(f"bench: the benchmark harness (gatedrnn._bench) is not available: {e}") from None
-        code = _bench.main(list(ctx.args))
-        if code:
-            raise typer.Exit(code=int(code))
+            if report_json is not None:
+                typer.echo(harness.report_file(report_json))
+                return
+            try:
+                thread_list = [int(t) for t in threads.split(",") if t.strip()]
+            except ValueError:
+                raise harness.BenchError(f"--threads: expected a comma list of integers, got {threads!r}") from None
+            opts = harness.Options(
+                device=device,
+                sizes=_split_list(sizes),
+                variants=_split_list(variants),
+                threads=thread_list,
+                passes=[p.strip() for p in passes.split(",") if p.strip()],
+                repeats=repeats,
+                warmup=warmup,
+                reset_after=reset_after,
+                dtypes=_split_list(dtypes),
+                baselines=baselines,
+                memory=memory,
+                compile_time=compile_time,
+                json=json_out,
+                overwrite=overwrite,
+            )
+            harness.run(opts, argv=sys.argv[1:])
+        except harness.BenchError as e:
+            raise CliError(str(e)) from None
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -18,7 +18,9 @@ Per time step the forward does one BLAS ``gemm`` on the recurrent weights (two d
 for the reset-before form) and one fused elementwise pass; the backward the same in reverse.
 BLAS is called from inside the compiled loop through a function address passed as an argument
 (torch's own MKL ``sgemm_``/``dgemm_`` when libtorch exports them, else SciPy's ``cython_blas``),
-so the compiled code holds no process-specific address and can be cached.
+so the compiled code holds no process-specific address and can be cached. Optionally the
+recurrent weights are packed once per call into MKL's internal format (``?gemm_pack``) and each
+step calls ``?gemm_compute`` on them (:func:`_mm`; the caller decides, see ``_fused.PACK``).
 
 Row-major arrays are handed to column-major BLAS as their transposes: ``C[B, N] = A[B, K] @ W[N, K]^T``
 is ``gemm('T', 'N', N, B, K, W, K, A, lda_A, C, ldc)`` and ``C[B, H] += D[B, N] @ W[N, H]`` is
@@ -38,15 +40,16 @@ from llvmlite import ir
 from numba import carray, njit, types
 from numba.extending import intrinsic, overload
 
+from .._options import LN_EPS
 from .._specs import Wiring
 
 __all__ = [
     "SMALL_MAX_BATCH",
     "blas",
-    "floor_nn",
-    "floor_nt",
     "kernels",
     "mkl_local_threads",
+    "pack_size",
+    "packed_blas",
     "saved_size",
     "step_kernels",
 ]
@@ -84,17 +87,56 @@ def blas() -> tuple[int, int, str]:
         raise RuntimeError(f"no BLAS found: libtorch_cpu exports no sgemm_ and scipy's cython_blas failed ({e})") from e
 
 
+def _libtorch() -> ctypes.CDLL:
+    import torch
+
+    return ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+
+
+@functools.lru_cache(maxsize=1)
+def packed_blas() -> dict[str, tuple[int, int, Callable[..., int]]]:
+    """MKL's packed products where the kernels call torch's MKL and libtorch exports them:
+    ``{"s" or "d": (?gemm_pack_ address, ?gemm_compute_ address, cblas_?gemm_pack_get_size)}``
+    (torch's MKL exports the float32 routines only; empty elsewhere)."""
+    if not blas()[2].startswith("torch MKL"):
+        return {}
+    out: dict[str, tuple[int, int, Callable[..., int]]] = {}
+    try:
+        lib = _libtorch()
+    except OSError:  # pragma: no cover - blas() found it
+        return out
+    for p in ("s", "d"):
+        try:
+            pack = ctypes.cast(getattr(lib, f"{p}gemm_pack_"), ctypes.c_void_p).value
+            compute = ctypes.cast(getattr(lib, f"{p}gemm_compute_"), ctypes.c_void_p).value
+            size = getattr(lib, f"cblas_{p}gemm_pack_get_size")
+        except AttributeError:
+            continue
+        size.argtypes = [ctypes.c_int] * 4
+        size.restype = ctypes.c_size_t
+        if pack and compute:
+            out[p] = (int(pack), int(compute), size)
+    return out
+
+
+_CBLAS_A_MATRIX = 161  # CBLAS_IDENTIFIER CblasAMatrix
+
+
+@functools.cache
+def pack_size(prefix: str, m: int, n: int, k: int) -> int:
+    """Bytes MKL's packed ``m x k`` A matrix takes for products with ``n`` columns (``prefix`` "s"
+    or "d", a key of :func:`packed_blas`)."""
+    return int(packed_blas()[prefix][2](_CBLAS_A_MATRIX, m, n, k))
+
+
 @functools.lru_cache(maxsize=1)
 def mkl_local_threads() -> Callable[[int], int] | None:
     """MKL's ``MKL_Set_Num_Threads_Local`` (thread-local, returns the previous value; 0 = global)
     when the kernels call torch's MKL and libtorch exports it, else None."""
     if not blas()[2].startswith("torch MKL"):
         return None
-    import torch
-
     try:
-        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
-        fn = lib.MKL_Set_Num_Threads_Local
+        fn = _libtorch().MKL_Set_Num_Threads_Local
     except (OSError, AttributeError):
         return None
     fn.argtypes = [ctypes.c_int]
@@ -103,20 +145,22 @@ def mkl_local_threads() -> Callable[[int], int] | None:
 
 
 @intrinsic
-def _fcall13(typingctx, fptr, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12):
-    """Call the Fortran routine at address ``fptr`` with the data pointers of 13 arrays."""
-    arrays = (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12)
-    if not isinstance(fptr, types.Integer) or not all(isinstance(a, types.Array) for a in arrays):
+def _fcall(typingctx, fptr, arrays):
+    """Call the Fortran routine at address ``fptr`` with the data pointers of a tuple of arrays
+    (every argument of a Fortran BLAS routine is passed by reference)."""
+    if not isinstance(fptr, types.Integer) or not isinstance(arrays, types.BaseTuple):
         return None
-    sig = types.void(fptr, *arrays)
+    if not all(isinstance(a, types.Array) for a in arrays):
+        return None
+    sig = types.void(fptr, arrays)
 
     def codegen(context, builder, signature, args):
         i8p = ir.IntType(8).as_pointer()
         ptrs = []
-        for ty, val in zip(signature.args[1:], args[1:], strict=True):
-            ary = context.make_array(ty)(context, builder, val)
+        for i, ty in enumerate(signature.args[1]):
+            ary = context.make_array(ty)(context, builder, builder.extract_value(args[1], i))
             ptrs.append(builder.bitcast(ary.data, i8p))
-        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 13)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p] * len(ptrs))
         fn = builder.inttoptr(args[0], fnty.as_pointer())
         builder.call(fn, ptrs)
         return context.get_dummy_value()
@@ -125,13 +169,22 @@ def _fcall13(typingctx, fptr, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, 
 
 
 @njit(inline="always", **_JIT)
-def _gemm(fptr, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, iw, sw, cw):
-    """Column-major ``C = alpha * op(A) @ op(B) + beta * C`` (Fortran ``?gemm``).
+def _blas_scratch(dt):
+    """The by-reference scalars of the BLAS calls: ``iw`` int32[6], ``sw`` [2] of the data type
+    ``dt``, ``cw`` uint8[4] = b"NTPA" (transpose flags, packed, the packed matrix's name)."""
+    iw = np.empty(6, np.int32)
+    sw = np.empty(2, dt)
+    cw = np.empty(4, np.uint8)
+    cw[0] = 78  # N
+    cw[1] = 84  # T
+    cw[2] = 80  # P
+    cw[3] = 65  # A
+    return iw, sw, cw
 
-    ``ta``/``tb``: 0 for 'N', 1 for 'T'. ``a``, ``b``, ``c``: arrays whose first element is the
-    matrix's first element. ``iw`` int32[6], ``sw`` [2] of the data type, ``cw`` uint8[2] = b"NT":
-    scratch for the by-reference scalars.
-    """
+
+@njit(inline="always", **_JIT)
+def _scalars(iw, sw, m, n, k, lda, ldb, ldc, alpha, beta):
+    """Fill the by-reference scalars of a product (:func:`_blas_scratch`)."""
     iw[0] = m
     iw[1] = n
     iw[2] = k
@@ -140,21 +193,66 @@ def _gemm(fptr, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, iw, sw, cw
     iw[5] = ldc
     sw[0] = alpha
     sw[1] = beta
-    _fcall13(
+
+
+@njit(inline="always", **_JIT)
+def _gemm(fptr, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, iw, sw, cw):
+    """Column-major ``C = alpha * op(A) @ op(B) + beta * C`` (Fortran ``?gemm``).
+
+    ``ta``/``tb``: 0 for 'N', 1 for 'T'. ``a``, ``b``, ``c``: arrays whose first element is the
+    matrix's first element. ``iw``, ``sw``, ``cw``: scratch for the by-reference scalars
+    (:func:`_blas_scratch`).
+    """
+    _scalars(iw, sw, m, n, k, lda, ldb, ldc, alpha, beta)
+    _fcall(
         fptr,
-        cw[ta : ta + 1],
-        cw[tb : tb + 1],
-        iw[0:1],
-        iw[1:2],
-        iw[2:3],
-        sw[0:1],
-        a,
-        iw[3:4],
-        b,
-        iw[4:5],
-        sw[1:2],
-        c,
-        iw[5:6],
+        (
+            cw[ta : ta + 1],
+            cw[tb : tb + 1],
+            iw[0:1],
+            iw[1:2],
+            iw[2:3],
+            sw[0:1],
+            a,
+            iw[3:4],
+            b,
+            iw[4:5],
+            sw[1:2],
+            c,
+            iw[5:6],
+        ),
+    )
+
+
+# The per-step products on packed recurrent weights (MKL's ?gemm_pack / ?gemm_compute): ``fns`` is
+# int64[3] = (``?gemm``, ``?gemm_pack``, ``?gemm_compute``) with the last two 0 where the weights
+# are not packed; ``pa`` is the packed buffer of one matrix (``pack_size`` bytes, 64-byte aligned,
+# never moved after packing: MKL's packed format depends on its address).
+@njit(inline="always", **_JIT)
+def _pack_a(fns, pa, ta, m, n, k, a, lda, iw, sw, cw):
+    """Pack ``op(A)`` (``m x k``, column-major, ``ta``: 0 'N', 1 'T') into ``pa`` for products with
+    ``n`` columns (:func:`_mm`). Nothing where ``fns`` holds no packing routine."""
+    if fns[1] == 0:
+        return
+    iw[0] = m
+    iw[1] = n
+    iw[2] = k
+    iw[3] = lda
+    sw[0] = 1.0
+    _fcall(fns[1], (cw[3:4], cw[ta : ta + 1], iw[0:1], iw[1:2], iw[2:3], sw[0:1], a, iw[3:4], pa))
+
+
+@njit(inline="always", **_JIT)
+def _mm(fns, pa, ta, m, n, k, a, lda, b, ldb, beta, c, ldc, iw, sw, cw):
+    """Column-major ``C = op(A) @ B + beta * C``: on ``pa`` (``op(A)`` packed by :func:`_pack_a`)
+    where ``fns`` holds the packed routines, else :func:`_gemm` on ``a``."""
+    if fns[2] == 0:
+        _gemm(fns[0], ta, 0, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc, iw, sw, cw)
+        return
+    _scalars(iw, sw, m, n, k, lda, ldb, ldc, 1.0, beta)
+    _fcall(
+        fns[2],
+        (cw[2:3], cw[0:1], iw[0:1], iw[1:2], iw[2:3], pa, iw[3:4], b, iw[4:5], sw[1:2], c, iw[5:6]),
     )
 
 
@@ -236,6 +334,65 @@ def _dead_row(dh, dhp, dgx, dgh, qs, dxo, t, tx, b, fold_dx, zero_q):
             qs[t, b, j] = 0.0
 
 
+# ------------------------------------------------------------------------------------- options
+# The options' row passes (equations in gatedrnn._options). Each runs once per row and step, outside
+# the inner loops, and only when its option is on: the plain path's loops are the same code.
+# The layer norm's row passes are functions of their own, called once per row and group: their
+# sums may be reordered (fastmath "reassoc"), so they vectorise, which the kernels' own strict
+# order of operations forbids (inlined, the same passes took 2.2-2.4x the time).
+_LN_JIT = {**_JIT, "fastmath": {"contract", "reassoc"}}
+
+
+@njit(**_LN_JIT)
+def _ln_forward(a, ta, b, c0, n, gain, shift, ahat, th, rstd, gi):
+    """Layer norm of ``a[ta, b, c0:c0+n]`` in place: ``γ ⊙ (a - mean) / sqrt(var + ε) + β`` with
+    ``γ, β = gain[c0:c0+n], shift[c0:c0+n]`` (``var`` biased, two passes, sums in float64). The
+    normalised values ``â`` go to ``ahat[th, b, c0:c0+n]`` and ``1 / sqrt(var + ε)`` to
+    ``rstd[th, b, gi]`` (what the backward reads)."""
+    u0, un = np.uint64(c0), np.uint64(n)
+    s = 0.0
+    for i in range(un):
+        s += a[ta, b, u0 + i]
+    mean = s / n
+    v = 0.0
+    for i in range(un):
+        d = a[ta, b, u0 + i] - mean
+        v += d * d
+    r = 1.0 / np.sqrt(v / n + LN_EPS)
+    rstd[th, b, gi] = r
+    mean_t, r_t = a.dtype.type(mean), a.dtype.type(r)
+    for i in range(un):
+        k = u0 + i
+        x = (a[ta, b, k] - mean_t) * r_t
+        ahat[th, b, k] = x
+        a[ta, b, k] = gain[k] * x + shift[k]
+
+
+@njit(**_LN_JIT)
+def _ln_backward(dg, td, b, c0, n, gain, ahat, th, rstd, gi, dgam, dbet):
+    """The layer norm's backward for one row and group: ``dg[td, b, c0:c0+n]`` holds the gradient
+    ``dy`` of its outputs. Adds ``dy`` to the shift's gradient ``dbet`` and ``dy ⊙ â`` to the gain's
+    ``dgam`` (float64), then replaces ``dy`` by the gradient of the layer norm's input,
+    ``rstd (g - mean(g) - â mean(g ⊙ â))`` with ``g = γ ⊙ dy`` (``â``, ``rstd`` at ``[th, b]``)."""
+    u0, un = np.uint64(c0), np.uint64(n)
+    s = 0.0
+    q = 0.0
+    for i in range(un):
+        k = u0 + i
+        dy = dg[td, b, k]
+        x = ahat[th, b, k]
+        dbet[k] += dy
+        dgam[k] += dy * x
+        g = dy * gain[k]
+        s += g
+        q += g * x
+    dt = dg.dtype.type
+    m1, m2, r = dt(s / n), dt(q / n), dt(rstd[th, b, gi])
+    for i in range(un):
+        k = u0 + i
+        dg[td, b, k] = r * (dg[td, b, k] * gain[k] - m1 - ahat[th, b, k] * m2)
+
+
 # ---------------------------------------------------------------------------------- activations
 _F = np.float32
 _C = _F(7.90531110763549805)
@@ -304,32 +461,87 @@ def _tanh(fast, x):
 
 
 # -------------------------------------------------------------------------------------- kernels
+@njit(inline="always", **_JIT)
+def _switches(options, masked, zo, reset, ln_x, ln_h):
+    """The options' runtime switches as a kernel sees them: the constant False where ``options``
+    (a compile-time constant) is off, so that every branch on them folds away."""
+    return options and masked, options and zo, options and reset, options and ln_x, options and ln_h
+
+
 @functools.cache
-def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..., None]]:
+def _loops(wiring: Wiring, fast: bool, options: bool) -> tuple[Callable[..., None], Callable[..., None]]:
     """The forward and backward loops of one wiring, as Python functions whose closure holds its
     switches; numba compiles them (through :func:`_forward_loop` and :func:`_backward_loop`) into
     the kernels of :func:`kernels` and :func:`step_kernels`. Their first argument is the code of
-    the switches (:func:`_code`), unused here.
+    the switches (:func:`_code`), unused here; the others are those of :func:`kernels`' functions.
+
+    ``options``: compile in the options (:mod:`gatedrnn._options`: layer norms, recurrent dropout,
+    zoneout, resets). Each is then a runtime switch of its own, checked once per row or step
+    outside the inner loops, with its work in passes of its own (the layer norms' are calls).
+    Without ``options`` every switch is the constant False and the loops are the plain ones: the
+    calls and branches, even never taken, cost a plain layer up to 10-20% at batch 1
+    (docs/fused.md, "Options").
     """
     # Only plain constants in the closure: numba prunes the branches they decide before typing.
     gx, gh, two, coupled = bool(wiring.gates_read_x), bool(wiring.gates_read_h), wiring.gates == 2, bool(wiring.coupled)
     cand_h, tanh, reset_after = bool(wiring.cand_reads_h), bool(wiring.cand_tanh), bool(wiring.reset_after)
-    fast = bool(fast)
+    fast, options = bool(fast), bool(options)
     use_gemm = cand_h  # every variant whose gates read h also has a candidate that reads h
     two_gemm = cand_h and not reset_after
     # gates from their bias alone (GRU3): the same activations at every step and row, computed
     # once per call and saved once (``gs`` is ``[1, 1, G*H]``)
     gconst = not (gx or gh)
 
-    def forward(code, fptr, xp, gb, whh, whh_t, bhn, lengths, hs, y, gs, ns, hn, work, copy_y, small, b0, b1):
+    def forward(
+        code,
+        fns,
+        xp,
+        gb,
+        whh,
+        whh_t,
+        pk,
+        bhn,
+        lengths,
+        hs,
+        y,
+        gs,
+        ns,
+        hn,
+        work,
+        copy_y,
+        small,
+        masked,
+        hmask,
+        hm,
+        zo,
+        zeta,
+        reset,
+        resets,
+        ln_x,
+        ln_xg,
+        ln_xs,
+        ahat_x,
+        rstd_x,
+        ln_h,
+        ln_hg,
+        ln_hs,
+        ahat_h,
+        rstd_h,
+        b0,
+        b1,
+    ):
         """Forward in time over ``T`` steps.
 
         Args:
-            fptr: address of the BLAS ``?gemm`` of this data type.
+            fns: int64[3], addresses of this data type's BLAS ``?gemm``, ``?gemm_pack`` and
+                ``?gemm_compute`` (the last two 0: the weights are not packed; see :func:`_mm`).
             xp: ``[T, B, ihb*H]`` input projection with folded biases: ``[gate blocks (if gx) | n]``.
             gb: ``[G*H]`` the gates' constant pre-activation when they do not read x (bias or 0).
             whh: ``[hhb*H, H]`` recurrent weights ``[U_gates (if gh) ; U_n]`` (``[1, 1]`` if none).
             whh_t: ``[H, hhb*H]`` ``whh`` transposed (contiguous) when ``small``, else ``[1, 1]`` unused.
+            pk: ``[2, P]`` scratch for ``whh`` packed (row 0: the first per-step product's weights,
+                row 1: reset-before's ``U_n``; each row 64-byte aligned) where ``fns`` packs, else
+                ``[1, 1]`` unused. Packed at the start of the call, for this row range's products.
             bhn: ``[H]`` ``b_hn`` (reset-after; zeros without bias).
             lengths: ``[B]`` int64; steps ``t >= lengths[b]`` keep the state and output 0.
             hs: ``[T+1, B, H]`` states; ``hs[0]`` = h0 on entry. Saved for the backward.
@@ -345,9 +557,34 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
             work: ``[B, hhb*H]`` scratch for the recurrent matrix product of one step.
             copy_y: write ``y`` (needed with lengths: outputs past a sequence's end are 0).
             small: the per-step products run as :func:`_row_nt` (compiled loops) instead of BLAS.
+            masked: recurrent dropout: the products read ``h̃ = h(t-1) ⊙ hmask`` (the update reads
+                ``h(t-1)``).
+            hmask: ``[B, H]`` the recurrent-dropout mask (scaled) when ``masked``.
+            hm: ``[1, B, H]`` scratch for ``h̃`` of the current step when ``masked``.
+            zo: zoneout: ``hs[t+1] = ζ h(t-1) + (1-ζ) h'`` with ``ζ = zeta[t, b]``.
+            zeta: ``[T, B, H]`` zoneout's ζ (0 or 1, training), or ``[1, 1, H]`` filled with its
+                probability (eval): a dimension of 1 is read at index 0.
+            reset: ``resets`` is read: where ``resets[t, b]`` (and ``t < lengths[b]``) the state
+                ``hs[t, b]`` is zeroed before step ``t`` (then the saved states hold the effective
+                ``h(t-1)``). Needs ``copy_y`` (the outputs keep the state before the reset).
+            resets: ``[T, B]`` bool.
+            ln_x: layer norm of ``W x``: each row of ``xp`` (then without biases) is normalised in
+                place at its step, one group over every block, before the elementwise pass.
+            ln_xg, ln_xs: ``[ihb*H]`` its gain, and its shift with the projection's biases added
+                (``LN(W x) + b = γ â + (β + b)``).
+            ahat_x: ``[T, B, ihb*H]`` (out, with ``ln_x``) the normalised ``â`` for the backward;
+                ``[1, B, ihb*H]`` scratch without gradients. ``rstd_x``: ``[T, B, 1]`` (out)
+                ``1 / sqrt(var + ε)`` (``[1, B, 1]`` likewise).
+            ln_h: layer norm of the recurrent products, in ``work`` after each product: reset-after
+                one group over every block, reset-before the gates' group after the first product
+                and the candidate's after the second (``U_n (r ⊙ h)``).
+            ln_hg, ln_hs: ``[hhb*H]`` its gain and shift.
+            ahat_h, rstd_h: as ``ahat_x``, ``rstd_x`` for ``work`` (``[T, B, hhb*H]``,
+                ``[T, B, groups]``).
             b0, b1: the batch rows ``[b0, b1)`` this call runs (the rows are independent: calls on
                 disjoint row ranges may run at once on different threads; they share no writes).
         """
+        masked, zo, reset, ln_x, ln_h = _switches(options, masked, zo, reset, ln_x, ln_h)
         steps, hid = xp.shape[0], hs.shape[2]
         batch = b1 - b0
         ng = gs.shape[2]  # G*H
@@ -356,11 +593,16 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
         wn = hhw - hid  # column of U_n h in work
         dt = hs.dtype
         one = dt.type(1.0)
-        iw = np.empty(6, np.int32)
-        sw = np.empty(2, dt)
-        cw = np.empty(2, np.uint8)
-        cw[0] = 78
-        cw[1] = 84
+        iw, sw, cw = _blas_scratch(dt)
+        cols = hhw if reset_after else ng  # the columns of the first per-step product
+        # the recurrent weights packed once for all steps (where fns holds the packed routines)
+        wnn = whh[hhw - hid :]  # U_n
+        pa0, pa1 = pk[0], pk[pk.shape[0] - 1]
+        if use_gemm and not small:
+            if reset_after or gh:
+                _pack_a(fns, pa0, 1, cols, batch, hid, whh, hid, iw, sw, cw)
+            if two_gemm:
+                _pack_a(fns, pa1, 1, hid, batch, hid, wnn, hid, iw, sw, cw)
         gc = np.empty(ng, dt)  # the constant gates (gconst)
         if gconst:
             for j in range(ng):
@@ -370,39 +612,36 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
                 for j in range(ng):
                     g0[j] = gc[j]
         uh, uxn, uwn = np.uint64(hid), np.uint64(xn), np.uint64(wn)
+        # what the recurrent products read: h(t-1), or h̃ = h(t-1) ⊙ m (recurrent dropout) in hm[0]
+        ha = hm if masked else hs
+        work3 = work.reshape((1, work.shape[0], hhw))  # (the layer norm's passes index [t, b, j])
+        ihw = xp.shape[2]
         for t in range(steps):
             # [T, B, X] buffers (saved) are read and written at step t; [1, B, X] ones (inference:
             # nothing saved) are one step's scratch, reused at every step
             tg = t if gs.shape[0] > 1 else 0
             tn = t if ns.shape[0] > 1 else 0
             th = t if hn.shape[0] > 1 else 0
+            tlx = t if ahat_x.shape[0] > 1 else 0
+            tlh = t if ahat_h.shape[0] > 1 else 0
+            ta = 0 if masked else t
+            if reset:
+                for b in range(b0, b1):
+                    if t < lengths[b] and resets[t, b]:
+                        for j in range(uh):
+                            hs[t, b, j] = 0.0
+            if masked:
+                for b in range(b0, b1):
+                    for j in range(uh):
+                        hm[0, b, j] = hs[t, b, j] * hmask[b, j]
             if use_gemm:
                 # reset-after: work[B, hhb*H] = h(t-1) @ whh^T; reset-before: work[:, :G*H] = h(t-1) @ U_gates^T
-                cols = hhw if reset_after else ng
                 if reset_after or gh:
                     if small:
                         for b in range(b0, b1):
-                            _row_nt(hs, t, b, whh_t, 0, cols, work, b, 0)
+                            _row_nt(ha, ta, b, whh_t, 0, cols, work, b, 0)
                     else:
-                        _gemm(
-                            fptr,
-                            1,
-                            0,
-                            cols,
-                            batch,
-                            hid,
-                            one,
-                            whh,
-                            hid,
-                            hs[t, b0:],
-                            hid,
-                            0.0,
-                            work[b0:],
-                            hhw,
-                            iw,
-                            sw,
-                            cw,
-                        )
+                        _mm(fns, pa0, 1, cols, batch, hid, whh, hid, ha[ta, b0:], hid, 0.0, work[b0:], hhw, iw, sw, cw)
             for b in range(b0, b1):
                 if t >= lengths[b]:
                     for j in range(uh):
@@ -411,12 +650,16 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
                         for j in range(uh):
                             y[t, b, j] = 0.0
                     continue
+                if ln_x:
+                    _ln_forward(xp, t, b, 0, ihw, ln_xg, ln_xs, ahat_x, tlx, rstd_x, 0)
                 if two_gemm:
                     # reset-before, first pass: gates and q = r*h(t-1) (in hn[0])
                     if gconst:
                         for j in range(uh):
-                            hn[0, b, j] = gc[j] * hs[t, b, j]
+                            hn[0, b, j] = gc[j] * ha[ta, b, j]
                         continue
+                    if ln_h and gh:
+                        _ln_forward(work3, 0, b, 0, ng, ln_hg, ln_hs, ahat_h, tlh, rstd_h, 0)
                     for j in range(uh):
                         a = xp[t, b, j] if gx else gb[j]
                         if gh:
@@ -428,8 +671,10 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
                             if gh:
                                 a2 += work[b, uh + j]
                             gs[tg, b, uh + j] = _sigmoid(fast, a2)
-                        hn[0, b, j] = g1 * hs[t, b, j]
+                        hn[0, b, j] = g1 * ha[ta, b, j]
                     continue
+                if ln_h:
+                    _ln_forward(work3, 0, b, 0, hhw, ln_hg, ln_hs, ahat_h, tlh, rstd_h, 0)
                 for j in range(uh):
                     if gconst:
                         g1 = gc[j]
@@ -460,6 +705,11 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
                     n = _tanh(fast, npre) if tanh else npre
                     ns[tn, b, j] = n
                     hs[t + 1, b, j] = (one - z) * n + z * hs[t, b, j]
+                if zo:  # hs[t+1] = ζ h(t-1) + (1 - ζ) h'
+                    tz, bz = t if zeta.shape[0] > 1 else 0, b if zeta.shape[1] > 1 else 0
+                    for j in range(uh):
+                        zv = zeta[tz, bz, j]
+                        hs[t + 1, b, j] = zv * hs[t, b, j] + (one - zv) * hs[t + 1, b, j]
                 if copy_y:
                     for j in range(uh):
                         y[t, b, j] = hs[t + 1, b, j]
@@ -469,28 +719,12 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
                     for b in range(b0, b1):
                         _row_nt(hn, 0, b, whh_t, wn, hid, work, b, wn)
                 else:
-                    _gemm(
-                        fptr,
-                        1,
-                        0,
-                        hid,
-                        batch,
-                        hid,
-                        one,
-                        whh[hhw - hid :],
-                        hid,
-                        hn[0, b0:],
-                        hid,
-                        0.0,
-                        work[b0, wn:],
-                        hhw,
-                        iw,
-                        sw,
-                        cw,
-                    )
+                    _mm(fns, pa1, 1, hid, batch, hid, wnn, hid, hn[0, b0:], hid, 0.0, work[b0, wn:], hhw, iw, sw, cw)
                 for b in range(b0, b1):
                     if t >= lengths[b]:
                         continue
+                    if ln_h:
+                        _ln_forward(work3, 0, b, wn, hid, ln_hg, ln_hs, ahat_h, tlh, rstd_h, 1 if gh else 0)
                     for j in range(uh):
                         if two:
                             z = gc[uh + j] if gconst else gs[tg, b, uh + j]
@@ -499,16 +733,22 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
                         n = _tanh(fast, xp[t, b, uxn + j] + work[b, uwn + j])
                         ns[tn, b, j] = n
                         hs[t + 1, b, j] = (one - z) * n + z * hs[t, b, j]
+                    if zo:
+                        tz, bz = t if zeta.shape[0] > 1 else 0, b if zeta.shape[1] > 1 else 0
+                        for j in range(uh):
+                            zv = zeta[tz, bz, j]
+                            hs[t + 1, b, j] = zv * hs[t, b, j] + (one - zv) * hs[t + 1, b, j]
                     if copy_y:
                         for j in range(uh):
                             y[t, b, j] = hs[t + 1, b, j]
 
     def backward(
         code,
-        fptr,
+        fns,
         gy,
         ghn,
         whh,
+        pk,
         lengths,
         hs,
         gs,
@@ -532,16 +772,38 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
         fold_dx,
         fold_dw,
         small,
+        masked,
+        hmask,
+        hm,
+        dhm,
+        zo,
+        zeta,
+        gzero,
+        zd,
+        reset,
+        resets,
+        ln_x,
+        ln_xg,
+        ahat_x,
+        rstd_x,
+        ln_h,
+        ln_hg,
+        ahat_h,
+        rstd_h,
+        dgam_x,
+        dgam_h,
         b0,
         b1,
     ):
         """Backward through time over ``T`` steps (reverse loop).
 
         Args:
-            fptr: address of the BLAS ``?gemm`` of this data type.
+            fns: the BLAS routines, as in the forward.
             gy: ``[T, B, H]`` upstream gradient of ``y``.
             ghn: ``[B, H]`` upstream gradient of ``h_n``.
             whh: ``[hhb*H, H]`` recurrent weights, as in the forward.
+            pk: ``[2, P]`` scratch for ``whh`` packed (row 0: the ``dh(t-1)`` product's weights, row
+                1: reset-before's ``U_n``), as in the forward (``[1, 1]`` unused without packing).
             lengths: ``[B]`` int64.
             hs, gs, ns, hn: the forward's saved buffers (``hn`` only read for reset-after; ``gs``
                 ``[1, 1, G*H]`` for constant gates).
@@ -567,9 +829,28 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
                 instead of two more passes over ``dgx``.
             small: the per-step products run as :func:`_row_nn` (compiled loops, row by row as
                 each row's gradients are done) instead of BLAS.
+            masked, hmask: recurrent dropout, as in the forward: ``dh(t-1)`` gets
+                ``hmask ⊙ dL/dh̃``; reset-before: ``dr`` and ``q`` (``qs``) read ``h̃``.
+            hm: ``[1, B, H]`` scratch for ``h̃`` (reset-before, ``masked``).
+            dhm: ``[B, H]`` scratch for ``dL/dh̃`` (``masked``).
+            zo, zeta: zoneout, as in the forward: with ``d`` the gradient of ``h_t``, the
+                step's loop reads ``(1-ζ) d`` and ``dh(t-1)`` gets ``ζ d`` besides.
+            gzero: ``[1, B, H]`` zeros, what the step's loop reads instead of ``gy`` with zoneout
+                (``gy`` is then in ``dh`` already).
+            zd: ``[B, H]`` scratch for ``ζ d`` (zoneout).
+            reset, resets: as in the forward: no gradient crosses a reset (``dh(t-1)`` of a reset
+                row is zeroed after step ``t``).
+            ln_x, ln_xg, ahat_x, rstd_x: layer norm of ``W x``, as in the forward (its saved ``â``
+                and ``1 / sqrt(var + ε)``). Once a row is done ``dgx`` holds the gradient of the
+                projection before the layer norm.
+            ln_h, ln_hg, ahat_h, rstd_h: the same for the recurrent products (``dgh``).
+            dgam_x, dgam_h: ``[ihb*H]``, ``[hhb*H]`` float64 (out, accumulated, with ``ln_x``,
+                ``ln_h``) the gains' gradients; ``dbx``, ``dbh`` are then also the shifts', and
+                are always accumulated.
             b0, b1: the batch rows ``[b0, b1)`` this call runs (as in the forward; ``dgb`` is the
                 only output shared between rows: give each concurrent call its own).
         """
+        masked, zo, reset, ln_x, ln_h = _switches(options, masked, zo, reset, ln_x, ln_h)
         steps, _, hid = gy.shape
         batch = b1 - b0
         ng = gs.shape[2]
@@ -578,17 +859,27 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
         wn = hhw - hid
         dt = gy.dtype
         one = dt.type(1.0)
-        iw = np.empty(6, np.int32)
-        sw = np.empty(2, dt)
-        cw = np.empty(2, np.uint8)
-        cw[0] = 78
-        cw[1] = 84
+        iw, sw, cw = _blas_scratch(dt)
         uh, uxn, uwn = np.uint64(hid), np.uint64(xn), np.uint64(wn)
         ux, uhw = np.uint64(dgx.shape[2]), np.uint64(hhw)
         n8 = dgx.shape[2] - dgx.shape[2] % 8
         # the columns of dgh[t] that feed dh(t-1) through the per-step product on W_hh
         # (reset-before: the gates'; c's went through U_n into dq first)
         back = (ng if gh else 0) if two_gemm else (hhw if use_gemm else 0)
+        # the recurrent weights packed once for all steps (where fns holds the packed routines)
+        wnn = whh[hhw - hid :]  # U_n
+        pa0, pa1 = pk[0], pk[pk.shape[0] - 1]
+        if not small:
+            if back:
+                _pack_a(fns, pa0, 0, hid, batch, back, whh, hid, iw, sw, cw)
+            if two_gemm:
+                _pack_a(fns, pa1, 0, hid, batch, hid, wnn, hid, iw, sw, cw)
+        # zoneout: the step's loops read their whole gradient from dh (see below)
+        gya = gzero if zo else gy
+        # recurrent dropout: the reset-before products read h̃ (in hm[0]), and dL/dh̃ collects in dhm
+        ha = hm if masked else hs
+        # the product into dL/dh̃ starts it (reset-after) or adds to r ⊙ dq (reset-before)
+        beta = one if two_gemm else dt.type(0.0)
         for b in range(b0, b1):
             for j in range(uh):
                 dh[b, j] = ghn[b, j]
@@ -600,6 +891,19 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
             tx = t if dgx.shape[0] == steps else 0
             tg = 0 if gconst else t  # the gates' row: one constant row for GRU3
             th = t if cand_h else 0
+            ty = 0 if zo else t
+            ta = 0 if masked else t
+            if zo:
+                # zoneout splits d = dh + gy[t]: ζ d goes straight to h(t-1) (zd, added below), and
+                # (1 - ζ) d through the new state (into dh, which the step's loops then read whole)
+                for b in range(b0, b1):
+                    if t < lengths[b]:
+                        tz, bz = t if zeta.shape[0] > 1 else 0, b if zeta.shape[1] > 1 else 0
+                        for j in range(uh):
+                            d = dh[b, j] + gy[t, b, j]
+                            zv = zeta[tz, bz, j]
+                            zd[b, j] = zv * d
+                            dh[b, j] = (one - zv) * d
             if two_gemm:
                 # reset-before, first pass: dz, the update's share of dh(t-1), and c = dL/d(U_n q)
                 for b in range(b0, b1):
@@ -608,7 +912,7 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
                         continue
                     bg = 0 if gconst else b
                     for j in range(uh):
-                        d = dh[b, j] + gy[t, b, j]
+                        d = dh[b, j] + gya[ty, b, j]
                         if two:
                             z = gs[tg, bg, uh + j]
                         else:
@@ -619,30 +923,18 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
                         c = d * (one - z) * (one - n * n)
                         dgx[tx, b, uxn + j] = c
                         dgh[t, b, uwn + j] = c
+                    if masked:
+                        for j in range(uh):
+                            hm[0, b, j] = hs[t, b, j] * hmask[b, j]
+                            dhm[b, j] = 0.0
+                    if ln_h:
+                        _ln_backward(dgh, t, b, wn, hid, ln_hg, ahat_h, t, rstd_h, 1 if gh else 0, dgam_h, dbh)
                     if small:
                         # dq = c @ U_n, into dh[b] (consumed)
                         _row_nn(dgh, t, b, wn, hid, whh, dh, b, False)
                 if not small:
                     # dq[B, H] = c[B, H] @ U_n  (into dh: it is consumed)
-                    _gemm(
-                        fptr,
-                        0,
-                        0,
-                        hid,
-                        batch,
-                        hid,
-                        one,
-                        whh[hhw - hid :],
-                        hid,
-                        dgh[t, b0, wn:],
-                        hhw,
-                        0.0,
-                        dh[b0:],
-                        hid,
-                        iw,
-                        sw,
-                        cw,
-                    )
+                    _mm(fns, pa1, 0, hid, batch, hid, wnn, hid, dgh[t, b0, wn:], hhw, 0.0, dh[b0:], hid, iw, sw, cw)
             for b in range(b0, b1):
                 if t >= lengths[b]:
                     if not two_gemm:  # (reset-before: done in the first pass)
@@ -653,9 +945,12 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
                     g1 = gs[tg, bg, j]
                     if two_gemm:
                         # second pass: dh[b] holds dq = dL/d(r*h(t-1))
-                        dr = dh[b, j] * hs[t, b, j]
-                        dhp[b, j] += dh[b, j] * g1
-                        qs[t, b, j] = g1 * hs[t, b, j]
+                        dr = dh[b, j] * ha[ta, b, j]
+                        if masked:  # dL/dh̃ collects in dhm
+                            dhm[b, j] += dh[b, j] * g1
+                        else:
+                            dhp[b, j] += dh[b, j] * g1
+                        qs[t, b, j] = g1 * ha[ta, b, j]
                         if two:
                             z = gs[tg, bg, uh + j]
                             a1 = dr * g1 * (one - g1)
@@ -664,7 +959,7 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
                             a1 = (dr - dzs[b, j]) * g1 * (one - g1)
                             a2 = a1
                     else:
-                        d = dh[b, j] + gy[t, b, j]
+                        d = dh[b, j] + gya[ty, b, j]
                         if two:
                             z = gs[tg, bg, uh + j]
                         elif coupled:
@@ -704,11 +999,21 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
                             dgb[uh + j] += a2
                 # the finished row, while it is in cache: bias sums, and (a few input features)
                 # dW_ih and dx
-                if sums:
+                # (with a layer norm its backward sums them, before dgx or dgh become the gradients
+                # of what it normalised)
+                if sums and not ln_x:
                     for j in range(ux):
                         dbx[j] += dgx[tx, b, j]
+                if sums and not ln_h:
                     for j in range(uhw):
                         dbh[j] += dgh[t, b, j]
+                if ln_x:
+                    _ln_backward(dgx, tx, b, 0, dgx.shape[2], ln_xg, ahat_x, t, rstd_x, 0, dgam_x, dbx)
+                if ln_h:
+                    if not two_gemm:
+                        _ln_backward(dgh, t, b, 0, hhw, ln_hg, ahat_h, t, rstd_h, 0, dgam_h, dbh)
+                    elif gh:
+                        _ln_backward(dgh, t, b, 0, ng, ln_hg, ahat_h, t, rstd_h, 0, dgam_h, dbh)
                 if fold_dw:
                     for k in range(xin.shape[2]):
                         xk = xin[t, b, k]
@@ -732,11 +1037,32 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
                             s += dgx[tx, b, i] * wih_t[k, i]
                         dxo[t, b, k] = s
                 if small and back:
-                    # dh(t-1) += dgh[t, b, :back] @ whh[:back]
-                    _row_nn(dgh, t, b, 0, back, whh, dhp, b, True)
+                    # dh(t-1) += dgh[t, b, :back] @ whh[:back]  (recurrent dropout: into dL/dh̃, which it
+                    # starts in the reset-after form and adds to in the reset-before form)
+                    if masked:
+                        _row_nn(dgh, t, b, 0, back, whh, dhm, b, two_gemm)
+                    else:
+                        _row_nn(dgh, t, b, 0, back, whh, dhp, b, True)
             if back and not small:
-                # dh(t-1) += dgh[t][B, :back] @ whh[:back]
-                _gemm(fptr, 0, 0, hid, batch, back, one, whh, hid, dgh[t, b0:], hhw, one, dhp[b0:], hid, iw, sw, cw)
+                # dh(t-1) += dgh[t][B, :back] @ whh[:back]  (recurrent dropout: as above)
+                if masked:
+                    _mm(fns, pa0, 0, hid, batch, back, whh, hid, dgh[t, b0:], hhw, beta, dhm[b0:], hid, iw, sw, cw)
+                else:
+                    _mm(fns, pa0, 0, hid, batch, back, whh, hid, dgh[t, b0:], hhw, one, dhp[b0:], hid, iw, sw, cw)
+            if masked or zo:
+                for b in range(b0, b1):
+                    if t < lengths[b]:
+                        if masked:
+                            for j in range(uh):
+                                dhp[b, j] += hmask[b, j] * dhm[b, j]
+                        if zo:
+                            for j in range(uh):
+                                dhp[b, j] += zd[b, j]
+            if reset:
+                for b in range(b0, b1):
+                    if t < lengths[b] and resets[t, b]:
+                        for j in range(uh):
+                            dhp[b, j] = 0.0
             dh, dhp = dhp, dh
         for b in range(b0, b1):
             for j in range(uh):
@@ -745,20 +1071,20 @@ def _loops(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..
     return forward, backward
 
 
-def _code(wiring: Wiring, fast: bool) -> int:
-    """The switches of one wiring and data type as one integer: a compile-time constant of the
-    kernels, which pass it to the loops (:func:`_switches` reads it back)."""
-    on = (wiring.gates == 2, *wiring[1:], fast)
+def _code(wiring: Wiring, fast: bool, options: bool) -> int:
+    """The switches of one wiring, data type and options flag as one integer: a compile-time
+    constant of the kernels, which pass it to the loops (:func:`_decode` reads it back)."""
+    on = (wiring.gates == 2, *wiring[1:], fast, options)
     return sum(1 << i for i, bit in enumerate(on) if bit)
 
 
-def _switches(code: Any) -> tuple[Wiring, bool] | None:
-    """``(wiring, fast)`` of a literal ``code`` (numba's type of it), or None while numba types it
-    as a plain integer (it then types the call again with the literal value)."""
+def _decode(code: Any) -> tuple[Wiring, bool, bool] | None:
+    """``(wiring, fast, options)`` of a literal ``code`` (numba's type of it), or None while numba
+    types it as a plain integer (it then types the call again with the literal value)."""
     if not isinstance(code, types.IntegerLiteral):
         return None
-    bits = [bool(code.literal_value >> i & 1) for i in range(len(Wiring._fields) + 1)]
-    return Wiring(2 if bits[0] else 1, *bits[1:-1]), bits[-1]
+    bits = [bool(code.literal_value >> i & 1) for i in range(len(Wiring._fields) + 2)]
+    return Wiring(2 if bits[0] else 1, *bits[1:-2]), bits[-2], bits[-1]
 
 
 def _forward_loop(code, *args):  # type: ignore[no-untyped-def]
@@ -779,36 +1105,110 @@ def _backward_loop(code, *args):  # type: ignore[no-untyped-def]
 # the switches as arguments measured 8-15% slower forward: its branches were folded only by LLVM.)
 @overload(_forward_loop, strict=False, jit_options=_LOOP_JIT)
 def _ol_forward_loop(code, *args):  # type: ignore[no-untyped-def]
-    switches = _switches(code)
+    switches = _decode(code)
     return None if switches is None else _loops(*switches)[0]
 
 
 @overload(_backward_loop, strict=False, jit_options=_LOOP_JIT)
 def _ol_backward_loop(code, *args):  # type: ignore[no-untyped-def]
-    switches = _switches(code)
+    switches = _decode(code)
     return None if switches is None else _loops(*switches)[1]
 
 
 @functools.cache
-def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[..., None]]:
+def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable[..., None], Callable[..., None]]:
     """``(forward, backward)`` compiled loops for one wiring (see the module docstring); ``fast``:
-    float32 (rational activations). Their arguments: those of :func:`_loops`' functions after
-    ``code``.
+    float32 (rational activations); ``options``: the options compiled in (see :func:`_loops`).
+    Their arguments: those of :func:`_loops`' functions after ``code``, documented there.
 
     Compiles lazily on first call (numba dispatchers), cached on disk next to this module.
     """
-    code = _code(wiring, bool(fast))
+    code = _code(wiring, bool(fast), bool(options))
 
     @njit(**_JIT)
-    def forward(fptr, xp, gb, whh, whh_t, bhn, lengths, hs, y, gs, ns, hn, work, copy_y, small, b0, b1):
-        _forward_loop(code, fptr, xp, gb, whh, whh_t, bhn, lengths, hs, y, gs, ns, hn, work, copy_y, small, b0, b1)
+    def forward(
+        fns,
+        xp,
+        gb,
+        whh,
+        whh_t,
+        pk,
+        bhn,
+        lengths,
+        hs,
+        y,
+        gs,
+        ns,
+        hn,
+        work,
+        copy_y,
+        small,
+        masked,
+        hmask,
+        hm,
+        zo,
+        zeta,
+        reset,
+        resets,
+        ln_x,
+        ln_xg,
+        ln_xs,
+        ahat_x,
+        rstd_x,
+        ln_h,
+        ln_hg,
+        ln_hs,
+        ahat_h,
+        rstd_h,
+        b0,
+        b1,
+    ):
+        _forward_loop(
+            code,
+            fns,
+            xp,
+            gb,
+            whh,
+            whh_t,
+            pk,
+            bhn,
+            lengths,
+            hs,
+            y,
+            gs,
+            ns,
+            hn,
+            work,
+            copy_y,
+            small,
+            masked,
+            hmask,
+            hm,
+            zo,
+            zeta,
+            reset,
+            resets,
+            ln_x,
+            ln_xg,
+            ln_xs,
+            ahat_x,
+            rstd_x,
+            ln_h,
+            ln_hg,
+            ln_hs,
+            ahat_h,
+            rstd_h,
+            b0,
+            b1,
+        )
 
     @njit(**_JIT)
     def backward(
-        fptr,
+        fns,
         gy,
         ghn,
         whh,
+        pk,
         lengths,
         hs,
         gs,
@@ -832,16 +1232,36 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
         fold_dx,
         fold_dw,
         small,
+        masked,
+        hmask,
+        hm,
+        dhm,
+        zo,
+        zeta,
+        gzero,
+        zd,
+        reset,
+        resets,
+        ln_x,
+        ln_xg,
+        ahat_x,
+        rstd_x,
+        ln_h,
+        ln_hg,
+        ahat_h,
+        rstd_h,
+        dgam_x,
+        dgam_h,
         b0,
         b1,
     ):
-        # (30 arguments at most: CPython passes a longer call as *args, which numba cannot compile)
         _backward_loop(
             code,
-            fptr,
+            fns,
             gy,
             ghn,
             whh,
+            pk,
             lengths,
             hs,
             gs,
@@ -865,6 +1285,26 @@ def kernels(wiring: Wiring, fast: bool) -> tuple[Callable[..., None], Callable[.
             fold_dx,
             fold_dw,
             small,
+            masked,
+            hmask,
+            hm,
+            dhm,
+            zo,
+            zeta,
+            gzero,
+            zd,
+            reset,
+            resets,
+            ln_x,
+            ln_xg,
+            ahat_x,
+            rstd_x,
+            ln_h,
+            ln_hg,
+            ahat_h,
+            rstd_h,
+            dgam_x,
+            dgam_h,
             b0,
             b1,
         )
@@ -950,7 +1390,7 @@ def step_kernels(
     data type (float32 when ``fast``, else float64) and the shape given below.
     """
     # Only plain constants in the closure (numba keys its on-disk cache by their pickled bytes).
-    code = _code(wiring, bool(fast))
+    code = _code(wiring, bool(fast), False)
     gx, gh, two = bool(wiring.gates_read_x), bool(wiring.gates_read_h), wiring.gates == 2
     cand_h, reset_after, fast = bool(wiring.cand_reads_h), bool(wiring.reset_after), bool(fast)
     gbias, hh_gates = bool(gbias), bool(hh_gates)
@@ -1053,8 +1493,51 @@ def step_kernels(
         copy_y = y_at != 0
         y = _at(y_at, (steps, batch, hid), dt) if copy_y else np.empty((1, 1, 1), dt)
         work = np.empty((batch, hhw), dt)
-        unused = np.empty((1, 1), dt)
-        _forward_loop(code, fptr, xp, gb, whh, unused, bhn, lens, hs, y, gs, ns, hn, work, copy_y, False, b0, batch)
+        u1 = np.empty(1, dt)
+        u2 = np.empty((1, 1), dt)
+        u3 = np.empty((1, 1, 1), dt)
+        no_resets = np.zeros((1, 1), np.bool_)
+        fns = np.zeros(3, np.int64)
+        fns[0] = fptr
+        _forward_loop(
+            code,
+            fns,
+            xp,
+            gb,
+            whh,
+            u2,
+            u2,
+            bhn,
+            lens,
+            hs,
+            y,
+            gs,
+            ns,
+            hn,
+            work,
+            copy_y,
+            False,
+            # the options, off: recurrent dropout, zoneout, resets, the two layer norms
+            False,
+            u2,
+            u3,
+            False,
+            u3,
+            False,
+            no_resets,
+            False,
+            u1,
+            u1,
+            u3,
+            u3,
+            False,
+            u1,
+            u1,
+            u3,
+            u3,
+            b0,
+            batch,
+        )
         if hn_at != 0:
             out = _at(hn_at, (batch, hid), dt)
             for b in range(batch):
@@ -1123,14 +1606,20 @@ def step_kernels(
         dbx = np.zeros(ihw)  # float64 sums of T*B terms
         dbh = np.zeros(hhw)
         sums = dbih_at != 0 or dbhh_at != 0
-        u3 = np.empty((1, 1, 1), dt)
+        u1 = np.empty(1, dt)
         u2 = np.empty((1, 1), dt)
+        u3 = np.empty((1, 1, 1), dt)
+        no_resets = np.zeros((1, 1), np.bool_)
+        no_dgam = np.empty(1)
+        fns = np.zeros(3, np.int64)
+        fns[0] = fptr
         _backward_loop(
             code,
-            fptr,
+            fns,
             gy,
             ghn,
             whh,
+            u2,
             lens,
             hs,
             gs,
@@ -1154,6 +1643,27 @@ def step_kernels(
             False,
             False,
             small,
+            # the options, off: recurrent dropout, zoneout, resets, the two layer norms
+            False,
+            u2,
+            u3,
+            u2,
+            False,
+            u3,
+            u3,
+            u2,
+            False,
+            no_resets,
+            False,
+            u1,
+            u3,
+            u3,
+            False,
+            u1,
+            u3,
+            u3,
+            no_dgam,
+            no_dgam,
             b0,
             batch,
         )
@@ -1215,46 +1725,3 @@ def step_kernels(
                     dbhh[bhb * hid - hid + j] = dbh[hhw - hid + j]
 
     return forward, backward
-
-
-# ------------------------------------------------------------------------- GEMM-only floor (bench)
-@njit(**_JIT)
-def floor_nt(fptr, a, w, w_t, c, steps, small):
-    """``steps`` times ``c[B, N] = a[B, K] @ w[N, K]^T``: the forward's per-step products alone
-    (``small``: as the kernels run them for a few rows, :func:`_row_nt` on ``w_t = w^T``)."""
-    batch, k = a.shape
-    n = w.shape[0]
-    iw = np.empty(6, np.int32)
-    sw = np.empty(2, c.dtype)
-    cw = np.empty(2, np.uint8)
-    cw[0] = 78
-    cw[1] = 84
-    one = c.dtype.type(1.0)
-    a3 = a.reshape((1, batch, k))
-    for _ in range(steps):
-        if small:
-            for b in range(batch):
-                _row_nt(a3, 0, b, w_t, 0, n, c, b, 0)
-        else:
-            _gemm(fptr, 1, 0, n, batch, k, one, w, k, a, k, 0.0, c, n, iw, sw, cw)
-
-
-@njit(**_JIT)
-def floor_nn(fptr, d, w, c, steps, small):
-    """``steps`` times ``c[B, H] += d[B, N] @ w[N, H]``: the backward's per-step products alone
-    (``small``: as :func:`_row_nn`)."""
-    batch, n = d.shape
-    hid = w.shape[1]
-    iw = np.empty(6, np.int32)
-    sw = np.empty(2, c.dtype)
-    cw = np.empty(2, np.uint8)
-    cw[0] = 78
-    cw[1] = 84
-    one = c.dtype.type(1.0)
-    d3 = d.reshape((1, batch, n))
-    for _ in range(steps):
-        if small:
-            for b in range(batch):
-                _row_nn(d3, 0, b, 0, n, w, c, b, True)
-        else:
-            _gemm(fptr, 0, 0, hid, batch, n, one, w, hid, d, n, one, c, hid, iw, sw, cw)

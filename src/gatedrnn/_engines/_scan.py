@@ -19,6 +19,14 @@ The gradient is the same kind of scan run backwards in time: the adjoint
 For streaming inference :func:`mingru_step` is the one-step form; tests check that both agree
 with the sequential recurrence (including ``T = 784``).
 
+Options (:mod:`gatedrnn._options`): ``layer_norm`` normalises the projection ``W x`` before the
+scan. Zoneout keeps the recurrence linear, ``h_t = a'_t h_(t-1) + b'_t`` with
+``a'_t = ζ_t + (1 - ζ_t) z_t`` and ``b'_t = (1 - ζ_t)(1 - z_t) n_t``: in training ``ζ_t`` is 0 or 1,
+so ``log a'_t`` is ``log z_t`` or 0 exactly; in eval ``log a'_t = logaddexp(log p, log(1 - p) +
+log z_t)``. minGRU has no recurrent weights, so recurrent dropout never reaches it. Resets would
+make ``a_t = 0``, ``log a_t = -inf``, which the log-space scan cannot carry (its cumulative sums
+become ``-inf - (-inf)``): the scan refuses them.
+
 The scan is the engine ``"scan"`` (minGRU only, any device: plain torch operations). It is not
 what ``"auto"`` picks on CPU: there the fused engine's compiled loop with its hand-written backward
 trains minGRU 6-145x faster than this scan (forward+backward, 1 thread, sizes A-E of
@@ -28,10 +36,13 @@ float64 ``logcumsumexp`` passes cost more than the whole sequential loop.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _reference
 from .._options import NONE, Extras
 from .._reference import mask_padding
 from .._specs import Spec
@@ -107,13 +118,21 @@ def linear_scan(log_a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
 
 
 def mingru_layer(
-    x: Tensor, h0: Tensor, w_ih: Tensor, b_ih: Tensor | None, lengths: Tensor | None
+    x: Tensor,
+    h0: Tensor,
+    w_ih: Tensor,
+    b_ih: Tensor | None,
+    lengths: Tensor | None,
+    ln_ih: tuple[Tensor, Tensor] | None = None,
+    zoneout: Tensor | float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One minGRU layer, one direction, by the parallel scan (the ``"scan"`` engine).
 
     Args:
         x: ``[T, B, I]``; h0: ``[B, H]``; w_ih: ``[2H, I]`` (``z`` block then ``n``); b_ih: ``[2H]``
         or None; lengths: ``[B]`` int64 or None (steps ``t >= lengths[b]`` keep the state, output 0).
+        ln_ih: ``(γ, β)``: layer norm of ``W x`` before the bias, or None.
+        zoneout: ``[T, B, H]`` ζ (training), the probability (eval), or None.
 
     Returns:
         ``y`` ``[T, B, H]`` and ``h_n`` ``[B, H]``, differentiable by autograd.
@@ -121,10 +140,19 @@ def mingru_layer(
     hid = h0.shape[-1]
     if lengths is not None:
         x = mask_padding(x, lengths)  # padding never reaches a gradient, whatever it holds
-    pre = F.linear(x, w_ih, b_ih)
+    pre = _reference.layer_norm(x @ w_ih.t(), ln_ih)
+    if b_ih is not None:
+        pre = pre + b_ih
     zpre, n = pre[..., :hid], pre[..., hid:]
     log_a = F.logsigmoid(zpre)
     b = torch.sigmoid(-zpre) * n
+    if isinstance(zoneout, Tensor):  # ζ = 1 keeps h(t-1): a = 1 exactly, b = 0
+        keep = zoneout != 0
+        log_a = torch.where(keep, torch.zeros_like(log_a), log_a)
+        b = torch.where(keep, torch.zeros_like(b), b)
+    elif zoneout is not None:
+        log_a = torch.logaddexp(torch.full_like(log_a, math.log(zoneout)), math.log1p(-zoneout) + log_a)
+        b = (1 - zoneout) * b
     alive = None
     if lengths is not None:
         alive = (torch.arange(x.shape[0], device=x.device).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)
@@ -150,7 +178,7 @@ class ScanEngine:
     traceable = True  # torch operations only
 
     def unavailable(self, spec: Spec, x: Tensor, extras: Extras = NONE) -> str | None:
-        why = not_yet(extras)
+        why = not_yet(extras, ("layer_norm", "zoneout"))
         if why is not None:
             return why
         rec = recording()
@@ -181,7 +209,7 @@ class ScanEngine:
         why = self.unavailable(spec, x, extras)
         if why is not None:
             raise RuntimeError(f"engine='scan' cannot run here: {why}")
-        return mingru_layer(x, h0, w_ih, b_ih, lengths)
+        return mingru_layer(x, h0, w_ih, b_ih, lengths, extras.ln_ih, extras.zoneout)
 
 
 ENGINE = ScanEngine()

@@ -95,7 +95,7 @@ class Plan:
             spec.wiring(reset_after), dtype == torch.float32, spec.gates_have_bias, bool(spec.torch_hh_bias and ra)
         )
         self.spec, self.reset_after, self.dtype = spec, reset_after, dtype
-        self.gemm = _fused._gemm_address(dtype)
+        self.gemm = int(_fused._blas_fns(dtype, False)[0])
         self.steps, self.batch, self.inp, self.hid = steps, batch, inp, hid
         self.y_shape, self.hn_shape = y_shape, hn_shape
         gconst = not (spec.gates_read_x or spec.gates_read_h)
