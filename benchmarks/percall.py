@@ -1,6 +1,10 @@
 """Where the fixed cost of a fused layer call goes: one layer, one direction, forward+backward on a
 tiny input (one step by default), each part timed by wrapping the functions that do it.
 
+The parts are those of the long form (the layer's loops called from Python glue): calls of up to
+``_step.SHORT_MAX_STEPS`` steps run as one-call step kernels instead, which this script forces off
+while it times the parts, and times whole in the last row (benchmarks/step.py compares them).
+
     python benchmarks/percall.py                      # B=1, T=1, 32 -> 32, gru0, 1 thread
     python benchmarks/percall.py --hidden 128 --steps 10
 
@@ -54,9 +58,11 @@ def _wrapped(spent: dict[str, list[float]]) -> Iterator[None]:
 
     for label, owner, name in PARTS:
         setattr(owner, name, timed(label, getattr(owner, name)))
+    _fused.ENGINE.short = lambda *a, **k: False  # the long form, whose parts these are
     try:
         yield
     finally:
+        del _fused.ENGINE.short
         for owner, name, fn in saved:
             setattr(owner, name, fn)
 
@@ -106,14 +112,19 @@ def main(argv: list[str] | None = None) -> int:
         ("compiled backward loop", own(loops_b)),
     ]
     total = own([f + b for f, b in zip(s["call forward"], s["call backward"], strict=True)])
-    theirs = torch.nn.GRU(a.hidden, a.hidden)
-    spent_torch = []
-    for i in range(a.calls + 200):
-        t0 = time.perf_counter()
-        y, _ = theirs(x)
-        y.backward(gy)
-        if i >= 200:
-            spent_torch.append(time.perf_counter() - t0)
+
+    def whole(run: torch.nn.Module) -> float:
+        spent_whole = []
+        for i in range(a.calls + 200):
+            t0 = time.perf_counter()
+            y, _ = run(x)
+            y.backward(gy)
+            if i >= 200:
+                spent_whole.append(time.perf_counter() - t0)
+        return statistics.median(spent_whole) * 1e6
+
+    us_torch = whole(torch.nn.GRU(a.hidden, a.hidden))
+    us_step = whole(layer) if _fused.ENGINE.short(layer.spec, a.steps, a.batch, a.hidden) else None
     print(
         f"Fixed cost of a fused {a.variant} call, forward+backward, B={a.batch}, T={a.steps}, "
         f"{a.hidden} -> {a.hidden}, 1 thread, median of {a.calls} calls (us):\n"
@@ -122,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     for label, us in rows:
         print(f"| {label} | {us:.1f} |")
     print(f"| total (forward+backward) | {total:.1f} |")
-    print(f"| torch.nn.GRU, the same call (unwrapped) | {statistics.median(spent_torch) * 1e6:.1f} |")
+    print(f"| torch.nn.GRU, the same call (unwrapped) | {us_torch:.1f} |")
+    step = f"{us_step:.1f}" if us_step is not None else "(runs the long form)"
+    print(f"| gatedrnn, the same call as one-call step kernels (unwrapped) | {step} |")
     return 0
 
 

@@ -72,6 +72,7 @@ def test_packing_compares_both_paths_of_one_layer(capsys):
 
 def test_percall_times_each_part_and_restores_them(capsys):
     from gatedrnn import _layers
+    from gatedrnn._engines import _fused
 
     percall = _load("percall")
     before = [getattr(owner, name) for _, owner, name in percall.PARTS]
@@ -79,8 +80,9 @@ def test_percall_times_each_part_and_restores_them(capsys):
     assert [getattr(owner, name) for _, owner, name in percall.PARTS] == before
     assert _layers.rnn is before[1]
     rows = [ln.split("|")[1:-1] for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")][1:]
-    assert len(rows) == 12 and rows[-2][0].strip() == "total (forward+backward)"
-    assert all(float(us) >= 0 for _, us in rows[-2:])
+    assert len(rows) == 13 and rows[-3][0].strip() == "total (forward+backward)"
+    assert all(float(us) >= 0 for _, us in rows[-3:])
+    assert "short" not in vars(_fused.ENGINE)
 
 
 def test_revisions_exports_a_revision_that_imports_only_itself(tmp_path):

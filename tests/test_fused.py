@@ -19,6 +19,18 @@ from gatedrnn._specs import SPECS
 
 VARIANTS = sorted(SPECS)
 DTYPES = [torch.float64, torch.float32]
+
+
+@pytest.fixture(autouse=True)
+def _long_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are of the long form (projection and weight gradients in torch, the pool, the
+    row split); calls of a few steps would otherwise run the one-call step kernels, which
+    tests/test_step.py checks."""
+    from gatedrnn._engines import _step
+
+    monkeypatch.setattr(_step, "SHORT_MAX_STEPS", 0)
+
+
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 
 # (num_layers, bidirectional, batch_first, use_h0, packing): packing is None, "lengths" or "packed".

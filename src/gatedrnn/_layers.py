@@ -11,7 +11,16 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _reference
-from ._engines import check_engine_name
+from ._engines import (
+    auto_cell_choice,
+    check_cell_engine_name,
+    check_engine_name,
+    get_engine,
+    in_compile,
+    not_yet,
+    plain,
+)
+from ._engines._step import cell_runner, layer_runner
 from ._functional import LayerWeights, rnn
 from ._options import Options
 from ._specs import check_int, get_spec, param_shapes
@@ -42,6 +51,27 @@ def _check_like(name: str, t: Tensor, w: Tensor, owner: str) -> None:
         raise InputError(f"{name}: expected dtype {w.dtype} (the {owner}'s parameters), got {t.dtype}")
     if t.device != w.device:
         raise InputError(f"{name}: expected device {w.device} (the {owner}'s parameters), got {t.device}")
+
+
+def _key(x: Tensor, hx: Tensor | None, params: tuple[Tensor | None, ...]) -> tuple[Any, ...]:
+    """What a cached call depends on (see :meth:`GRUCell.forward`): the inputs' shapes, data
+    types, devices (CPU or not), ``requires_grad`` and contiguity, grad mode, and the parameters'
+    addresses and ``requires_grad`` (their shapes and types are the module's; a parameter's new
+    data comes at a new address). Raises AttributeError for inputs that are not tensors."""
+    w_ih, w_hh, b_ih, b_hh = params
+    return (
+        x.shape,
+        x.dtype,
+        x.is_cpu,
+        x.requires_grad,
+        x.is_contiguous(),
+        None if hx is None else (hx.shape, hx.dtype, hx.is_cpu, hx.requires_grad, hx.is_contiguous()),
+        torch.is_grad_enabled(),
+        None if w_ih is None else (w_ih.data_ptr(), w_ih.requires_grad),
+        None if w_hh is None else (w_hh.data_ptr(), w_hh.requires_grad),
+        None if b_ih is None else (b_ih.data_ptr(), b_ih.requires_grad),
+        None if b_hh is None else (b_hh.data_ptr(), b_hh.requires_grad),
+    )
 
 
 def _unpack(packed: PackedSequence) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
@@ -161,6 +191,34 @@ class _Family(nn.Module):
         self.spec = get_spec(self.variant)
         if "options" not in self.__dict__:  # pickled before the options existed
             self.options = Options()
+        self.__dict__.setdefault("engine", "auto")  # a GRUCell pickled before cells had engines
+        self.__dict__.setdefault("last_engine", None)
+        self.__dict__["_plans"] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state.pop("_plans", None)  # compiled functions: rebuilt on the next call
+        return state
+
+    # What the cached calls (:meth:`_cached`) depend on beyond their key: setting any of these
+    # forgets them.
+    _PLAN_CONFIG = frozenset({"engine", "options", "batch_first", "reset_after", "spec", "variant", "bias"})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._PLAN_CONFIG and "_plans" in self.__dict__:
+            self.__dict__["_plans"].clear()
+        super().__setattr__(name, value)
+
+    def _cache(self, key: tuple[Any, ...] | None, runner: Any) -> None:
+        """Keep ``runner`` for later calls with this key (see :meth:`GRUCell.forward`): a handful
+        per module, forgotten all at once past that (parameters replaced again and again, e.g.
+        by ``torch.func.functional_call``, each make a key of their own)."""
+        if key is None or not plain():
+            return
+        plans = self.__dict__["_plans"]
+        if len(plans) >= 8:
+            plans.clear()
+        plans[key] = runner
 
     @property
     def layer_norm(self) -> bool:
@@ -258,6 +316,7 @@ class GRU(_Family):
         self.reset_after = bool(reset_after)
         self.engine = engine
         self.last_engine: str | None = None
+        self._plans: dict[tuple[Any, ...], Any] = {}
         self.spec = get_spec(variant)
         factory = {"device": device, "dtype": dtype}
         self._param_names: list[list[dict[str, str]]] = []
@@ -329,6 +388,14 @@ class GRU(_Family):
     def _reference_param(self) -> Tensor:
         return getattr(self, self._param_names[0][0]["weight_ih"])
 
+    def _lean_params(self) -> tuple[Tensor | None, ...] | None:
+        """``(w_ih, w_hh, b_ih, b_hh)`` of a one-layer, one-direction layer (None for those it
+        lacks); None for a deeper or bidirectional one (their calls are never cached)."""
+        if len(self._param_names) != 1 or len(self._param_names[0]) != 1:
+            return None
+        names, ps = self._param_names[0][0], self._parameters
+        return tuple(ps[names[n]] if n in names else None for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
     def forward(
         self,
         input: Tensor | PackedSequence,
@@ -336,6 +403,30 @@ class GRU(_Family):
         lengths: Tensor | list[int] | None = None,
         enforce_sorted: bool = False,
         resets: Tensor | PackedSequence | None = None,
+    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        # A call like one already checked (see GRUCell.forward) runs what that call left.
+        key = None
+        if lengths is None and resets is None and plain():
+            try:
+                params = self._lean_params()
+                if params is not None:
+                    key = _key(input, hx, params)
+            except (KeyError, AttributeError):
+                key = None
+            run = self._plans.get(key)
+            if run is not None:
+                self.__dict__["last_engine"] = "fused"
+                return run(input, hx, params)  # type: ignore[no-any-return]
+        return self._forward(input, hx, lengths, enforce_sorted, resets, key)
+
+    def _forward(
+        self,
+        input: Tensor | PackedSequence,
+        hx: Tensor | None,
+        lengths: Tensor | list[int] | None,
+        enforce_sorted: bool,
+        resets: Tensor | PackedSequence | None,
+        key: tuple[Any, ...] | None,
     ) -> tuple[Tensor | PackedSequence, Tensor]:
         w = self._reference_param()
         packed_index = None
@@ -403,6 +494,11 @@ class GRU(_Family):
         )
         # a plain attribute: set past nn.Module.__setattr__'s parameter/buffer/module checks
         object.__setattr__(self, "last_engine", ran)
+        if key is not None and batch and ran == "fused" and not self.options.non_default():
+            params = self._lean_params()
+            if params is not None and get_engine("fused").short(self.spec, steps, batch, self.hidden_size):
+                grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, hx, *params))
+                self._cache(key, layer_runner(self.spec, self.reset_after, input, hx, params, self.batch_first, grad))
         if packed_index is not None:
             assert isinstance(input, PackedSequence)
             out = PackedSequence(y[packed_index], input.batch_sizes, input.sorted_indices, input.unsorted_indices)
@@ -425,6 +521,11 @@ class GRUCell(_Family):
     call in training, the expectation in eval); equations in :mod:`gatedrnn._options`. The
     per-sequence masks (``recurrent_dropout``, ``input_dropout``, ``weight_drop``) need a sequence:
     use :class:`GRU`.
+
+    ``engine``: ``"reference"`` (the reference step, plain torch operations), ``"fused"`` (CPU
+    float32/float64: the step as one compiled call, with a hand-written backward; no options yet)
+    or ``"auto"`` (``fused`` where it runs the call, else ``reference``). After a call,
+    :attr:`last_engine` names the engine that ran.
     """
 
     def __init__(
@@ -434,6 +535,7 @@ class GRUCell(_Family):
         bias: bool = True,
         variant: str = "gru0",
         reset_after: bool = True,
+        engine: str = "auto",
         layer_norm: bool = False,
         zoneout: float = 0.0,
         device: Any = None,
@@ -443,6 +545,10 @@ class GRUCell(_Family):
         check_int("input_size", input_size, 1)
         check_int("hidden_size", hidden_size, 1)
         _check_config(variant, bias, 0.0, "auto")
+        check_cell_engine_name(engine)
+        self.engine = engine
+        self.last_engine: str | None = None
+        self._plans: dict[tuple[Any, ...], Any] = {}
         self.options = Options(layer_norm=layer_norm, zoneout=zoneout)
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -465,9 +571,33 @@ class GRUCell(_Family):
         s += f", variant={self.variant!r}"
         if self.spec.has_reset:
             s += f", reset_after={self.reset_after}"
+        if self.engine != "auto":
+            s += f", engine={self.engine!r}"
         return s + self._options_repr()
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        # A call like one already checked runs what that call left (a compiled step and the
+        # parameters' addresses), keyed by everything it depends on: the inputs' shapes, types,
+        # devices, layouts and requires_grad, grad mode, and where the parameters are. Never
+        # under torch.compile, torch.export, tracing or a torch.func transform (see plain()).
+        key = None
+        if plain():
+            ps = self._parameters
+            try:
+                params = (ps["weight_ih"], ps["weight_hh"], ps["bias_ih"], ps["bias_hh"])
+                key = _key(input, hx, params)
+            except (KeyError, AttributeError):  # parametrized, or not tensors: checked below
+                key = None
+            run = self._plans.get(key)
+            if run is not None:
+                self.__dict__["last_engine"] = "fused"
+                return run(input, hx, params)  # type: ignore[no-any-return]
+        return self._forward(input, hx, key)
+
+    def _options_on(self) -> list[str]:
+        return [n for n, on in (("layer_norm", self.options.layer_norm), ("zoneout", self.options.zoneout)) if on]
+
+    def _forward(self, input: Tensor, hx: Tensor | None, key: tuple[Any, ...] | None) -> Tensor:
         w = self.weight_ih
         if not isinstance(input, Tensor) or input.dim() not in (1, 2):
             got = f"{input.dim()}-D" if isinstance(input, Tensor) else type(input).__name__
@@ -487,6 +617,20 @@ class GRUCell(_Family):
                 raise InputError(f"hx: expected shape {want}, got {tuple(hx.shape)}")
             _check_like("hx", hx, w, "cell")
             h = hx.unsqueeze(0) if unbatched else hx
+        options = self._options_on()
+        engine = auto_cell_choice(x, options) if self.engine == "auto" else self.engine
+        object.__setattr__(self, "last_engine", engine)
+        if engine == "fused":
+            fused = get_engine("fused")
+            why = not_yet(options, fused.cell_options)
+            if why is not None:
+                raise RuntimeError(f"engine='fused' cannot run here: {why}")
+            params = (w, self.weight_hh, self.bias_ih, self.bias_hh)
+            out: Tensor = in_compile(fused, fused.cell)(self.spec, self.reset_after, input, hx, *params)
+            if key is not None:
+                grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, hx, *params))
+                self._cache(key, cell_runner(self.spec, self.reset_after, input, hx, params, grad))
+            return out
         ln_ih = (self.ln_weight_ih, self.ln_bias_ih) if self.layer_norm else None
         ln_hh = (self.ln_weight_hh, self.ln_bias_hh) if self.layer_norm and self.weight_hh is not None else None
         gx, nx = _reference.project(self.spec, x, w, self.bias_ih, self.bias_hh, self.hidden_size, ln_ih)

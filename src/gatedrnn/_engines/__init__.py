@@ -21,15 +21,19 @@ from .._options import NONE, Extras
 from .._specs import Spec
 
 __all__ = [
+    "CELL_ENGINES",
     "ENGINES",
     "FORWARD_AD",
     "FUNC_TRANSFORM",
     "Engine",
+    "auto_cell_choice",
+    "check_cell_engine_name",
     "check_engine_name",
     "empty_cache",
     "in_compile",
     "not_yet",
     "opaque",
+    "plain",
     "recording",
     "resolve",
 ]
@@ -146,6 +150,13 @@ def recording() -> str | None:
     return None
 
 
+def plain() -> bool:
+    """Nothing compiles, records or transforms this call: neither torch.compile nor anything
+    :func:`recording` names. Callers that cache what they checked about a call (the layers' cached
+    calls) may then reuse it; under any of these they check again."""
+    return not torch.compiler.is_compiling() and recording() is None
+
+
 FUNC_TRANSFORM = "a torch.func transform (grad, vmap, jvp, ...)"  # what recording() calls them
 FORWARD_AD = "forward-mode AD (torch.autograd.forward_ad)"
 
@@ -197,6 +208,29 @@ def auto_choice(x: Tensor) -> str:
     return "reference"
 
 
+# The engines that run a cell's step (GRUCell's engine=): the reference step, and the fused
+# engine's one-call step kernels.
+CELL_ENGINES = ("reference", "fused")
+
+
+def check_cell_engine_name(name: object) -> None:
+    """``name`` is ``"auto"`` or one of :data:`CELL_ENGINES`."""
+    if name != "auto" and (not isinstance(name, str) or name not in CELL_ENGINES):
+        raise ValueError(f"engine: a cell runs 'auto' or one of {list(CELL_ENGINES)}, got {name!r}")
+
+
+def auto_cell_choice(x: Tensor, options: list[str]) -> str:
+    """What ``engine="auto"`` means for a cell's step on tensors like ``x`` with these options on
+    (by name): ``fused`` for CPU float32/float64 where it runs every one of them, else
+    ``reference`` (under torch.export, torch.jit.trace, a torch.func transform, forward-mode AD or
+    CPU autocast too; there is no Triton step: CUDA tensors get the reference step)."""
+    plain = x.dtype == torch.float64 or (x.dtype == torch.float32 and autocast_cpu_dtype() is None)
+    if recording() is None and x.device.type == "cpu" and plain:
+        if not_yet(options, get_engine("fused").cell_options) is None:
+            return "fused"
+    return "reference"
+
+
 def autocast_cpu_dtype() -> torch.dtype | None:
     """The dtype ``torch.autocast("cpu", ...)`` casts to where it is on, else None."""
     try:
@@ -217,9 +251,11 @@ def resolve(name: str, spec: Spec, x: Tensor, extras: Extras = NONE) -> Engine:
     return engine
 
 
-def not_yet(extras: Extras, supported: tuple[str, ...] = ()) -> str | None:
-    """An engine's refusal of the options it does not run (None if it runs them all)."""
-    missing = [n for n in extras.names() if n not in supported]
+def not_yet(extras: Extras | list[str], supported: tuple[str, ...] = ()) -> str | None:
+    """An engine's refusal of the options it does not run (None if it runs them all); ``extras``:
+    a call's, or the options' names."""
+    names = extras if isinstance(extras, list) else extras.names()
+    missing = [n for n in names if n not in supported]
     if not missing:
         return None
     return f"it does not run {', '.join(missing)}; engine='reference' runs every option"

@@ -18,6 +18,10 @@ projection and of the recurrent products for every step, and sums them into the 
 as it goes; the weight gradients are then single matrix products over all steps, in torch. No
 Python runs per time step.
 
+Calls of a few steps (up to ``_step.SHORT_MAX_STEPS``) whose rows would not be split across threads
+run instead as one compiled call each way, projection and weight gradients included
+(:mod:`gatedrnn._engines._step`): there the Python around the loop is most of the call.
+
 minGRU has no recurrent weights: the same loops with no per-step product, forward and backward.
 Its log-space parallel scan is the separate engine ``"scan"`` (:mod:`gatedrnn._engines._scan`).
 """
@@ -861,6 +865,9 @@ class FusedEngine:
         if lengths is not None:
             # the backward reads it: its own copy, as the caller may refill theirs before backward()
             lengths = lengths.to(dtype=torch.int64, memory_format=torch.contiguous_format, copy=save)
+        # (the step kernels run plain float32/float64 calls: no options, no bfloat16 mode)
+        if opts is None and not half and self.short(spec, x.shape[0], x.shape[1], h0.shape[-1]):
+            return _step().layer(spec, reset_after, x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
         args = (
             x.contiguous(),
             h0.contiguous(),
@@ -881,6 +888,46 @@ class FusedEngine:
             tail = (lengths, *masks, spec, reset_after, True, half, opts.zo_p)
             return _LayerOptions.apply(*args[:6], *gains_shifts, *tail)  # type: ignore[no-any-return]
         return _forward(None, *args, opts)
+
+    def short(self, spec: Spec, steps: int, batch: int, hid: int) -> bool:
+        """Whether a layer call of this size runs the one-call step kernels (:mod:`._step`): at most
+        ``SHORT_MAX_STEPS`` steps, and rows that the long form would not split across threads
+        (where it would, its threads pay off; docs/step.md, "Dispatch")."""
+        if steps > _step().SHORT_MAX_STEPS:
+            return False
+        hhw = spec.hh_blocks() * hid
+        small = _small(spec.candidate_reads_h, batch, hid, hhw)
+        return len(row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))) == 1
+
+    # the options a cell's step runs (GRUCell's engine="auto" picks this engine only with these)
+    cell_options: tuple[str, ...] = ()
+
+    def cell(
+        self,
+        spec: Spec,
+        reset_after: bool,
+        x: Tensor,
+        h: Tensor | None,
+        w_ih: Tensor,
+        w_hh: Tensor | None,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+    ) -> Tensor:
+        """One step of a cell, by the step kernels: ``x`` ``[B, m]`` or ``[m]``, ``h`` of the
+        output's shape or None (zeros); inputs checked by the caller (:class:`gatedrnn.GRUCell`)."""
+        why = self.unavailable(spec, x)
+        if why is None and half_mode(x) is True:
+            why = "a cell's step runs float32 and float64 (no bfloat16 mode); engine='reference' runs it"
+        if why is not None:
+            raise RuntimeError(f"engine='fused' cannot run here: {why}")
+        return _step().cell(spec, reset_after, x, h, w_ih, w_hh, b_ih, b_hh)
+
+
+def _step() -> Any:
+    """:mod:`gatedrnn._engines._step` (imported on first use, as the kernels)."""
+    from . import _step
+
+    return _step
 
 
 ENGINE = FusedEngine()

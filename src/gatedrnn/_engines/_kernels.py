@@ -33,18 +33,29 @@ import ctypes
 import functools
 import os
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import carray, njit, types
+from numba.extending import intrinsic, overload
 
 from .._options import LN_EPS
 from .._specs import Wiring
 
-__all__ = ["SMALL_MAX_BATCH", "blas", "kernels", "mkl_local_threads", "pack_size", "packed_blas"]
+__all__ = [
+    "SMALL_MAX_BATCH",
+    "blas",
+    "kernels",
+    "mkl_local_threads",
+    "pack_size",
+    "packed_blas",
+    "saved_size",
+    "step_kernels",
+]
 
 _JIT = {"cache": True, "error_model": "numpy", "nogil": True, "fastmath": {"contract"}}
+_LOOP_JIT = {k: v for k, v in _JIT.items() if k != "cache"}  # compiled into the kernels that call them
 
 
 # --------------------------------------------------------------------------------------------- BLAS
@@ -458,9 +469,11 @@ def _switches(options, masked, zo, reset, ln_x, ln_h):
 
 
 @functools.cache
-def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable[..., None], Callable[..., None]]:
-    """``(forward, backward)`` compiled loops for one wiring (see the module docstring); ``fast``:
-    float32 (rational activations).
+def _loops(wiring: Wiring, fast: bool, options: bool) -> tuple[Callable[..., None], Callable[..., None]]:
+    """The forward and backward loops of one wiring, as Python functions whose closure holds its
+    switches; numba compiles them (through :func:`_forward_loop` and :func:`_backward_loop`) into
+    the kernels of :func:`kernels` and :func:`step_kernels`. Their first argument is the code of
+    the switches (:func:`_code`), unused here; the others are those of :func:`kernels`' functions.
 
     ``options``: compile in the options (:mod:`gatedrnn._options`: layer norms, recurrent dropout,
     zoneout, resets). Each is then a runtime switch of its own, checked once per row or step
@@ -468,10 +481,8 @@ def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable
     Without ``options`` every switch is the constant False and the loops are the plain ones: the
     calls and branches, even never taken, cost a plain layer up to 10-20% at batch 1
     (docs/fused.md, "Options").
-
-    Compiles lazily on first call (numba dispatchers), cached on disk next to this module.
     """
-    # Only plain constants in the closure (numba keys its on-disk cache by their pickled bytes).
+    # Only plain constants in the closure: numba prunes the branches they decide before typing.
     gx, gh, two, coupled = bool(wiring.gates_read_x), bool(wiring.gates_read_h), wiring.gates == 2, bool(wiring.coupled)
     cand_h, tanh, reset_after = bool(wiring.cand_reads_h), bool(wiring.cand_tanh), bool(wiring.reset_after)
     fast, options = bool(fast), bool(options)
@@ -481,8 +492,8 @@ def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable
     # once per call and saved once (``gs`` is ``[1, 1, G*H]``)
     gconst = not (gx or gh)
 
-    @njit(**_JIT)
     def forward(
+        code,
         fns,
         xp,
         gb,
@@ -731,8 +742,8 @@ def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable
                         for j in range(uh):
                             y[t, b, j] = hs[t + 1, b, j]
 
-    @njit(**_JIT)
     def backward(
+        code,
         fns,
         gy,
         ghn,
@@ -1056,5 +1067,661 @@ def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable
         for b in range(b0, b1):
             for j in range(uh):
                 dh0[b, j] = dh[b, j]
+
+    return forward, backward
+
+
+def _code(wiring: Wiring, fast: bool, options: bool) -> int:
+    """The switches of one wiring, data type and options flag as one integer: a compile-time
+    constant of the kernels, which pass it to the loops (:func:`_decode` reads it back)."""
+    on = (wiring.gates == 2, *wiring[1:], fast, options)
+    return sum(1 << i for i, bit in enumerate(on) if bit)
+
+
+def _decode(code: Any) -> tuple[Wiring, bool, bool] | None:
+    """``(wiring, fast, options)`` of a literal ``code`` (numba's type of it), or None while numba
+    types it as a plain integer (it then types the call again with the literal value)."""
+    if not isinstance(code, types.IntegerLiteral):
+        return None
+    bits = [bool(code.literal_value >> i & 1) for i in range(len(Wiring._fields) + 2)]
+    return Wiring(2 if bits[0] else 1, *bits[1:-2]), bits[-2], bits[-1]
+
+
+def _forward_loop(code, *args):  # type: ignore[no-untyped-def]
+    """:func:`_loops`' forward loop of the wiring ``code`` names (a constant), for compiled code."""
+    raise NotImplementedError("_forward_loop runs in compiled code only")
+
+
+def _backward_loop(code, *args):  # type: ignore[no-untyped-def]
+    """:func:`_loops`' backward loop of the wiring ``code`` names (a constant), for compiled code."""
+    raise NotImplementedError("_backward_loop runs in compiled code only")
+
+
+# The loops are compiled as overloads: what numba compiles for a call is the loop of the wiring the
+# call's constant names, a closure over its switches (so numba prunes the branches they decide, as
+# in a kernel written for that wiring alone), and kernels anywhere in this module can call them.
+# The kernels' own closures hold only that integer: numba keys its on-disk cache by the pickled
+# closure, and a compiled function pickles differently in every process. (An inline function taking
+# the switches as arguments measured 8-15% slower forward: its branches were folded only by LLVM.)
+@overload(_forward_loop, strict=False, jit_options=_LOOP_JIT)
+def _ol_forward_loop(code, *args):  # type: ignore[no-untyped-def]
+    switches = _decode(code)
+    return None if switches is None else _loops(*switches)[0]
+
+
+@overload(_backward_loop, strict=False, jit_options=_LOOP_JIT)
+def _ol_backward_loop(code, *args):  # type: ignore[no-untyped-def]
+    switches = _decode(code)
+    return None if switches is None else _loops(*switches)[1]
+
+
+@functools.cache
+def kernels(wiring: Wiring, fast: bool, options: bool = False) -> tuple[Callable[..., None], Callable[..., None]]:
+    """``(forward, backward)`` compiled loops for one wiring (see the module docstring); ``fast``:
+    float32 (rational activations); ``options``: the options compiled in (see :func:`_loops`).
+    Their arguments: those of :func:`_loops`' functions after ``code``, documented there.
+
+    Compiles lazily on first call (numba dispatchers), cached on disk next to this module.
+    """
+    code = _code(wiring, bool(fast), bool(options))
+
+    @njit(**_JIT)
+    def forward(
+        fns,
+        xp,
+        gb,
+        whh,
+        whh_t,
+        pk,
+        bhn,
+        lengths,
+        hs,
+        y,
+        gs,
+        ns,
+        hn,
+        work,
+        copy_y,
+        small,
+        masked,
+        hmask,
+        hm,
+        zo,
+        zeta,
+        reset,
+        resets,
+        ln_x,
+        ln_xg,
+        ln_xs,
+        ahat_x,
+        rstd_x,
+        ln_h,
+        ln_hg,
+        ln_hs,
+        ahat_h,
+        rstd_h,
+        b0,
+        b1,
+    ):
+        _forward_loop(
+            code,
+            fns,
+            xp,
+            gb,
+            whh,
+            whh_t,
+            pk,
+            bhn,
+            lengths,
+            hs,
+            y,
+            gs,
+            ns,
+            hn,
+            work,
+            copy_y,
+            small,
+            masked,
+            hmask,
+            hm,
+            zo,
+            zeta,
+            reset,
+            resets,
+            ln_x,
+            ln_xg,
+            ln_xs,
+            ahat_x,
+            rstd_x,
+            ln_h,
+            ln_hg,
+            ln_hs,
+            ahat_h,
+            rstd_h,
+            b0,
+            b1,
+        )
+
+    @njit(**_JIT)
+    def backward(
+        fns,
+        gy,
+        ghn,
+        whh,
+        pk,
+        lengths,
+        hs,
+        gs,
+        ns,
+        hn,
+        dgx,
+        dgh,
+        dgb,
+        qs,
+        dh0,
+        dh,
+        dhp,
+        dzs,
+        dbx,
+        dbh,
+        sums,
+        xin,
+        wih_t,
+        dxo,
+        dwih,
+        fold_dx,
+        fold_dw,
+        small,
+        masked,
+        hmask,
+        hm,
+        dhm,
+        zo,
+        zeta,
+        gzero,
+        zd,
+        reset,
+        resets,
+        ln_x,
+        ln_xg,
+        ahat_x,
+        rstd_x,
+        ln_h,
+        ln_hg,
+        ahat_h,
+        rstd_h,
+        dgam_x,
+        dgam_h,
+        b0,
+        b1,
+    ):
+        _backward_loop(
+            code,
+            fns,
+            gy,
+            ghn,
+            whh,
+            pk,
+            lengths,
+            hs,
+            gs,
+            ns,
+            hn,
+            dgx,
+            dgh,
+            dgb,
+            qs,
+            dh0,
+            dh,
+            dhp,
+            dzs,
+            dbx,
+            dbh,
+            sums,
+            xin,
+            wih_t,
+            dxo,
+            dwih,
+            fold_dx,
+            fold_dw,
+            small,
+            masked,
+            hmask,
+            hm,
+            dhm,
+            zo,
+            zeta,
+            gzero,
+            zd,
+            reset,
+            resets,
+            ln_x,
+            ln_xg,
+            ahat_x,
+            rstd_x,
+            ln_h,
+            ln_hg,
+            ahat_h,
+            rstd_h,
+            dgam_x,
+            dgam_h,
+            b0,
+            b1,
+        )
+
+    return forward, backward
+
+
+# --------------------------------------------------------------------------- one-call step kernels
+@intrinsic
+def _address(typingctx, at, dtype):
+    """The integer address ``at`` as a pointer to ``dtype`` (a NumPy scalar class), for ``carray``."""
+    if not isinstance(at, types.Integer) or not isinstance(dtype, types.NumberClass):
+        return None
+    ptr = types.CPointer(dtype.instance_type)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(ptr))
+
+    return ptr(at, dtype), codegen
+
+
+@njit(inline="always", **_JIT)
+def _at(at, shape, dtype):
+    """The C-contiguous array of ``shape`` and ``dtype`` at the address ``at``: memory the caller
+    keeps alive (a tensor's ``data_ptr()``). No reference count: it is a view of nothing numba owns."""
+    return carray(_address(at, dtype), shape)
+
+
+# Each saved buffer starts on a 64-byte boundary (float32), as those the pool carves.
+_ALIGN = 16
+
+
+@njit(inline="always", **_JIT)
+def _padded(n):
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+@njit(**_JIT)
+def saved_size(steps, batch, hid, ng, gconst, reset_after):
+    """Elements of what a step kernel's forward saves for its backward, one flat buffer: the states
+    ``[T+1, B, H]``, the gates ``[T, B, ng]`` (``[1, 1, ng]`` when constant), the candidates
+    ``[T, B, H]`` and the pre-reset terms ``[T, B, H]`` (``[1, B, H]`` of scratch reset-before), as
+    the loops of :func:`_loops` read them."""
+    gsize = ng if gconst else steps * batch * ng
+    return (
+        _padded((steps + 1) * batch * hid)
+        + _padded(gsize)
+        + _padded(steps * batch * hid)
+        + _padded((steps if reset_after else 1) * batch * hid)
+    )
+
+
+@njit(inline="always", **_JIT)
+def _saved(at, steps, batch, hid, ng, gconst, reset_after, dtype, item):
+    """``(hs, gs, ns, hn)``: the buffers of :func:`saved_size` in the flat buffer at ``at``
+    (``item``: the bytes of one element)."""
+    hs = _at(at, (steps + 1, batch, hid), dtype)
+    at += _padded((steps + 1) * batch * hid) * item
+    gs = _at(at, (1, 1, ng) if gconst else (steps, batch, ng), dtype)
+    at += _padded(ng if gconst else steps * batch * ng) * item
+    ns = _at(at, (steps, batch, hid), dtype)
+    at += _padded(steps * batch * hid) * item
+    hn = _at(at, (steps if reset_after else 1, batch, hid), dtype)
+    return hs, gs, ns, hn
+
+
+@functools.cache
+def step_kernels(
+    wiring: Wiring, fast: bool, gbias: bool, hh_gates: bool
+) -> tuple[Callable[..., None], Callable[..., None]]:
+    """``(forward, backward)``: a layer's whole call, one direction, each one compiled function.
+
+    The loops are :func:`_loops`' (``wiring`` and ``fast`` as in :func:`kernels`). Around them,
+    what a layer call otherwise does in Python and torch: the forward projects the input (one BLAS
+    product, the biases folded in) and copies the states in and out; the backward ends with the
+    weight gradients (BLAS products) and the bias gradients. Short calls (a step, a few steps) are
+    then one compiled call each way, with no per-call glue beyond the tensors' addresses. Two
+    switches say how the biases are laid out (:mod:`gatedrnn._specs`): ``gbias``, the gates have a
+    bias; ``hh_gates``, ``bias_hh`` holds the gates' recurrent biases before ``b_hn`` (gru0,
+    reset-after).
+
+    Every tensor argument is an address (``data_ptr()``, 0 for none) of a C-contiguous tensor of the
+    data type (float32 when ``fast``, else float64) and the shape given below.
+    """
+    # Only plain constants in the closure (numba keys its on-disk cache by their pickled bytes).
+    code = _code(wiring, bool(fast), False)
+    gx, gh, two = bool(wiring.gates_read_x), bool(wiring.gates_read_h), wiring.gates == 2
+    cand_h, reset_after, fast = bool(wiring.cand_reads_h), bool(wiring.reset_after), bool(fast)
+    gbias, hh_gates = bool(gbias), bool(hh_gates)
+    two_gemm = cand_h and not reset_after
+    gconst = not (gx or gh)
+    nb = 2 if two else 1  # gate blocks
+    ihb = (nb if gx else 0) + 1  # blocks of W_ih (and of the projection)
+    hhb = (nb if gh else 0) + (1 if cand_h else 0)  # blocks of W_hh
+    bib = (nb if gbias else 0) + 1  # blocks of bias_ih
+    bhb = ((nb if hh_gates else 0) + 1) if (reset_after and cand_h) else 0  # blocks of bias_hh
+    item = 4 if fast else 8  # bytes of an element
+
+    @njit(**_JIT)
+    def forward(
+        fptr, steps, batch, inp, hid, x_at, h0_at, wih_at, whh_at, bih_at, bhh_at, lens_at, y_at, hn_at, saved_at, b0
+    ):
+        """Forward in time over ``T`` steps.
+
+        Args:
+            fptr: address of the BLAS ``?gemm`` of this data type.
+            steps, batch, inp, hid: ``T``, ``B``, the input size ``m`` and ``H``.
+            x_at: ``[T, B, m]`` the input.
+            h0_at: ``[B, H]`` the initial state (0: zeros).
+            wih_at, whh_at: ``[ihb*H, m]``, ``[hhb*H, H]`` the weights (``whh_at`` unread without
+                recurrent weights).
+            bih_at, bhh_at: ``bias_ih``, ``bias_hh`` (0: no bias; ``bhh_at`` read only where
+                ``bias_hh`` exists).
+            lens_at: ``[B]`` int64 lengths (0: every sequence has ``T`` steps).
+            y_at: ``[T, B, H]`` (out) the outputs (0: not written).
+            hn_at: ``[B, H]`` (out) the last state (0: not written).
+            saved_at: the flat buffer of :func:`saved_size` elements (out) the backward reads
+                (0: nothing saved; the loop then runs on one step's scratch rows).
+            b0: 0, the loops' first row. An argument, not a constant: compiled for a known first
+                row the loops' elementwise pass stayed scalar (LLVM's runtime overlap checks,
+                hoisted out of the row loop, failed): 1.5-1.7x the time of the whole step at
+                B=16, H=128.
+        """
+        dt = np.float32 if fast else np.float64
+        one = dt(1.0)
+        ng, ihw, hhw, rows = nb * hid, ihb * hid, hhb * hid, steps * batch
+        iw = np.empty(6, np.int32)
+        sw = np.empty(2, dt)
+        cw = np.empty(2, np.uint8)
+        cw[0] = 78
+        cw[1] = 84
+        # the projection of every step, [gates (if gx) | n], with the biases it can hold folded in
+        xp = np.empty((steps, batch, ihw), dt)
+        xp2 = xp.reshape((rows, ihw))
+        gb = np.zeros(ng, dt)  # the gates' constant pre-activation (gates that do not read x)
+        bhn = np.zeros(hid, dt)
+        beta = 0.0
+        if bih_at != 0:
+            pb = np.zeros(ihw, dt)
+            bih = _at(bih_at, (bib * hid,), dt)
+            for j in range(hid):
+                pb[ihw - hid + j] = bih[bib * hid - hid + j]
+            if gbias:
+                for j in range(ng):
+                    if gx:
+                        pb[j] = bih[j]
+                    else:
+                        gb[j] = bih[j]
+            if bhb:
+                bhh = _at(bhh_at, (bhb * hid,), dt)
+                for j in range(hid):
+                    bhn[j] = bhh[bhb * hid - hid + j]
+                if hh_gates:
+                    for j in range(ng):
+                        if gx:
+                            pb[j] += bhh[j]
+                        else:
+                            gb[j] += bhh[j]
+            for r in range(rows):
+                for j in range(ihw):
+                    xp2[r, j] = pb[j]
+            beta = 1.0
+        wih = _at(wih_at, (ihw, inp), dt)
+        _gemm(fptr, 1, 0, ihw, rows, inp, one, wih, inp, _at(x_at, (rows, inp), dt), inp, beta, xp2, ihw, iw, sw, cw)
+        if saved_at != 0:
+            hs, gs, ns, hn = _saved(saved_at, steps, batch, hid, ng, gconst, reset_after, dt, item)
+        else:
+            hs = np.empty((steps + 1, batch, hid), dt)
+            gs = np.empty((1, 1 if gconst else batch, ng), dt)
+            ns = np.empty((1, batch, hid), dt)
+            hn = np.empty((1, batch, hid), dt)
+        if h0_at != 0:
+            h0 = _at(h0_at, (batch, hid), dt)
+            for b in range(batch):
+                for j in range(hid):
+                    hs[0, b, j] = h0[b, j]
+        else:
+            for b in range(batch):
+                for j in range(hid):
+                    hs[0, b, j] = 0.0
+        if cand_h:
+            whh = _at(whh_at, (hhw, hid), dt)
+        else:
+            whh = np.empty((1, 1), dt)
+        lens = _at(lens_at, (batch,), np.int64) if lens_at != 0 else np.full(batch, steps, np.int64)
+        copy_y = y_at != 0
+        y = _at(y_at, (steps, batch, hid), dt) if copy_y else np.empty((1, 1, 1), dt)
+        work = np.empty((batch, hhw), dt)
+        u1 = np.empty(1, dt)
+        u2 = np.empty((1, 1), dt)
+        u3 = np.empty((1, 1, 1), dt)
+        no_resets = np.zeros((1, 1), np.bool_)
+        fns = np.zeros(3, np.int64)
+        fns[0] = fptr
+        _forward_loop(
+            code,
+            fns,
+            xp,
+            gb,
+            whh,
+            u2,
+            u2,
+            bhn,
+            lens,
+            hs,
+            y,
+            gs,
+            ns,
+            hn,
+            work,
+            copy_y,
+            False,
+            # the options, off: recurrent dropout, zoneout, resets, the two layer norms
+            False,
+            u2,
+            u3,
+            False,
+            u3,
+            False,
+            no_resets,
+            False,
+            u1,
+            u1,
+            u3,
+            u3,
+            False,
+            u1,
+            u1,
+            u3,
+            u3,
+            b0,
+            batch,
+        )
+        if hn_at != 0:
+            out = _at(hn_at, (batch, hid), dt)
+            for b in range(batch):
+                for j in range(hid):
+                    out[b, j] = hs[steps, b, j]
+
+    @njit(**_JIT)
+    def backward(
+        fptr,
+        steps,
+        batch,
+        inp,
+        hid,
+        x_at,
+        wih_at,
+        whh_at,
+        lens_at,
+        saved_at,
+        gy_at,
+        ghn_at,
+        dx_at,
+        dh0_at,
+        dwih_at,
+        dwhh_at,
+        dbih_at,
+        dbhh_at,
+        small,
+        b0,
+    ):
+        """Backward through time over ``T`` steps.
+
+        Args:
+            fptr, steps, batch, inp, hid, x_at, wih_at, whh_at, lens_at: as in the forward.
+            saved_at: what the forward saved.
+            gy_at: ``[T, B, H]`` the upstream gradient of the outputs (0: zeros).
+            ghn_at: ``[B, H]`` the upstream gradient of the last state (0: zeros).
+            dx_at, dh0_at, dwih_at, dwhh_at, dbih_at, dbhh_at: (out) the gradients of the input,
+                the initial state, the weights and the biases, shaped as they are (0: not needed).
+            small: the per-step products run as :func:`_row_nn` instead of BLAS (a few rows).
+            b0: 0, as in the forward.
+        """
+        dt = np.float32 if fast else np.float64
+        one = dt(1.0)
+        ng, ihw, hhw, rows = nb * hid, ihb * hid, hhb * hid, steps * batch
+        iw = np.empty(6, np.int32)
+        sw = np.empty(2, dt)
+        cw = np.empty(2, np.uint8)
+        cw[0] = 78
+        cw[1] = 84
+        hs, gs, ns, hn = _saved(saved_at, steps, batch, hid, ng, gconst, reset_after, dt, item)
+        if cand_h:
+            whh = _at(whh_at, (hhw, hid), dt)
+        else:
+            whh = np.empty((1, 1), dt)
+        lens = _at(lens_at, (batch,), np.int64) if lens_at != 0 else np.full(batch, steps, np.int64)
+        gy = _at(gy_at, (steps, batch, hid), dt) if gy_at != 0 else np.zeros((steps, batch, hid), dt)
+        ghn = _at(ghn_at, (batch, hid), dt) if ghn_at != 0 else np.zeros((batch, hid), dt)
+        dgx = np.empty((steps, batch, ihw), dt)
+        dgh = np.empty((steps, batch, hhw), dt)
+        dgb = np.zeros(ng, dt)
+        qs = np.empty((steps, batch, hid) if two_gemm else (1, 1, 1), dt)
+        dh0 = _at(dh0_at, (batch, hid), dt) if dh0_at != 0 else np.empty((batch, hid), dt)
+        dh = np.empty((batch, hid), dt)
+        dhp = np.empty((batch, hid), dt)
+        dzs = np.empty((batch, hid), dt)
+        dbx = np.zeros(ihw)  # float64 sums of T*B terms
+        dbh = np.zeros(hhw)
+        sums = dbih_at != 0 or dbhh_at != 0
+        u1 = np.empty(1, dt)
+        u2 = np.empty((1, 1), dt)
+        u3 = np.empty((1, 1, 1), dt)
+        no_resets = np.zeros((1, 1), np.bool_)
+        no_dgam = np.empty(1)
+        fns = np.zeros(3, np.int64)
+        fns[0] = fptr
+        _backward_loop(
+            code,
+            fns,
+            gy,
+            ghn,
+            whh,
+            u2,
+            lens,
+            hs,
+            gs,
+            ns,
+            hn,
+            dgx,
+            dgh,
+            dgb,
+            qs,
+            dh0,
+            dh,
+            dhp,
+            dzs,
+            dbx,
+            dbh,
+            sums,
+            u3,
+            u2,
+            u3,
+            np.empty((1, 1)),
+            False,
+            False,
+            small,
+            # the options, off: recurrent dropout, zoneout, resets, the two layer norms
+            False,
+            u2,
+            u3,
+            u2,
+            False,
+            u3,
+            u3,
+            u2,
+            False,
+            no_resets,
+            False,
+            u1,
+            u3,
+            u3,
+            False,
+            u1,
+            u3,
+            u3,
+            no_dgam,
+            no_dgam,
+            b0,
+            batch,
+        )
+        # the weight gradients, single products over every step and row
+        dgx2 = dgx.reshape((rows, ihw))
+        if dx_at != 0:
+            wih = _at(wih_at, (ihw, inp), dt)
+            _gemm(
+                fptr, 0, 0, inp, rows, ihw, one, wih, inp, dgx2, ihw, 0.0, _at(dx_at, (rows, inp), dt), inp, iw, sw, cw
+            )
+        if dwih_at != 0:
+            x = _at(x_at, (rows, inp), dt)
+            if lens_at != 0 and batch > 0 and lens.min() < steps:
+                # the product multiplies the padding by its zero gradient, and 0 * NaN is NaN: the
+                # input's rows past each length enter as zeros (the loops never read them)
+                x = x.copy()
+                for t in range(steps):
+                    for b in range(batch):
+                        if t >= lens[b]:
+                            for k in range(inp):
+                                x[t * batch + b, k] = 0.0
+            _gemm(
+                fptr, 0, 1, inp, ihw, rows, one, x, inp, dgx2, ihw, 0.0, _at(dwih_at, (ihw, inp), dt), inp, iw, sw, cw
+            )
+        if cand_h and dwhh_at != 0:
+            dgh2 = dgh.reshape((rows, hhw))
+            dwhh = _at(dwhh_at, (hhw, hid), dt)
+            if two_gemm:
+                # reset-before: the gates' rows against h(t-1), U_n's against q = r*h(t-1)
+                if gh:
+                    _gemm(fptr, 0, 1, hid, ng, rows, one, hs, hid, dgh2, hhw, 0.0, dwhh, hid, iw, sw, cw)
+                wn = hhw - hid
+                _gemm(fptr, 0, 1, hid, hid, rows, one, qs, hid, dgh2[0, wn:], hhw, 0.0, dwhh[wn:], hid, iw, sw, cw)
+            else:
+                _gemm(fptr, 0, 1, hid, hhw, rows, one, hs, hid, dgh2, hhw, 0.0, dwhh, hid, iw, sw, cw)
+        if sums:
+            # the gates' bias gradient is the sum of their pre-activation gradients, wherever those went
+            dgate = np.empty(ng)
+            for j in range(ng):
+                if gx:
+                    dgate[j] = dbx[j]
+                elif gh:
+                    dgate[j] = dbh[j]
+                else:
+                    dgate[j] = dgb[j]
+            if dbih_at != 0:
+                dbih = _at(dbih_at, (bib * hid,), dt)
+                if gbias:
+                    for j in range(ng):
+                        dbih[j] = dgate[j]
+                for j in range(hid):
+                    dbih[bib * hid - hid + j] = dbx[ihw - hid + j]
+            if bhb and dbhh_at != 0:
+                dbhh = _at(dbhh_at, (bhb * hid,), dt)
+                if hh_gates:
+                    for j in range(ng):
+                        dbhh[j] = dgate[j]
+                for j in range(hid):
+                    dbhh[bhb * hid - hid + j] = dbh[hhw - hid + j]
 
     return forward, backward
