@@ -4,7 +4,7 @@
     python benchmarks/options.py --sizes A,D --threads 1 --repeats 10
 
 gru0 (reset-after), float32, training mode, forward+backward with random upstream gradients; each
-round times every candidate once, in rotating order (``gatedrnn.bench.time_interleaved``), and
+round times every candidate once, in a shuffled order (``gatedrnn.bench.time_interleaved``), and
 the table gives medians and ratios to the plain fused layer (the Python cell is timed in rounds of
 its own with the fused ``layer_norm`` layer; Python's garbage collector is off while timing, so
 that the cell's garbage is not collected in another candidate's time):

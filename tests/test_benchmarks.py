@@ -292,7 +292,8 @@ def test_options_name_the_bad_option_and_default_to_the_registry():
 
 def test_yardstick_table_from_timings():
     """Each candidate's share of the GEMM rate and its time ÷ torch.nn.GRU and ÷ torch.nn.LSTM,
-    worked out by hand from made-up timings (a 50 GFLOP/s host, size D, forward+backward)."""
+    worked out by hand from made-up timings (MKL at 50 GFLOP/s and oneDNN at 100, size D,
+    forward+backward): the share is of the faster rate."""
     from gatedrnn import bench
 
     side = bench.SGEMM_SIDE
@@ -300,7 +301,7 @@ def test_yardstick_table_from_timings():
     gru0_gflop = 3 * (2 * 3200 * 64 * 192 + 2 * 3200 * 64 * 192) / 1e9  # (B*T = 3200 rows) 0.4719
     lstm_gflop = 3 * 2 * 3200 * (64 + 64) * 256 / 1e9  # four blocks of x and of h: 0.6291
     gru0_ms = gru0_gflop / 50 * 1e3 / 0.5  # half the rate: 18.87 ms
-    lstm_ms = lstm_gflop / 50 * 1e3 / 0.25  # a quarter: 50.33 ms
+    lstm_ms = lstm_gflop / 50 * 1e3 / 0.3  # 30% of MKL's rate: 41.94 ms
     times = {
         "torch.nn.GRU": {"median_ms": 100.0},
         "torch.nn.LSTM": {"median_ms": lstm_ms},
@@ -313,7 +314,7 @@ def test_yardstick_table_from_timings():
     assert lines[1].startswith("Forward+backward, 2 thread(s), float32")
     assert [c.strip() for c in lines[3].split("|")[1:-1]] == [
         "size (B,T,m,n)",
-        "GEMM GFLOP/s",
+        "MKL GFLOP/s",
         "oneDNN GFLOP/s",
         "nn.GRU ms",
         "nn.GRU",
@@ -322,9 +323,15 @@ def test_yardstick_table_from_timings():
     ]
     cells = [c.strip() for c in lines[5].split("|")[1:-1]]
     assert cells[1:4] == ["50.0", "100.0", "100.00"]
-    assert cells[4] == f"{100 * gru0_gflop / 50 / 0.1:.0f}% · 1.000 · {100 / lstm_ms:.3f}"  # 9% · 1.000 · 1.987
-    assert cells[5] == f"25% · {lstm_ms / 100:.3f} · 1.000"
-    assert cells[6] == f"50% · {gru0_ms / 100:.3f} · {gru0_ms / lstm_ms:.3f}"  # 50% · 0.189 · 0.375
+    assert cells[4] == f"{100 * gru0_gflop / 100 / 0.1:.0f}% · 1.000 · {100 / lstm_ms:.3f}"  # 5% · 1.000 · 2.384
+    assert cells[5] == f"15% · {lstm_ms / 100:.3f} · 1.000"  # 30% of MKL's rate: 15% of oneDNN's
+    assert cells[6] == f"25% · {gru0_ms / 100:.3f} · {gru0_ms / lstm_ms:.3f}"  # 25% · 0.189 · 0.450
+    # without oneDNN's product the share is of MKL's rate
+    mkl_only = {k: v for k, v in times.items() if k != f"onednn:{side}"}
+    cells = [
+        c.strip() for c in bench._tables._yardsticks([{**row, "times": mkl_only}], "cpu").splitlines()[5].split("|")
+    ]
+    assert cells[2:4] == ["50.0", "-"] and cells[-2].startswith("50% · ")
     # without the large product and torch.nn.LSTM (--no-baselines), those parts are "-"
     bare = {k: v for k, v in times.items() if k in ("torch.nn.GRU", "fused:gru0")}
     cells = [c.strip() for c in bench._tables._yardsticks([{**row, "times": bare}], "cpu").splitlines()[5].split("|")]

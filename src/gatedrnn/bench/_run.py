@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -88,21 +90,33 @@ def candidates(opts: Options, size: tuple[int, int, int, int], backward: bool, d
 def time_interleaved(
     cands: dict[str, Callable[[], None]], repeats: int, warmup: int, sync: Callable[[], None]
 ) -> dict[str, dict[str, float]]:
-    """Interleaved timing: each round runs every candidate once (rotating the order); medians and minima in ms."""
+    """Interleaved timing: each round runs every candidate once, in an order shuffled afresh each
+    round (a fixed seed), so that no candidate always follows the same one; Python's garbage
+    collector runs between rounds, untimed, and never inside a call (the Python cell's garbage
+    used to be collected in whichever candidate came next). Medians and minima in ms."""
     names = list(cands)
     for _ in range(warmup):
         for n in names:
             cands[n]()
     sync()
     samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for n in order:
-            sync()
-            t0 = time.perf_counter()
-            cands[n]()
-            sync()
-            samples[n].append(time.perf_counter() - t0)
+    shuffle = random.Random(0).shuffle
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            order = list(names)
+            shuffle(order)
+            gc.collect()
+            for n in order:
+                sync()
+                t0 = time.perf_counter()
+                cands[n]()
+                sync()
+                samples[n].append(time.perf_counter() - t0)
+    finally:
+        if enabled:
+            gc.enable()
     return {n: {"median_ms": statistics.median(s) * 1e3, "min_ms": min(s) * 1e3} for n, s in samples.items()}
 
 
