@@ -12,6 +12,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import _reference
 from ._engines import (
+    _step,
     auto_cell_choice,
     check_cell_engine_name,
     check_engine_name,
@@ -21,7 +22,7 @@ from ._engines import (
     plain,
 )
 from ._engines._step import cell_runner, layer_runner
-from ._functional import LayerWeights, rnn
+from ._functional import LayerWeights, bernoulli, rnn
 from ._options import Options
 from ._specs import check_int, get_spec, param_shapes
 
@@ -232,6 +233,14 @@ class _Family(nn.Module):
         return "".join(f", {k}={v!r}" for k, v in self.options.non_default().items())
 
 
+def _short(input: object, batch_first: bool) -> bool:
+    """Whether ``input`` is a tensor of at most ``_step.SHORT_MAX_STEPS`` steps (a call whose plan
+    may be cached); anything else goes the checked way."""
+    if not isinstance(input, Tensor) or input.dim() == 0:
+        return False
+    return input.shape[1 if batch_first and input.dim() == 3 else 0] <= _step.SHORT_MAX_STEPS
+
+
 class GRU(_Family):
     """A stacked, optionally bidirectional recurrent layer of any variant of the GRU family.
 
@@ -404,9 +413,10 @@ class GRU(_Family):
         enforce_sorted: bool = False,
         resets: Tensor | PackedSequence | None = None,
     ) -> tuple[Tensor | PackedSequence, Tensor]:
-        # A call like one already checked (see GRUCell.forward) runs what that call left.
+        # A call like one already checked (see GRUCell.forward) runs what that call left. Only a
+        # short call (at most SHORT_MAX_STEPS steps) can leave a plan: a longer one skips the key.
         key = None
-        if lengths is None and resets is None and plain():
+        if lengths is None and resets is None and _short(input, self.batch_first) and plain():
             try:
                 params = self._lean_params()
                 if params is not None:
@@ -637,6 +647,6 @@ class GRUCell(_Family):
         h_new = _reference.step(self.spec, self.reset_after, gx, nx, h, self.weight_hh, self.bias_hh, ln_hh)
         p = self.options.zoneout
         if p:
-            zeta = h.new_empty(h.shape).bernoulli_(p) if self.training else p
+            zeta = bernoulli(tuple(h.shape), p, h) if self.training else p
             h_new = _reference.carry(h, h_new, zeta)
         return h_new.squeeze(0) if unbatched else h_new
