@@ -14,7 +14,7 @@ import functools
 import pytest
 import torch
 
-from gatedrnn import GRU
+from gatedrnn import GRU, InputError
 
 BF16 = torch.bfloat16
 
@@ -167,3 +167,30 @@ class _Call(torch.nn.Module):
 
     def forward(self, x: torch.Tensor):  # type: ignore[no-untyped-def]
         return self.call(x)
+
+
+@pytest.mark.parametrize(
+    ("x_dtype", "h_dtype"),
+    [(BF16, None), (BF16, BF16), (BF16, torch.float32), (torch.float32, BF16)],
+    ids=["x-bf16", "both-bf16", "x-bf16-h-f32", "x-f32-h-bf16"],
+)
+def test_autocast_bfloat16_inputs_into_a_float32_layer(x_dtype: torch.dtype, h_dtype: torch.dtype | None) -> None:
+    """Under autocast torch.nn.GRU takes bfloat16 inputs into float32 parameters (its outputs in
+    h0's dtype, else the input's): ours takes them too, with torch's output dtypes, values within
+    bfloat16 rounding of torch's, and gradients for the input, h0 and the float32 parameters."""
+    torch.manual_seed(0)
+    ours, theirs = GRU(6, 8), torch.nn.GRU(6, 8)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(7, 3, 6).to(x_dtype).requires_grad_()
+    h0 = torch.randn(1, 3, 8).to(h_dtype).requires_grad_() if h_dtype is not None else None
+    with torch.autocast("cpu", dtype=BF16):
+        got, want = ours(x, h0), theirs(x, h0)
+    assert [t.dtype for t in got] == [t.dtype for t in want]
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.float(), w.float(), atol=3e-2, rtol=3e-2)
+    (got[0].float().sum() + got[1].float().sum()).backward()
+    assert x.grad is not None and x.grad.dtype == x_dtype
+    assert h0 is None or (h0.grad is not None and h0.grad.dtype == h_dtype)
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in ours.parameters())
+    with pytest.raises(InputError, match=r"input: expected dtype torch\.float32"):
+        ours(x.detach().to(BF16))  # outside autocast it stays refused, as in torch.nn.GRU

@@ -14,6 +14,7 @@ from . import _reference
 from ._engines import (
     _step,
     auto_cell_choice,
+    autocast_cpu_dtype,
     check_cell_engine_name,
     check_engine_name,
     get_engine,
@@ -427,7 +428,31 @@ class GRU(_Family):
             if run is not None:
                 self.__dict__["last_engine"] = "fused"
                 return run(input, hx, params)  # type: ignore[no-any-return]
+        out_dtype = self._autocast_mixed(input, hx)
+        if out_dtype is not None:
+            # as torch.nn.GRU under CPU autocast: bfloat16 inputs into float32 parameters run as
+            # float32 inputs would (bfloat16 products), the outputs in h0's dtype, else the input's
+            x = input.to(torch.float32)
+            h = hx.to(torch.float32) if hx is not None else None
+            y, h_n = self._forward(x, h, lengths, enforce_sorted, resets, None)
+            return y.to(out_dtype), h_n.to(out_dtype)
         return self._forward(input, hx, lengths, enforce_sorted, resets, key)
+
+    def _autocast_mixed(self, input: object, hx: object) -> torch.dtype | None:
+        """Under ``torch.autocast("cpu", dtype=torch.bfloat16)``, a float32 layer called with a
+        bfloat16 input or ``h0`` (the other float32 or bfloat16): the dtype of the outputs
+        ``torch.nn.GRU`` gives there. None otherwise (the call is checked as usual)."""
+        data = input.data if isinstance(input, PackedSequence) else input
+        if not isinstance(data, Tensor) or (hx is not None and not isinstance(hx, Tensor)):
+            return None
+        dtypes = (data.dtype,) if hx is None else (data.dtype, hx.dtype)
+        if torch.bfloat16 not in dtypes or not set(dtypes) <= {torch.bfloat16, torch.float32}:
+            return None
+        if not data.is_cpu or autocast_cpu_dtype() != torch.bfloat16:
+            return None
+        if self._reference_param().dtype != torch.float32:
+            return None
+        return dtypes[-1]
 
     def _forward(
         self,

@@ -27,6 +27,7 @@ __all__ = [
     "FUNC_TRANSFORM",
     "Engine",
     "auto_cell_choice",
+    "autocast_cpu_dtype",
     "check_cell_engine_name",
     "check_engine_name",
     "empty_cache",
