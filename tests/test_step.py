@@ -240,6 +240,14 @@ def test_cell_dispatch_is_explicit() -> None:
     half = GRUCell(5, 4, dtype=torch.bfloat16)
     half(x.bfloat16())
     assert half.last_engine == "reference"
+    half.engine = "fused"
+    with pytest.raises(RuntimeError, match=r"engine='fused' cannot run here: a cell's step runs float32"):
+        half(x.bfloat16())
+    # float32 under CPU autocast: "auto" leaves the step to torch's operations, which autocast casts
+    plain = GRUCell(5, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, theirs = plain(x), torch.nn.GRUCell(5, 4)(x)
+    assert plain.last_engine == "reference" and out.dtype == theirs.dtype
 
 
 def test_cell_empty_batch_pickle_and_copy() -> None:
