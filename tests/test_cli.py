@@ -188,6 +188,12 @@ def test_bench_options_reach_the_harness(monkeypatch):
     assert not opts.memory and not opts.compile_time and opts.baselines and opts.reset_after
     invoke("bench", "--compile-time")
     assert calls[-1].compile_time and calls[-1].variants == list(bench.Options().checked().variants)
+    # --stepping runs the stepping benchmark instead, with the thread counts
+    stepped = []
+    monkeypatch.setattr(bench, "stepping", lambda argv=None: stepped.append(argv) or 0)
+    result = invoke("bench", "--stepping", "--threads", "1,2")
+    assert result.exit_code == 0, result.output
+    assert stepped == [["--threads", "1,2"]] and len(calls) == 2
     monkeypatch.undo()
     assert_clean_error(invoke("bench", "--sizes", "Z", "--no-memory"), "--sizes", "'Z'")
     assert_clean_error(invoke("bench", "--threads", "one"), "--threads")

@@ -356,8 +356,8 @@ def test_short_call_under_checkpointing() -> None:
 
 
 def test_step_benchmark_prints_its_tables(capsys: pytest.CaptureFixture[str]) -> None:
-    """benchmarks/step.py runs against the layers and prints one row per size, grad mode and loop,
-    with a positive time and ratio in every cell."""
+    """benchmarks/step.py (the harness of ``gatedrnn bench --stepping``) runs against the layers and
+    prints one row per size, grad mode and loop, with a positive time and ratio in every cell."""
     import importlib.util
     from pathlib import Path
 

@@ -440,6 +440,14 @@ def bench(
     report_json: Annotated[
         str | None, typer.Option("--report", help="Print the tables of a saved run (its JSON) instead of running.")
     ] = None,
+    stepping: Annotated[
+        bool,
+        typer.Option(
+            "--stepping",
+            help="Time stepping one call at a time instead (GRUCell and one-step GRU against torch's "
+            "cells; takes --threads; benchmarks/step.py has the other settings).",
+        ),
+    ] = False,
 ) -> None:
     """Speed of the engines against torch.nn.GRU, torch.nn.LSTM and the host's matrix-product rate."""
     with _clean_errors():
@@ -453,6 +461,9 @@ def bench(
                 thread_list = [int(t) for t in threads.split(",") if t.strip()]
             except ValueError:
                 raise harness.BenchError(f"--threads: expected a comma list of integers, got {threads!r}") from None
+            if stepping:
+                harness.stepping(["--threads", ",".join(str(t) for t in thread_list)])
+                return
             opts = harness.Options(
                 device=device,
                 sizes=_split_list(sizes),

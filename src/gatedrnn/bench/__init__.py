@@ -9,6 +9,10 @@ each figure is the median of ``repeats`` runs after warm-up. Also the memory sav
 against ``torch.nn.GRU``, the peak resident memory one forward+backward adds (a fresh process per
 candidate and size), and on request the kernels' compile time (fresh processes, about a minute).
 
+Stepping (:func:`stepping`, ``gatedrnn bench --stepping``): ``GRUCell`` and one-step ``GRU``
+calls against ``torch.nn.GRUCell``, ``torch.nn.GRU`` and ``torch.nn.LSTMCell``, per call and in two
+loops (a policy rollout, a trained unroll).
+
 CUDA (``device="cuda"``): ``engine="triton"`` against ``torch.nn.GRU`` (cuDNN), float32 and
 bfloat16, with two more sizes.
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 from ._flops import SGEMM_SIDE, candidate_flops, matmul_flops
 from ._options import CPU_SIZES, CUDA_SIZES, PASSES, BenchError, Options
 from ._run import compare_layers, paired_ratio, run, time_interleaved
+from ._stepping import stepping
 from ._tables import report, report_file
 
 __all__ = [
@@ -37,5 +42,6 @@ __all__ = [
     "report",
     "report_file",
     "run",
+    "stepping",
     "time_interleaved",
 ]
