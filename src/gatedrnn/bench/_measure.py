@@ -14,7 +14,7 @@ __all__ = ["compile_times", "peak_child", "peak_rss", "saved_bytes"]
 _COMPILE_SNIPPET = """
 import time, torch
 torch.manual_seed(0)
-from gatedrnn import GRU
+from .. import GRU
 variants = {variants!r}
 x = torch.randn(5, 2, 3, requires_grad=True)
 t0 = time.perf_counter()

@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-import gatedrnn
+from .. import GRU, GRUCell, __version__
 
 __all__ = ["stepping"]
 
@@ -59,7 +59,7 @@ def host() -> str:
     isa = ", ".join(f for f in ISA if f in flags) or "unknown"
     return (
         f"CPU: {model}{where}, {os.cpu_count()} logical CPUs; ISA: {isa}; torch {torch.__version__} "
-        f"(CPU capability {torch.backends.cpu.get_cpu_capability()}), gatedrnn {gatedrnn.__version__}"
+        f"(CPU capability {torch.backends.cpu.get_cpu_capability()}), gatedrnn {__version__}"
     )
 
 
@@ -103,10 +103,10 @@ def per_call(batch: int, hidden: int, grad: bool, repeats: int) -> dict[str, flo
     torch.manual_seed(0)
     cells = {
         "nn.GRUCell": nn.GRUCell(hidden, hidden),
-        "GRUCell": gatedrnn.GRUCell(hidden, hidden),
+        "GRUCell": GRUCell(hidden, hidden),
         "nn.LSTMCell": nn.LSTMCell(hidden, hidden),
         "nn.GRU": nn.GRU(hidden, hidden),
-        "GRU": gatedrnn.GRU(hidden, hidden),
+        "GRU": GRU(hidden, hidden),
     }
     cells["GRUCell"].load_state_dict(cells["nn.GRUCell"].state_dict())
     cells["GRU"].load_state_dict(cells["nn.GRU"].state_dict())
@@ -147,7 +147,7 @@ def loops(rollout: int, unroll: int, repeats: int) -> dict[str, dict[str, float]
         (f"unroll {unroll} steps + backward, B=16, H=128", 16, 128, unroll, True),
     ):
         ref = nn.GRUCell(hidden, hidden)
-        ours = gatedrnn.GRUCell(hidden, hidden)
+        ours = GRUCell(hidden, hidden)
         ours.load_state_dict(ref.state_dict())
         lstm = nn.LSTMCell(hidden, hidden)
         xs = torch.randn(steps, batch, hidden)
