@@ -26,13 +26,16 @@ VARIANTS = sorted(SPECS)
 TOL = 1e-10  # float64
 
 
-def _cells(variant: str, reset_after: bool, bias: bool = True, dtype: torch.dtype = torch.float64, m: int = 5):
+def _cells(
+    variant: str, reset_after: bool, bias: bool = True, dtype: torch.dtype = torch.float64, m: int = 5, **options
+):
     torch.manual_seed(3)
-    ref = GRUCell(m, 4, bias=bias, variant=variant, reset_after=reset_after, engine="reference", dtype=dtype)
+    kw = dict(bias=bias, variant=variant, reset_after=reset_after, dtype=dtype, **options)
+    ref = GRUCell(m, 4, engine="reference", **kw)
     with torch.no_grad():
         for p in ref.parameters():  # biases far from 0, so that every bias gradient matters
             p.uniform_(-0.8, 0.8)
-    fused = GRUCell(m, 4, bias=bias, variant=variant, reset_after=reset_after, engine="fused", dtype=dtype)
+    fused = GRUCell(m, 4, engine="fused", **kw)
     fused.load_state_dict(ref.state_dict())
     return ref, fused
 
@@ -70,6 +73,36 @@ def test_cell_unroll_matches_reference(variant: str, reset_after: bool) -> None:
     with torch.no_grad():
         for _ in range(2):
             torch.testing.assert_close(fused(xs[0], h0), ref(xs[0], h0), atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_cell_zoneout_matches_reference(variant: str, reset_after: bool) -> None:
+    """Zoneout on the fused step (the reference's carry on its output): an unroll in training with
+    the same masks (the same seed: each step draws one mask of the state's shape), states and every
+    gradient; eval; unbatched; never cached. ``engine="auto"`` picks the fused step for it."""
+    ref, fused = _cells(variant, reset_after, zoneout=0.4)
+    xs, h0 = torch.randn(4, 3, 5, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    gys = [torch.randn(3, 4, dtype=torch.float64) for _ in range(4)]
+    torch.manual_seed(11)
+    want = _unroll(ref, xs, h0, gys, False)
+    torch.manual_seed(11)
+    got = _unroll(fused, xs, h0, gys, False)
+    _assert_all_close(got[0] + list(got[1]), want[0] + list(want[1]))
+    assert fused.last_engine == "fused" and len(fused._plans) == 0
+    # the masks differ between calls (a fresh mask every step): two calls from one state differ
+    with torch.no_grad():
+        a, b = fused(xs[0], h0), fused(xs[0], h0)
+    assert not torch.equal(a, b)
+    fused.eval()
+    ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(xs[0], h0), ref(xs[0], h0), atol=TOL, rtol=TOL)
+        torch.testing.assert_close(fused(xs[0, 0], h0[0]), ref(xs[0, 0], h0[0]), atol=TOL, rtol=TOL)
+        torch.testing.assert_close(fused(xs[0]), ref(xs[0]), atol=TOL, rtol=TOL)
+    auto = GRUCell(5, 4, zoneout=0.4, variant=variant, reset_after=reset_after)
+    auto(torch.randn(2, 5))
+    assert auto.last_engine == "fused"
 
 
 @pytest.mark.parametrize(("variant", "reset_after"), [("gru0", True), ("gru0", False), ("mgu", True), ("mingru", True)])
@@ -220,12 +253,12 @@ def test_cell_dispatch_is_explicit() -> None:
         ValueError, match=r"engine: a cell runs 'auto' or one of \['reference', 'fused'\], got 'triton'"
     ):
         GRUCell(5, 4, engine="triton")
-    # the fused step runs no option yet: "auto" picks the reference step for them, "fused" refuses
-    auto = GRUCell(5, 4, layer_norm=True)
+    # the fused step runs no layer norm: "auto" picks the reference step for it, "fused" refuses
+    auto = GRUCell(5, 4, layer_norm=True, zoneout=0.1)
     auto(x)
     assert auto.last_engine == "reference"
-    with pytest.raises(RuntimeError, match=r"engine='fused' cannot run here: it does not run zoneout"):
-        GRUCell(5, 4, zoneout=0.1, engine="fused")(x)
+    with pytest.raises(RuntimeError, match=r"engine='fused' cannot run here: it does not run layer_norm"):
+        GRUCell(5, 4, layer_norm=True, zoneout=0.1, engine="fused")(x)
     # under a torch.func transform "auto" runs the reference step, and "fused" names what to use
     cell = GRUCell(5, 4, dtype=torch.float64)
     xd = torch.randn(2, 5, dtype=torch.float64)

@@ -234,6 +234,12 @@ class _Family(nn.Module):
         return "".join(f", {k}={v!r}" for k, v in self.options.non_default().items())
 
 
+def _zoneout(h: Tensor, h_new: Tensor, p: float, training: bool) -> Tensor:
+    """A cell's zoneout on its step's output (both ``[B, H]``): a fresh mask ζ in training, ``p`` in
+    eval (:func:`gatedrnn._reference.carry`)."""
+    return _reference.carry(h, h_new, bernoulli(tuple(h.shape), p, h) if training else p)
+
+
 def _short(input: object, batch_first: bool) -> bool:
     """Whether ``input`` is a tensor of at most ``_step.SHORT_MAX_STEPS`` steps (a call whose plan
     may be cached); anything else goes the checked way."""
@@ -662,6 +668,9 @@ class GRUCell(_Family):
                 raise RuntimeError(f"engine='fused' cannot run here: {why}")
             params = (w, self.weight_hh, self.bias_ih, self.bias_hh)
             out: Tensor = in_compile(fused, fused.cell)(self.spec, self.reset_after, input, hx, *params)
+            if options:  # zoneout: the reference's carry on the fused step's output (never cached)
+                h_new = _zoneout(h, out.unsqueeze(0) if unbatched else out, self.options.zoneout, self.training)
+                return h_new.squeeze(0) if unbatched else h_new
             if key is not None:
                 grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, hx, *params))
                 self._cache(key, cell_runner(self.spec, self.reset_after, input, hx, params, grad))
@@ -670,8 +679,6 @@ class GRUCell(_Family):
         ln_hh = (self.ln_weight_hh, self.ln_bias_hh) if self.layer_norm and self.weight_hh is not None else None
         gx, nx = _reference.project(self.spec, x, w, self.bias_ih, self.bias_hh, self.hidden_size, ln_ih)
         h_new = _reference.step(self.spec, self.reset_after, gx, nx, h, self.weight_hh, self.bias_hh, ln_hh)
-        p = self.options.zoneout
-        if p:
-            zeta = bernoulli(tuple(h.shape), p, h) if self.training else p
-            h_new = _reference.carry(h, h_new, zeta)
+        if self.options.zoneout:
+            h_new = _zoneout(h, h_new, self.options.zoneout, self.training)
         return h_new.squeeze(0) if unbatched else h_new

@@ -900,8 +900,10 @@ class FusedEngine:
         small = _small(spec.candidate_reads_h, batch, hid, hhw)
         return len(row_ranges(batch, small, 2 * steps * batch * hid * max(hhw, hid))) == 1
 
-    # the options a cell's step runs (GRUCell's engine="auto" picks this engine only with these)
-    cell_options: tuple[str, ...] = ()
+    # the options a cell's step runs (GRUCell's engine="auto" picks this engine only with these):
+    # zoneout acts after the step (GRUCell applies the reference's carry to the step's output);
+    # layer norm acts inside it, which the step kernels do not run
+    cell_options: tuple[str, ...] = ("zoneout",)
 
     def cell(
         self,
